@@ -1,0 +1,39 @@
+"""steptrace: a Python runtime for AI workflows that traces every run at the step level."""
+
+from steptrace import llm
+from steptrace.config import Config, ConfigError, configure
+from steptrace.store import RunNotFound, Store
+from steptrace.store.model import RunRecord, SpanView
+from steptrace.store.writer import flush
+from steptrace.workflow import (
+    Backoff,
+    RunResult,
+    arun,
+    current_run_id,
+    last_run,
+    run,
+    step,
+    tool,
+    workflow,
+)
+
+__all__ = [
+    "Backoff",
+    "Config",
+    "ConfigError",
+    "RunNotFound",
+    "RunRecord",
+    "RunResult",
+    "SpanView",
+    "Store",
+    "arun",
+    "configure",
+    "current_run_id",
+    "flush",
+    "last_run",
+    "llm",
+    "run",
+    "step",
+    "tool",
+    "workflow",
+]

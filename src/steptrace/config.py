@@ -1,0 +1,191 @@
+"""Process configuration: one explicit object, a process default, and a reset for tests.
+
+Nothing here runs at import time. ``configure()`` validates eagerly, so a mistake
+fails at start-up with a message that says what to change; environment
+variables (``STEPTRACE_STORE``) are read when the configuration is first needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_STORE_PATH = os.path.join(".steptrace", "steptrace.db")
+
+DEFAULT_SECRET_KEYS: tuple[str, ...] = (
+    "api_key",
+    "apikey",
+    "api_token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "authorization",
+    "proxy_authorization",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "token",
+    "cookie",
+    "set_cookie",
+    "session",
+    "session_id",
+    "private_key",
+    "credential",
+    "credentials",
+)
+"""Keys whose values are redacted. A key matches when, lower-cased with ``-`` read as
+``_``, it equals one of these or ends with ``_`` + one of them (``openai_api_key``,
+``x_api_key``, ``db_password``). ``max_tokens`` does not match ``token``."""
+
+DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
+    r"sk-[A-Za-z0-9_\-]{16,}",  # OpenAI and Anthropic (sk-ant-…) keys
+    r"(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
+    r"(?i:basic)\s+[A-Za-z0-9+/=]{12,}",
+    r"AKIA[0-9A-Z]{16}",  # AWS access key id
+    r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
+    r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack tokens
+    r"AIza[0-9A-Za-z_\-]{35}",  # Google API keys
+)
+"""Regular expressions for secret-shaped substrings of any string value."""
+
+
+class ConfigError(ValueError):
+    """Raised at start-up when steptrace is configured in a way it cannot run with."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything steptrace can be told. Build one with ``configure(...)``."""
+
+    store: str | None = None
+    """Store URL or path; ``None`` reads ``STEPTRACE_STORE``, else ``./.steptrace/steptrace.db``."""
+    max_value_bytes: int = 1024 * 1024
+    """Cap on one serialised value (an input, an output); larger values are truncated."""
+    export_value_bytes: int = 8 * 1024
+    """Cap on one JSON attribute sent to OpenTelemetry (the store keeps everything)."""
+    redact: bool = True
+    secret_keys: tuple[str, ...] = DEFAULT_SECRET_KEYS
+    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
+    redaction_text: str = "[REDACTED]"
+    capture_logs: bool = True
+    log_level: int = logging.INFO
+    """Lowest level captured. When logging is unconfigured (root at WARNING, no handlers)
+    the root logger is lowered to this level so that records are created at all; what
+    is printed does not change, since Python's last-resort handler prints WARNING+."""
+    record_steps_outside_workflow: bool = False
+    """A step called outside any workflow runs untraced unless this is on, in which
+    case it is recorded as a one-step run named after the step."""
+
+    def store_url(self) -> str:
+        return self.store or os.environ.get("STEPTRACE_STORE") or DEFAULT_STORE_PATH
+
+    def validate(self) -> Config:
+        if self.max_value_bytes < 256:
+            raise ConfigError(f"max_value_bytes={self.max_value_bytes} is too small: use >= 256")
+        if self.export_value_bytes < 64:
+            raise ConfigError(
+                f"export_value_bytes={self.export_value_bytes} is too small: use >= 64"
+            )
+        for pattern in self.secret_patterns:
+            try:
+                re.compile(f"(?:{pattern})|x")  # as the redactor combines them
+            except re.error as exc:
+                raise ConfigError(
+                    f"secret pattern {pattern!r} is not a valid regex ({exc}); "
+                    "scope flags inline, e.g. (?i:bearer)"
+                ) from exc
+        return self
+
+
+_lock = threading.Lock()
+_config: Config | None = None
+
+
+def get_config() -> Config:
+    """The process configuration (defaults until ``configure`` is called)."""
+    global _config
+    config = _config
+    if config is None:
+        with _lock:
+            if _config is None:
+                _config = Config().validate()
+            config = _config
+    return config
+
+
+def configure(
+    *,
+    store: str | None = None,
+    max_value_bytes: int | None = None,
+    export_value_bytes: int | None = None,
+    redact: bool | None = None,
+    secret_keys: Sequence[str] | None = None,
+    extra_secret_keys: Sequence[str] = (),
+    secret_patterns: Sequence[str] | None = None,
+    extra_secret_patterns: Sequence[str] = (),
+    capture_logs: bool | None = None,
+    log_level: int | str | None = None,
+    record_steps_outside_workflow: bool | None = None,
+) -> Config:
+    """Set the process configuration; arguments left out keep their current value.
+
+    Raises ``ConfigError`` at once for values steptrace cannot work with.
+    """
+    global _config
+    from steptrace import record  # local: record imports config
+
+    current = get_config()
+    changes: dict[str, Any] = {}
+    if store is not None:
+        changes["store"] = store
+    if max_value_bytes is not None:
+        changes["max_value_bytes"] = max_value_bytes
+    if export_value_bytes is not None:
+        changes["export_value_bytes"] = export_value_bytes
+    if redact is not None:
+        changes["redact"] = redact
+    keys = tuple(secret_keys) if secret_keys is not None else current.secret_keys
+    changes["secret_keys"] = tuple(k.lower().replace("-", "_") for k in (*keys, *extra_secret_keys))
+    patterns = tuple(secret_patterns) if secret_patterns is not None else current.secret_patterns
+    changes["secret_patterns"] = (*patterns, *extra_secret_patterns)
+    if capture_logs is not None:
+        changes["capture_logs"] = capture_logs
+    if log_level is not None:
+        level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
+        if not isinstance(level, int):
+            raise ConfigError(f"log_level={log_level!r} is not a logging level name")
+        changes["log_level"] = level
+    if record_steps_outside_workflow is not None:
+        changes["record_steps_outside_workflow"] = record_steps_outside_workflow
+    new = dataclasses.replace(current, **changes).validate()
+    with _lock:
+        _config = new
+    record.reset_processors()
+    from steptrace.store import writer
+
+    writer.close_sink()  # the next run opens the (maybe new) store
+    return new
+
+
+def reset() -> None:
+    """Back to defaults, closing the store writer. For tests."""
+    global _config
+    from steptrace import record
+    from steptrace.store import writer
+
+    writer.close_sink()
+    with _lock:
+        _config = None
+    record.reset_processors()
+
+
+__all__ = ["Config", "ConfigError", "configure", "get_config", "reset"]

@@ -1,0 +1,429 @@
+"""The span record and the value pipeline that turns user values into stored JSON.
+
+A value goes through one pipeline, once: ``to_json`` (orjson with a ``default``
+for the types Python programs pass around) and then the processors built from
+the configuration (redaction, the size cap). Every processor is a plain
+``bytes -> bytes`` callable; they run in one loop. Bad values never raise:
+they become a marked placeholder ``{"__steptrace__": "<what>", ...}`` and are
+counted in ``counters``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import functools
+import hashlib
+import pathlib
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from steptrace.config import Config, get_config
+
+MARKER = "__steptrace__"
+Processor = Callable[[bytes], bytes]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+_REPR_PREFIX = 200
+
+
+class Counters:
+    """Process-wide counts of values that could not be stored as they were."""
+
+    __slots__ = ("_lock", "redacted", "truncated", "unserializable")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.unserializable = 0
+        self.truncated = 0
+        self.redacted = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "unserializable": self.unserializable,
+            "truncated": self.truncated,
+            "redacted": self.redacted,
+        }
+
+
+counters = Counters()
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_repr(obj: object) -> str:
+    try:
+        return repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the workflow
+        return f"<repr failed: {type(exc).__name__}>"
+
+
+def placeholder(obj: object, what: str = "unserializable") -> dict[str, Any]:
+    """The marked stand-in stored for a value that cannot be stored as JSON."""
+    counters.add("unserializable")
+    text = _safe_repr(obj)
+    return {MARKER: what, "type": _type_name(obj), "repr": text[:_REPR_PREFIX], "size": len(text)}
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        try:
+            return orjson.Fragment(obj.model_dump_json())
+        except Exception:
+            return obj.model_dump(mode="python")
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return {MARKER: "bytes", "size": len(obj)}
+    if isinstance(obj, set | frozenset):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, tuple | list):  # subclasses orjson leaves to us (namedtuple)
+        return list(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, decimal.Decimal | pathlib.PurePath):
+        return str(obj)
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, BaseException):
+        return {MARKER: "exception", "type": _type_name(obj), "message": str(obj)}
+    item = getattr(obj, "item", None)  # numpy scalars and 0-d arrays
+    if callable(item) and type(obj).__module__ == "numpy":
+        try:
+            return item()
+        except Exception:
+            pass
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist) and type(obj).__module__ == "numpy":
+        try:
+            return tolist()
+        except Exception:
+            pass
+    return placeholder(obj)
+
+
+def _jsonable(obj: Any, seen: set[int], depth: int) -> Any:
+    """Slow, careful conversion used only when orjson refused the value (cycles, huge
+    ints, a ``default`` that raised): replaces what cannot be stored, keeps the rest."""
+    if obj is None or isinstance(obj, bool | float | str):
+        return obj
+    if isinstance(obj, int):
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
+    if depth > 200:
+        return placeholder(obj, "too_deep")
+    if isinstance(obj, enum.Enum):
+        return _jsonable(obj.value, seen, depth + 1)
+    if isinstance(obj, dt.datetime | dt.date | dt.time | uuid.UUID):
+        return orjson.loads(orjson.dumps(obj, option=_OPTS))
+    ident = id(obj)
+    if ident in seen:
+        return placeholder(obj, "cycle")
+    seen.add(ident)
+    try:
+        if isinstance(obj, dict):
+            return {
+                k if isinstance(k, str) else _safe_repr(k): _jsonable(v, seen, depth + 1)
+                for k, v in obj.items()
+            }
+        if isinstance(obj, list | tuple | set | frozenset):
+            return [_jsonable(v, seen, depth + 1) for v in obj]
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {
+                f.name: _jsonable(getattr(obj, f.name, None), seen, depth + 1)
+                for f in dataclasses.fields(obj)
+            }
+        if isinstance(obj, BaseModel):
+            try:
+                return _jsonable(obj.model_dump(mode="python"), seen, depth + 1)
+            except Exception:
+                return placeholder(obj)
+        try:
+            converted = _default(obj)
+        except Exception:
+            return placeholder(obj)
+        if isinstance(converted, orjson.Fragment):
+            return orjson.loads(orjson.dumps(converted))
+        if converted is obj:
+            return placeholder(obj)
+        return _jsonable(converted, seen, depth + 1)
+    finally:
+        seen.discard(ident)
+
+
+def to_json(value: Any) -> bytes:
+    """Serialise any Python value to JSON bytes. Never raises."""
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTS)
+    except Exception:
+        pass
+    try:
+        return orjson.dumps(_jsonable(value, set(), 0), option=_OPTS)
+    except Exception:  # pragma: no cover - _jsonable only returns JSON types
+        return orjson.dumps(placeholder(value))
+
+
+# --- redaction ---------------------------------------------------------------------
+
+
+def _snake(key: str) -> str:
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return key.lower().replace("-", "_")
+
+
+class Redactor:
+    """Replaces secrets in JSON values: values under secret-looking keys, and
+    secret-shaped substrings of strings. A quick scan of the serialised bytes
+    decides whether the (slower) structural pass is needed at all."""
+
+    def __init__(self, config: Config) -> None:
+        self.text = config.redaction_text
+        self.keys = frozenset(config.secret_keys)
+        self.suffixes = tuple("_" + k for k in self.keys)
+        self.value_re = re.compile("|".join(f"(?:{p})" for p in config.secret_patterns))
+        key_words = "|".join(
+            re.escape(k).replace("_", "[_-]?") for k in sorted(self.keys, key=len, reverse=True)
+        )
+        scan = rf'(?i:"[^"]*(?:{key_words})[^"]*":)|' + "|".join(
+            f"(?:{p})" for p in config.secret_patterns
+        )
+        self.scan_re = re.compile(scan.encode())
+        self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
+
+    def _is_secret_key(self, key: str) -> bool:
+        norm = _snake(key)
+        return norm in self.keys or norm.endswith(self.suffixes)
+
+    def redact_text(self, text: str) -> str:
+        return self.value_re.sub(self.text, text)
+
+    def redact_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {
+                k: (
+                    self.text
+                    if isinstance(k, str) and self.is_secret_key(k) and value[k] is not None
+                    else self.redact_value(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.scan_re.search(data) is None:
+            return data
+        value = orjson.loads(data)
+        redacted = orjson.dumps(self.redact_value(value), option=_OPTS)
+        if redacted != data:
+            counters.add("redacted")
+        return redacted
+
+
+def size_cap(limit: int) -> Processor:
+    """A processor that replaces a value larger than ``limit`` bytes with a marked,
+    truncated preview of its JSON text."""
+
+    def cap(data: bytes) -> bytes:
+        if len(data) <= limit:
+            return data
+        counters.add("truncated")
+        preview = data[: max(limit - 256, 64)].decode("utf-8", errors="ignore")
+        return orjson.dumps({MARKER: "truncated", "size": len(data), "preview": preview})
+
+    return cap
+
+
+class _Pipeline:
+    __slots__ = ("export_limit", "processors", "redactor")
+
+    def __init__(self, config: Config) -> None:
+        self.redactor: Redactor | None = Redactor(config) if config.redact else None
+        self.processors: list[Processor] = []
+        if self.redactor is not None:
+            self.processors.append(self.redactor)
+        self.processors.append(size_cap(config.max_value_bytes))
+        self.export_limit = config.export_value_bytes
+
+
+_pipeline: _Pipeline | None = None
+
+
+def pipeline() -> _Pipeline:
+    global _pipeline
+    current = _pipeline
+    if current is None:
+        current = _pipeline = _Pipeline(get_config())
+    return current
+
+
+def reset_processors() -> None:
+    global _pipeline
+    _pipeline = None
+
+
+def encode(value: Any) -> bytes:
+    """The stored JSON of ``value``: serialised, redacted, capped. Never raises."""
+    data = to_json(value)
+    for process in pipeline().processors:
+        data = process(data)
+    return data
+
+
+def redact_text(text: str) -> str:
+    redactor = pipeline().redactor
+    return text if redactor is None else redactor.redact_text(text)
+
+
+def for_export(data: bytes | None) -> str:
+    """A JSON attribute for OpenTelemetry, capped at the configured export size."""
+    if data is None:
+        return "null"
+    limit = pipeline().export_limit
+    if len(data) <= limit:
+        return data.decode()
+    return data[:limit].decode("utf-8", errors="ignore") + f"…[truncated, {len(data)} bytes]"
+
+
+def input_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# --- the record --------------------------------------------------------------------
+
+
+class SpanRecord:
+    """One finished span (step attempt, LLM call, tool call or other), ready to store.
+
+    Values are already encoded JSON bytes; timestamps are ns since the epoch.
+    """
+
+    __slots__ = (
+        "attempt",
+        "attributes",
+        "end_ns",
+        "error",
+        "input",
+        "input_hash",
+        "key",
+        "kind",
+        "llm",
+        "logs",
+        "name",
+        "output",
+        "parent_span_id",
+        "run_id",
+        "span_id",
+        "start_ns",
+        "status",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        kind: str,
+        name: str,
+        start_ns: int,
+        attempt: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.kind = kind
+        self.name = name
+        self.start_ns = start_ns
+        self.end_ns = start_ns
+        self.attempt = attempt
+        self.key = key
+        self.status = "running"
+        self.input: bytes | None = None
+        self.input_hash: str | None = None
+        self.output: bytes | None = None
+        self.error: bytes | None = None
+        self.attributes: bytes | None = None
+        self.logs: list[tuple[int, str, str, str, str | None]] | None = None
+        self.llm: LLMUsage | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class LLMUsage:
+    """The LLM-specific columns of an LLM span (messages and response are its input and
+    output)."""
+
+    provider: str
+    model: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    params: bytes | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class RunState:
+    """A run as written to the ``runs`` table (once when it starts, again when it ends)."""
+
+    run_id: str
+    workflow: str
+    trace_id: str
+    span_id: str
+    start_ns: int
+    parent_trace_id: str | None = None
+    parent_span_id: str | None = None
+    status: str = "running"
+    end_ns: int | None = None
+    input: bytes | None = None
+    output: bytes | None = None
+    error: bytes | None = None
+    tags: bytes | None = None
+    logs: list[tuple[int, str, str, str, str | None]] | None = None
+    """Log records written in the run outside any step (kept with the root span)."""
+
+
+def error_json(exc: BaseException, *, validation: bool = False) -> bytes:
+    """The stored form of an exception: type, message, traceback (redacted)."""
+    import traceback
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    error: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": redact_text(_safe_str(exc)),
+        "traceback": redact_text(tb),
+    }
+    if validation:
+        error["validation"] = True
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            try:
+                error["errors"] = errors(include_url=False, include_context=False)
+            except Exception:
+                pass
+    return encode(error)
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return _safe_repr(exc)

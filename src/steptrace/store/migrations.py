@@ -1,0 +1,112 @@
+"""The store's schema: one ordered list of named migrations, recorded in ``_migrations``.
+
+Each migration is written once; a backend differs only where its engine does
+(``JSON`` is TEXT under SQLite's JSON1 and JSONB under PostgreSQL). A store
+opened by a client that does not know a migration recorded in the database
+refuses to write rather than guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: Callable[[str], list[str]]
+    """Statements for a dialect (``"sqlite"`` or ``"postgresql"``)."""
+
+
+def _json(dialect: str) -> str:
+    return "JSONB" if dialect == "postgresql" else "TEXT"
+
+
+def _initial(dialect: str) -> list[str]:
+    j = _json(dialect)
+    return [
+        f"""CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            trace_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            parent_trace_id TEXT,
+            parent_span_id TEXT,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            duration_ms DOUBLE PRECISION,
+            input {j},
+            output {j},
+            error {j},
+            tags {j}
+        )""",
+        "CREATE INDEX runs_workflow_started ON runs (workflow, started_at)",
+        "CREATE INDEX runs_started ON runs (started_at)",
+        "CREATE INDEX runs_status_started ON runs (status, started_at)",
+        "CREATE INDEX runs_trace ON runs (trace_id)",
+        f"""CREATE TABLE spans (
+            span_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            parent_span_id TEXT,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            step_key TEXT,
+            attempt INTEGER,
+            status TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            duration_ms DOUBLE PRECISION,
+            input {j},
+            output {j},
+            error {j},
+            attributes {j},
+            input_hash TEXT
+        )""",
+        "CREATE INDEX spans_run ON spans (run_id, started_at)",
+        "CREATE INDEX spans_name_run ON spans (name, run_id)",
+        f"""CREATE TABLE llm_calls (
+            span_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cost_usd DOUBLE PRECISION,
+            params {j}
+        )""",
+        "CREATE INDEX llm_calls_run ON llm_calls (run_id)",
+        f"""CREATE TABLE logs (
+            run_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            level TEXT NOT NULL,
+            logger TEXT NOT NULL,
+            message TEXT NOT NULL,
+            exception TEXT,
+            attributes {j}
+        )""",
+        "CREATE INDEX logs_span ON logs (run_id, span_id, seq)",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("0001_initial", _initial),)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer steptrace than this one."""
+
+
+def pending(applied: list[str]) -> list[Migration]:
+    """Migrations not yet applied, in order; raises ``SchemaTooNew`` for unknown ones."""
+    known = {m.name for m in MIGRATIONS}
+    unknown = sorted(set(applied) - known)
+    if unknown:
+        raise SchemaTooNew(
+            f"the store was migrated by a newer steptrace (unknown migrations: "
+            f"{', '.join(unknown)}); upgrade steptrace to write to it"
+        )
+    done = set(applied)
+    return [m for m in MIGRATIONS if m.name not in done]

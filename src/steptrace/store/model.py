@@ -1,0 +1,110 @@
+"""What a query returns: a run and its spans as plain data in DESIGN.md's JSON shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+def loads(text: str | bytes | None) -> Any:
+    if text is None:
+        return None
+    if isinstance(text, dict | list):  # PostgreSQL JSONB arrives decoded
+        return text
+    return orjson.loads(text)
+
+
+@dataclass
+class SpanView:
+    span_id: str
+    parent_span_id: str | None
+    kind: str
+    name: str
+    attempt: int | None
+    status: str
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    step_key: str | None = None
+    input_hash: str | None = None
+    llm: dict[str, Any] | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "kind": self.kind,
+            "name": self.name,
+            "step_key": self.step_key,
+            "attempt": self.attempt,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "input": self.input,
+            "input_hash": self.input_hash,
+            "output": self.output,
+            "error": self.error,
+            "llm": self.llm,
+            "logs": self.logs,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass
+class RunRecord:
+    """A stored run. ``to_dict()`` is the shape of ``steptrace show RUN_ID --json``."""
+
+    run_id: str
+    workflow: str
+    status: str
+    trace_id: str
+    span_id: str
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    tags: list[str] = field(default_factory=list)
+    parent_trace_id: str | None = None
+    parent_span_id: str | None = None
+    spans: list[SpanView] = field(default_factory=list)
+
+    def steps(self, name: str | None = None) -> list[SpanView]:
+        """Step-attempt spans, in start order, optionally of one step name."""
+        return [s for s in self.spans if s.kind == "step" and (name is None or s.name == name)]
+
+    def children(self, span_id: str) -> list[SpanView]:
+        return [s for s in self.spans if s.parent_span_id == span_id]
+
+    def summary(self) -> dict[str, Any]:
+        """The run without its spans (the shape of ``steptrace runs --json`` items)."""
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "status": self.status,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_trace_id": self.parent_trace_id,
+            "parent_span_id": self.parent_span_id,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "input": self.input,
+            "output": self.output,
+            "error": self.error,
+            "tags": self.tags,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.summary()
+        data["spans"] = [s.to_dict() for s in self.spans]
+        return data

@@ -1,0 +1,186 @@
+"""The process's write path: records go onto a queue, a background thread writes them.
+
+Recording a step only appends to a queue (microseconds); the writer thread
+drains it in batches, one transaction per batch, so a busy process writes
+thousands of steps per commit and an idle one commits within ~100 ms (other
+processes see a finished run within a second). ``flush()`` waits until
+everything queued so far is written (read-your-own-writes for ``Store`` in the
+same process); an ``atexit`` hook flushes at normal exit. A write that fails
+for a reason other than a lock is reported on the ``steptrace`` logger and
+counted, never raised into user code.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from steptrace.config import ConfigError, get_config
+from steptrace.record import RunState, SpanRecord
+
+log = logging.getLogger("steptrace")
+
+_BATCH_MAX = 5000
+_IDLE_WAIT_S = 0.1
+_EXIT_FLUSH_TIMEOUT_S = 30.0
+
+
+class Sink:
+    """Owns the queue, the writer thread and the backend connection for one store."""
+
+    def __init__(self, url: str) -> None:
+        from steptrace.store import open_writer  # the backend chosen by URL scheme
+
+        self.url = url
+        self.backend = open_writer(url)
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.failed_batches = 0
+        self.dropped_records = 0
+        self.written_records = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="steptrace-writer", daemon=True)
+        self._thread.start()
+
+    # -- hot path ---------------------------------------------------------------
+    def put(self, item: RunState | SpanRecord) -> None:
+        self.queue.put(item)
+
+    # -- control ----------------------------------------------------------------
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued before this call is written."""
+        if self._closed or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = _EXIT_FLUSH_TIMEOUT_S) -> None:
+        if self._closed:
+            return
+        flushed = self.flush(timeout_s)
+        self._closed = True
+        self.queue.put(None)
+        self._thread.join(timeout_s if flushed else 0.5)
+        if not flushed:
+            log.warning(
+                "steptrace: could not write all records to %s before exit (%d still queued)",
+                self.url,
+                self.queue.qsize(),
+            )
+
+    # -- writer thread ----------------------------------------------------------
+    def _loop(self) -> None:
+        q = self.queue
+        stop = False
+        while not stop:
+            try:
+                first = q.get(timeout=_IDLE_WAIT_S)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < _BATCH_MAX:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            runs: list[RunState] = []
+            spans: list[SpanRecord] = []
+            events: list[threading.Event] = []
+            for item in batch:
+                if isinstance(item, SpanRecord):
+                    spans.append(item)
+                elif isinstance(item, RunState):
+                    runs.append(item)
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                elif item is None:
+                    stop = True
+            if runs or spans:
+                self._write(runs, spans)
+            for event in events:
+                event.set()
+        self.backend.close()
+
+    def _write(self, runs: list[RunState], spans: list[SpanRecord]) -> None:
+        try:
+            self.backend.write(runs, spans)
+            self.written_records += len(runs) + len(spans)
+        except Exception as exc:
+            self.failed_batches += 1
+            self.dropped_records += len(runs) + len(spans)
+            log.warning(
+                "steptrace: failed to write %d records to %s: %s: %s",
+                len(runs) + len(spans),
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+
+
+_sink_lock = threading.Lock()
+_sink: Sink | None = None
+
+
+def get_sink() -> Sink:
+    """The process's sink for the configured store, opened (and migrated) on first use.
+
+    Raises ``ConfigError`` when the configured store cannot be opened.
+    """
+    global _sink
+    sink = _sink
+    if sink is not None:
+        return sink
+    with _sink_lock:
+        if _sink is None:
+            url = get_config().store_url()
+            try:
+                _sink = Sink(url)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(
+                    f"cannot open the steptrace store {url!r}: {exc}. Set STEPTRACE_STORE "
+                    "(or configure(store=...)) to a writable path or a sqlite:/// URL"
+                ) from exc
+        return _sink
+
+
+def current_sink() -> Sink | None:
+    return _sink
+
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Write everything recorded so far in this process. True when done in time."""
+    sink = _sink
+    return True if sink is None else sink.flush(timeout_s)
+
+
+def close_sink() -> None:
+    global _sink
+    with _sink_lock:
+        sink, _sink = _sink, None
+    if sink is not None:
+        sink.close()
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not survive fork; what the parent queued is the parent's.
+    global _sink
+    _sink = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    started = time.monotonic()
+    close_sink()
+    elapsed = time.monotonic() - started
+    if elapsed > 1.0:
+        log.info("steptrace: flushed records at exit in %.1fs", elapsed)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,685 @@
+"""Workflows, steps and tools: the decorators, the run context, retries and validation.
+
+A run is the call of a ``@workflow`` function. While it runs, a context variable
+holds the current *frame* (the run and the span being recorded); every
+``@step`` attempt, ``@tool`` call and LLM call pushes a frame of its own, so
+nesting, threads started with ``contextvars.copy_context`` and asyncio tasks
+all find their parent. Each finished span becomes one ``SpanRecord`` handed to
+the store's writer queue and one OpenTelemetry span with the same ids.
+
+Outside a workflow, steps and tools are plain calls (retries and output
+validation still apply), unless ``configure(record_steps_outside_workflow=True)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+import pydantic
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
+
+from steptrace import logs as log_capture
+from steptrace.config import get_config
+from steptrace.record import (
+    LLMUsage,
+    RunState,
+    SpanRecord,
+    encode,
+    error_json,
+    for_export,
+    input_hash,
+)
+from steptrace.store.model import RunRecord
+from steptrace.store.writer import Sink, get_sink
+from steptrace.telemetry import span_ids, tracer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# --- run context --------------------------------------------------------------------
+
+
+class _Run:
+    """The live state of one run."""
+
+    __slots__ = ("_counts", "_lock", "sink", "state")
+
+    def __init__(self, state: RunState, sink: Sink) -> None:
+        self.state = state
+        self.sink = sink
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next_key(self, name: str) -> str:
+        """``name#n``: the stable key of the n-th occurrence of a step in this run."""
+        with self._lock:
+            n = self._counts.get(name, 0)
+            self._counts[name] = n + 1
+        return f"{name}#{n}"
+
+
+class _Frame:
+    __slots__ = ("last_llm_text", "logs", "run", "span_id")
+
+    def __init__(self, run: _Run, span_id: str, logs: list[Any]) -> None:
+        self.run = run
+        self.span_id = span_id
+        self.logs = logs
+        self.last_llm_text: str | None = None
+
+
+_frame: ContextVar[_Frame | None] = ContextVar("steptrace_frame", default=None)
+_last_run_id: str | None = None
+
+
+def _current_logs() -> list[Any] | None:
+    frame = _frame.get()
+    return None if frame is None else frame.logs
+
+
+def current_run_id() -> str | None:
+    """The id of the run the caller is inside, or None."""
+    frame = _frame.get()
+    return None if frame is None else frame.run.state.run_id
+
+
+# --- spans --------------------------------------------------------------------------
+
+
+class _Active:
+    """A span being recorded: the record, its OTel span and the context tokens."""
+
+    __slots__ = ("frame", "otel", "otel_token", "record", "token")
+
+    def __init__(
+        self, parent: _Frame, kind: str, name: str, otel_name: str, attempt: int | None, key: str
+    ) -> None:
+        run = parent.run
+        start_ns = time.time_ns()
+        span = tracer().start_span(otel_name, start_time=start_ns)
+        _, span_id = span_ids(span)
+        self.otel: Span = span
+        self.record = SpanRecord(
+            run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
+        )
+        self.record.logs = []
+        self.frame = _Frame(run, span_id, self.record.logs)
+        self.token = _frame.set(self.frame)
+        self.otel_token = otel_context.attach(trace.set_span_in_context(span))
+
+    def detach(self) -> None:
+        otel_context.detach(self.otel_token)
+        _frame.reset(self.token)
+
+    def finish(self, attributes: dict[str, Any], error: BaseException | None = None) -> None:
+        """Hand the record to the store and end the OTel span with the same timestamps."""
+        record = self.record
+        record.end_ns = end_ns = time.time_ns()
+        span = self.otel
+        if span.is_recording():
+            attributes["steptrace.run.id"] = record.run_id
+            attributes["steptrace.span.kind"] = record.kind
+            span.set_attributes(attributes)
+            if error is not None:
+                span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+                span.set_attribute("error.type", type(error).__qualname__)
+        span.end(end_time=end_ns)
+        self.frame.run.sink.put(record)
+
+
+def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
+    record = active.record
+    record.status = "failed"
+    record.error = error_json(exc, validation=validation)
+    if raw is not None:
+        record.output = encode(raw)
+
+
+# --- specs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts: ``initial_s * multiplier**(attempt-1)``,
+    at most ``max_s``, with "equal jitter" (a random half of it) when ``jitter``."""
+
+    initial_s: float = 0.5
+    multiplier: float = 2.0
+    max_s: float = 30.0
+    jitter: bool = True
+
+    def delay_s(self, attempt: int) -> float:
+        delay = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            delay = delay / 2 + random.uniform(0, delay / 2)
+        return delay
+
+
+class _Spec:
+    """What a decorator knows about the function it wraps, computed once."""
+
+    __slots__ = (
+        "adapter",
+        "backoff",
+        "fn",
+        "kind",
+        "max_attempts",
+        "name",
+        "otel_name",
+        "params",
+        "retry_on",
+        "signature",
+        "skip_first",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        name: str | None,
+        retries: int = 0,
+        backoff: float | Backoff = 0.5,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        output: Any = None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries={retries}: must be >= 0")
+        self.fn = fn
+        self.kind = kind
+        self.name = name or fn.__name__
+        self.otel_name = {
+            "workflow": f"invoke_workflow {self.name}",
+            "tool": f"execute_tool {self.name}",
+        }.get(kind, self.name)
+        self.max_attempts = retries + 1
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(initial_s=backoff)
+        self.retry_on = retry_on
+        self.adapter = pydantic.TypeAdapter(output) if output is not None else None
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters)
+        self.skip_first = bool(params) and params[0] in ("self", "cls")
+        self.params = params
+        self.tags = tuple(tags)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            # Let the call itself raise the TypeError the user expects.
+            return {"args": list(args), "kwargs": kwargs}
+        bound.apply_defaults()
+        arguments = bound.arguments
+        if self.skip_first:
+            arguments = dict(arguments)
+            arguments.pop(self.params[0], None)
+        return arguments
+
+    def validate(self, value: Any) -> Any:
+        adapter = self.adapter
+        if adapter is None:
+            return value
+        if isinstance(value, str | bytes) and adapter.core_schema.get("type") != "str":
+            return adapter.validate_json(value)
+        return adapter.validate_python(value)
+
+    def attributes(self, record: SpanRecord, input_json: bytes) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "steptrace.step.name": self.name,
+            "steptrace.step.input": for_export(input_json),
+            "steptrace.step.output": for_export(record.output),
+        }
+        if record.key is not None:
+            attributes["steptrace.step.key"] = record.key
+        if record.attempt is not None:
+            attributes["steptrace.step.attempt"] = record.attempt
+        if self.kind == "tool":
+            attributes["gen_ai.operation.name"] = "execute_tool"
+            attributes["gen_ai.tool.name"] = self.name
+        return attributes
+
+
+def _raw_output(frame: _Frame, exc: BaseException) -> Any:
+    """The value that failed validation inside a step: the last LLM text of the attempt,
+    else the whole input pydantic was given when it reports one."""
+    if frame.last_llm_text is not None:
+        return frame.last_llm_text
+    if isinstance(exc, pydantic.ValidationError):
+        for error in exc.errors(include_url=False):
+            if error.get("loc") == ():
+                return error.get("input")
+    return None
+
+
+# --- the attempt loop, shared by sync and async -------------------------------------
+
+
+class _Call:
+    """One call of a step or tool inside a run: its key and input, then its attempts."""
+
+    __slots__ = ("active", "input_hash", "input_json", "key", "parent", "spec")
+
+    def __init__(self, spec: _Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
+        self.spec = spec
+        self.parent = parent
+        self.key = parent.run.next_key(spec.name)
+        self.input_json = encode(spec.bind(args, kw))
+        self.input_hash = input_hash(self.input_json)
+        self.active: _Active | None = None
+
+    def begin(self, attempt: int) -> None:
+        spec = self.spec
+        kind = "tool" if spec.kind == "tool" else "step"
+        active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key)
+        active.record.input = self.input_json
+        active.record.input_hash = self.input_hash
+        self.active = active
+
+    def succeed(self, result: Any) -> Any:
+        active = cast(_Active, self.active)
+        try:
+            value = self.spec.validate(result)
+        except pydantic.ValidationError as exc:
+            active.detach()
+            self._record_failure(exc, raw=result, validation=True)
+            raise
+        active.detach()
+        record = active.record
+        record.status = "succeeded"
+        record.output = encode(value)
+        active.finish(self.spec.attributes(record, self.input_json))
+        return value
+
+    def fail(self, exc: BaseException) -> None:
+        active = cast(_Active, self.active)
+        active.detach()
+        validation = isinstance(exc, pydantic.ValidationError)
+        raw = _raw_output(active.frame, exc) if validation else None
+        self._record_failure(exc, raw=raw, validation=validation)
+
+    def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
+        active = cast(_Active, self.active)
+        _fail(active, exc, raw=raw, validation=validation)
+        active.finish(self.spec.attributes(active.record, self.input_json), exc)
+
+    def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when this was the last."""
+        spec = self.spec
+        if attempt >= spec.max_attempts or not isinstance(exc, spec.retry_on):
+            return None
+        return spec.backoff.delay_s(attempt)
+
+
+def _run_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    parent = _frame.get()
+    if parent is None:
+        if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
+            return _workflow_sync(spec, args, kwargs)
+        return _untraced_sync(spec, args, kwargs)
+    call = _Call(spec, parent, args, kwargs)
+    attempt = 1
+    while True:
+        call.begin(attempt)
+        try:
+            result = spec.fn(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            delay = call.retry_delay(exc, attempt)
+            if delay is None:
+                raise
+            time.sleep(delay)
+            attempt += 1
+            continue
+        try:
+            return call.succeed(result)
+        except pydantic.ValidationError as exc:
+            delay = call.retry_delay(exc, attempt)
+            if delay is None:
+                raise
+            time.sleep(delay)
+            attempt += 1
+
+
+async def _run_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    parent = _frame.get()
+    if parent is None:
+        if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
+            return await _workflow_async(spec, args, kwargs)
+        return await _untraced_async(spec, args, kwargs)
+    call = _Call(spec, parent, args, kwargs)
+    attempt = 1
+    while True:
+        call.begin(attempt)
+        try:
+            result = await spec.fn(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            delay = call.retry_delay(exc, attempt)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+            attempt += 1
+            continue
+        try:
+            return call.succeed(result)
+        except pydantic.ValidationError as exc:
+            delay = call.retry_delay(exc, attempt)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+def _untraced_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    attempt = 1
+    while True:
+        try:
+            return spec.validate(spec.fn(*args, **kwargs))
+        except Exception as exc:
+            if attempt >= spec.max_attempts or not isinstance(exc, spec.retry_on):
+                raise
+            time.sleep(spec.backoff.delay_s(attempt))
+            attempt += 1
+
+
+async def _untraced_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    attempt = 1
+    while True:
+        try:
+            return spec.validate(await spec.fn(*args, **kwargs))
+        except Exception as exc:
+            if attempt >= spec.max_attempts or not isinstance(exc, spec.retry_on):
+                raise
+            await asyncio.sleep(spec.backoff.delay_s(attempt))
+            attempt += 1
+
+
+# --- runs ---------------------------------------------------------------------------
+
+
+class _RunScope:
+    """Starts a run (root span, ``runs`` row) and finishes it."""
+
+    __slots__ = ("otel", "otel_token", "run", "spec", "token")
+
+    def __init__(self, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        sink = get_sink()
+        log_capture.install(_current_logs)
+        start_ns = time.time_ns()
+        parent_ctx = trace.get_current_span().get_span_context()
+        span = tracer().start_span(spec.otel_name, start_time=start_ns)
+        trace_id, span_id = span_ids(span)
+        state = RunState(
+            run_id=uuid.uuid4().hex,
+            workflow=spec.name,
+            trace_id=trace_id,
+            span_id=span_id,
+            start_ns=start_ns,
+            input=encode(spec.bind(args, kwargs)),
+            tags=encode(list(spec.tags)) if spec.tags else None,
+        )
+        if parent_ctx.is_valid:
+            state.parent_trace_id = format(parent_ctx.trace_id, "032x")
+            state.parent_span_id = format(parent_ctx.span_id, "016x")
+            state.trace_id = state.parent_trace_id
+        state.logs = []
+        self.spec = spec
+        self.otel = span
+        self.run = _Run(state, sink)
+        sink.put(_started(state))
+        self.token = _frame.set(_Frame(self.run, span_id, state.logs))
+        self.otel_token = otel_context.attach(trace.set_span_in_context(span))
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        global _last_run_id
+        otel_context.detach(self.otel_token)
+        _frame.reset(self.token)
+        state = self.run.state
+        state.end_ns = end_ns = time.time_ns()
+        if error is None:
+            state.status = "succeeded"
+            state.output = encode(result)
+        else:
+            state.status = "failed"
+            state.error = error_json(error, validation=isinstance(error, pydantic.ValidationError))
+        span = self.otel
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "gen_ai.operation.name": "invoke_workflow",
+                    "steptrace.run.id": state.run_id,
+                    "steptrace.workflow.name": state.workflow,
+                    "steptrace.span.kind": "workflow",
+                    "steptrace.run.input": for_export(state.input),
+                    "steptrace.run.output": for_export(state.output),
+                }
+            )
+            if error is not None:
+                span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+                span.set_attribute("error.type", type(error).__qualname__)
+        span.end(end_time=end_ns)
+        self.run.sink.put(state)
+        _last_run_id = state.run_id
+
+
+def _started(state: RunState) -> RunState:
+    """A copy of the run's start row: the live state keeps changing until it ends."""
+    return RunState(
+        run_id=state.run_id,
+        workflow=state.workflow,
+        trace_id=state.trace_id,
+        span_id=state.span_id,
+        start_ns=state.start_ns,
+        parent_trace_id=state.parent_trace_id,
+        parent_span_id=state.parent_span_id,
+        input=state.input,
+        tags=state.tags,
+    )
+
+
+def _workflow_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        result = spec.fn(*args, **kwargs)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(result)
+    return result
+
+
+async def _workflow_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        result = await spec.fn(*args, **kwargs)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(result)
+    return result
+
+
+# --- decorators ---------------------------------------------------------------------
+
+
+def _wrap(spec: _Spec) -> Callable[..., Any]:
+    fn = spec.fn
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await _run_async(spec, args, kwargs)
+
+        async_wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _run_sync(spec, args, kwargs)
+
+    wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
+    return wrapper
+
+
+@overload
+def workflow(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None, tags: Sequence[str] = ()
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+) -> Any:
+    """Mark a function (sync or async) as a workflow: each top-level call is one run.
+
+    Called inside another run, a workflow is recorded as a step of that run.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(_Spec(f, "workflow", name, tags=tags))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float | Backoff = 0.5,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    output: Any = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float | Backoff = 0.5,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    output: Any = None,
+) -> Any:
+    """Mark a function (sync or async) as a step: each attempt is recorded with its
+    input, output or error, duration and attempt number.
+
+    ``retries`` extra attempts are made for exceptions matching ``retry_on``, after
+    ``backoff`` (seconds, doubled each time, jittered; or a ``Backoff``). With
+    ``output=Model`` (any type pydantic validates) the return value is validated,
+    from JSON when it is a string, and the validated value is returned; a value
+    that fails is kept as the failed attempt's output.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(_Spec(f, "step", name, retries, backoff, retry_on, output))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def tool(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Mark a function (sync or async) as a tool: each call is recorded with its
+    request (the arguments) and response (the return value)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(_Spec(f, "tool", name))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+# --- running and results ------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What ``run()`` returns: the run's id and outcome, whether it succeeded or not."""
+
+    run_id: str
+    status: str
+    output: Any = None
+    exception: BaseException | None = None
+
+    def record(self) -> RunRecord:
+        """The stored run (a ``RunRecord``), read from the configured store."""
+        from steptrace.store import Store
+
+        with Store.open() as store:
+            return store.run(self.run_id)
+
+
+def _spec_of(fn: Callable[..., Any]) -> _Spec:
+    spec = getattr(fn, "__steptrace_spec__", None)
+    if not isinstance(spec, _Spec) or spec.kind != "workflow":
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @steptrace.workflow")
+    return spec
+
+
+def run(workflow: Callable[..., Any], /, *args: Any, **kwargs: Any) -> RunResult:
+    """Run a workflow as a new run and return its ``RunResult``. The workflow's
+    exception is not raised: it is in ``.exception``. For ``async`` workflows use
+    ``await arun(...)``."""
+    spec = _spec_of(workflow)
+    if inspect.iscoroutinefunction(spec.fn):
+        raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        output = spec.fn(*args, **kwargs)
+    except Exception as exc:
+        scope.finish(error=exc)
+        return RunResult(scope.run.state.run_id, "failed", None, exc)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(output)
+    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+
+
+async def arun(workflow: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> RunResult:
+    """The async twin of ``run``."""
+    spec = _spec_of(workflow)
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        output = await spec.fn(*args, **kwargs)
+    except Exception as exc:
+        scope.finish(error=exc)
+        return RunResult(scope.run.state.run_id, "failed", None, exc)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(output)
+    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+
+
+def last_run() -> RunRecord | None:
+    """The last run that finished in this process, read back from the store (a
+    ``RunRecord``), or None."""
+    from steptrace.store import Store
+
+    if _last_run_id is None:
+        return None
+    with Store.open() as store:
+        return store.run(_last_run_id)
