@@ -10,6 +10,7 @@ counted in ``counters``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -415,10 +416,8 @@ def error_json(exc: BaseException, *, validation: bool = False) -> bytes:
         error["validation"] = True
         errors = getattr(exc, "errors", None)
         if callable(errors):
-            try:
+            with contextlib.suppress(Exception):
                 error["errors"] = errors(include_url=False, include_context=False)
-            except Exception:
-                pass
     return encode(error)
 
 

@@ -50,7 +50,9 @@ def span_ids(span: Span, parent: Any = None) -> tuple[str, str]:
         return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
     if ctx.is_valid:  # a non-recording span carries its parent's ids
         return format(ctx.trace_id, "032x"), format(_random.getrandbits(64) or 1, "016x")
-    return format(_random.getrandbits(128) or 1, "032x"), format(_random.getrandbits(64) or 1, "016x")
+    return format(_random.getrandbits(128) or 1, "032x"), format(
+        _random.getrandbits(64) or 1, "016x"
+    )
 
 
 def configure_sdk() -> None:
@@ -69,9 +71,7 @@ def configure_sdk() -> None:
         return
     provider = TracerProvider(resource=Resource.create())
     exporters: list[SpanExporter] = []
-    names = [
-        n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n
-    ]
+    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n]
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )

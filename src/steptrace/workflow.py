@@ -33,7 +33,6 @@ from opentelemetry.trace import Span, StatusCode
 from steptrace import logs as log_capture
 from steptrace.config import get_config
 from steptrace.record import (
-    LLMUsage,
     RunState,
     SpanRecord,
     encode,
@@ -105,7 +104,13 @@ class _Active:
     __slots__ = ("frame", "otel", "otel_token", "record", "token")
 
     def __init__(
-        self, parent: _Frame, kind: str, name: str, otel_name: str, attempt: int | None, key: str
+        self,
+        parent: _Frame,
+        kind: str,
+        name: str,
+        otel_name: str,
+        attempt: int | None,
+        key: str | None,
     ) -> None:
         run = parent.run
         start_ns = time.time_ns()

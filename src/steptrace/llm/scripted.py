@@ -38,7 +38,9 @@ class _Script:
         else:
             answers = list(responder)
             if not answers or not all(isinstance(a, str) for a in answers):
-                raise ValueError("a scripted responder is a non-empty list of strings or a callable")
+                raise ValueError(
+                    "a scripted responder is a non-empty list of strings or a callable"
+                )
             self._cycle = itertools.cycle(answers)
 
     def answer(self, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
