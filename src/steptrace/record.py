@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import ahocorasick
 import orjson
 from pydantic import BaseModel
 
@@ -187,23 +188,62 @@ def _snake(key: str) -> str:
     return key.lower().replace("-", "_")
 
 
+_META = set("\\[](){}.*+?|^$")
+
+
+def _literal_hint(pattern: str) -> bytes | None:
+    """A lower-case literal every match of ``pattern`` contains, when one is plain to
+    see (a literal prefix, or the letters of a leading ``(?i:...)`` group)."""
+    if pattern.startswith("(?i:"):
+        body = pattern[4:].split(")", 1)[0]
+        return body.lower().encode() if body.isalpha() and len(body) >= 3 else None
+    prefix = ""
+    for ch in pattern:
+        if ch in _META:
+            break
+        prefix += ch
+    return prefix.lower().encode() if len(prefix) >= 3 else None
+
+
 class Redactor:
     """Replaces secrets in JSON values: values under secret-looking keys, and
-    secret-shaped substrings of strings. A quick scan of the serialised bytes
-    decides whether the (slower) structural pass is needed at all."""
+    secret-shaped substrings of strings.
+
+    Most values hold no secret, so one multi-pattern scan (Aho-Corasick over the
+    lower-cased JSON text) for the words such keys contain and the literals such
+    strings start with decides whether anything else runs. Secret-shaped strings
+    are replaced in the JSON bytes directly (the patterns cannot match across a
+    quote); secret keys need a structural pass over the parsed value.
+    """
 
     def __init__(self, config: Config) -> None:
         self.text = config.redaction_text
+        self.text_bytes = orjson.dumps(config.redaction_text)[1:-1]
         self.keys = frozenset(config.secret_keys)
         self.suffixes = tuple("_" + k for k in self.keys)
         self.value_re = re.compile("|".join(f"(?:{p})" for p in config.secret_patterns))
-        key_words = "|".join(
-            re.escape(k).replace("_", "[_-]?") for k in sorted(self.keys, key=len, reverse=True)
-        )
-        scan = rf'(?i:"[^"]*(?:{key_words})[^"]*":)|' + "|".join(
-            f"(?:{p})" for p in config.secret_patterns
-        )
-        self.scan_re = re.compile(scan.encode())
+        self.value_res: list[re.Pattern[bytes]] = []
+        self.unhinted: list[re.Pattern[bytes]] = []
+        hints: list[bytes] = []
+        for pattern in config.secret_patterns:
+            compiled = re.compile(pattern.encode())
+            hint = _literal_hint(pattern)
+            if hint is None:
+                self.unhinted.append(compiled)
+            else:
+                hints.append(hint)
+            self.value_res.append(compiled)
+        # Every secret key, snake-cased, contains its longest part; JSON text of such a
+        # key (any case, - or _ or camelCase) contains that part in lower case.
+        stems = {max(k.split("_"), key=len) for k in self.keys if k}
+        # pyahocorasick searches without releasing the GIL: a search that released it
+        # would wait on the writer thread for a whole switch interval.
+        self.scanner = ahocorasick.Automaton()
+        for hint in hints:
+            self.scanner.add_word(hint.decode(), False)
+        for stem in stems:
+            self.scanner.add_word(stem, True)  # True: a key stem, False: a value hint
+        self.scanner.make_automaton()
         self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
 
     def _is_secret_key(self, key: str) -> bool:
@@ -230,10 +270,14 @@ class Redactor:
         return value
 
     def __call__(self, data: bytes) -> bytes:
-        if self.scan_re.search(data) is None:
-            return data
-        value = orjson.loads(data)
-        redacted = orjson.dumps(self.redact_value(value), option=_OPTS)
+        hits = [is_key for _, is_key in self.scanner.iter(data.decode().lower())]
+        if any(hits):
+            redacted = orjson.dumps(self.redact_value(orjson.loads(data)), option=_OPTS)
+        else:
+            redacted = data
+            patterns = self.value_res if hits else self.unhinted
+            for pattern in patterns:
+                redacted = pattern.sub(self.text_bytes, redacted)
         if redacted != data:
             counters.add("redacted")
         return redacted

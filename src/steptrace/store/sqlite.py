@@ -6,11 +6,12 @@ connection and calls ``write``; a ``Store`` opened for queries owns another.
 
 from __future__ import annotations
 
+import operator
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from steptrace.record import LLMUsage, RunState, SpanRecord
@@ -88,86 +89,98 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     raise sqlite3.OperationalError("database is locked: could not migrate")
 
 
-_RUN_UPSERT = """
+def _iso(param: str) -> str:
+    """SQL for the ISO-8601 text of an ns-since-epoch parameter (formatted by SQLite, off
+    the GIL, rather than by the writer thread in Python)."""
+    return (
+        f"strftime('%Y-%m-%dT%H:%M:%S', {param} / 1000000000, 'unixepoch') "
+        f"|| printf('.%06dZ', ({param} / 1000) % 1000000)"
+    )
+
+
+def _ms(start: str, end: str) -> str:
+    return f"({end} - {start}) / 1e6"
+
+
+# JSON arrives as UTF-8 bytes and is stored as TEXT (JSON1 reads text).
+_RUN_UPSERT = f"""
 INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
                   started_at, ended_at, duration_ms, input, output, error, tags)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {_iso("?8")},
+        CASE WHEN ?9 IS NULL THEN NULL ELSE {_iso("?9")} END,
+        CASE WHEN ?9 IS NULL THEN NULL ELSE {_ms("?8", "?9")} END,
+        CAST(?10 AS TEXT), CAST(?11 AS TEXT), CAST(?12 AS TEXT), CAST(?13 AS TEXT))
 ON CONFLICT (run_id) DO UPDATE SET
   status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
   output = excluded.output, error = excluded.error,
   input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
 """
 
-_SPAN_INSERT = """
+_SPAN_INSERT = f"""
 INSERT OR REPLACE INTO spans (span_id, run_id, parent_span_id, kind, name, step_key, attempt,
                    status, started_at, ended_at, duration_ms, input, output, error, attributes,
                    input_hash)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {_iso("?9")}, {_iso("?10")}, {_ms("?9", "?10")},
+        CAST(?11 AS TEXT), CAST(?12 AS TEXT), CAST(?13 AS TEXT), CAST(?14 AS TEXT), ?15)
 """
 
 _LLM_INSERT = """
 INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
                                   cost_usd, params)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))
 """
 
-_LOG_INSERT = """
+_LOG_INSERT = f"""
 INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?1, ?2, ?3, {_iso("?4")}, ?5, ?6, ?7, ?8)
 """
 
+_run_fields = operator.attrgetter(
+    "run_id",
+    "workflow",
+    "status",
+    "trace_id",
+    "span_id",
+    "parent_trace_id",
+    "parent_span_id",
+    "start_ns",
+    "end_ns",
+    "input",
+    "output",
+    "error",
+    "tags",
+)
+_span_fields = operator.attrgetter(
+    "span_id",
+    "run_id",
+    "parent_span_id",
+    "kind",
+    "name",
+    "key",
+    "attempt",
+    "status",
+    "start_ns",
+    "end_ns",
+    "input",
+    "output",
+    "error",
+    "attributes",
+    "input_hash",
+)
 
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode()
+
+def log_rows(
+    run_id: str, span_id: str, logs: list[tuple[int, str, str, str, str | None]]
+) -> list[tuple[Any, ...]]:
+    return [(run_id, span_id, seq, *entry) for seq, entry in enumerate(logs)]
 
 
-def run_row(run: RunState) -> tuple[Any, ...]:
-    end = run.end_ns
-    return (
-        run.run_id,
-        run.workflow,
-        run.status,
-        run.trace_id,
-        run.span_id,
-        run.parent_trace_id,
-        run.parent_span_id,
-        iso_from_ns(run.start_ns),
-        None if end is None else iso_from_ns(end),
-        None if end is None else (end - run.start_ns) / 1e6,
-        _text(run.input),
-        _text(run.output),
-        _text(run.error),
-        _text(run.tags),
-    )
-
-
-def span_rows(
-    spans: Iterable[SpanRecord],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    span_out: list[tuple[Any, ...]] = []
+def _side_rows(
+    runs: Sequence[RunState], spans: Sequence[SpanRecord]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     llm_out: list[tuple[Any, ...]] = []
     log_out: list[tuple[Any, ...]] = []
     for s in spans:
-        span_out.append(
-            (
-                s.span_id,
-                s.run_id,
-                s.parent_span_id,
-                s.kind,
-                s.name,
-                s.key,
-                s.attempt,
-                s.status,
-                iso_from_ns(s.start_ns),
-                iso_from_ns(s.end_ns),
-                (s.end_ns - s.start_ns) / 1e6,
-                _text(s.input),
-                _text(s.output),
-                _text(s.error),
-                _text(s.attributes),
-                s.input_hash,
-            )
-        )
         llm: LLMUsage | None = s.llm
         if llm is not None:
             llm_out.append(
@@ -179,21 +192,15 @@ def span_rows(
                     llm.input_tokens,
                     llm.output_tokens,
                     llm.cost_usd,
-                    _text(llm.params),
+                    llm.params,
                 )
             )
         if s.logs:
             log_out.extend(log_rows(s.run_id, s.span_id, s.logs))
-    return span_out, llm_out, log_out
-
-
-def log_rows(
-    run_id: str, span_id: str, logs: list[tuple[int, str, str, str, str | None]]
-) -> list[tuple[Any, ...]]:
-    return [
-        (run_id, span_id, seq, iso_from_ns(ts), level, logger, message, exc_text)
-        for seq, (ts, level, logger, message, exc_text) in enumerate(logs)
-    ]
+    for r in runs:
+        if r.logs and r.end_ns is not None:
+            log_out.extend(log_rows(r.run_id, r.span_id, r.logs))
+    return llm_out, log_out
 
 
 class SQLiteWriter:
@@ -205,11 +212,9 @@ class SQLiteWriter:
         self._lock = threading.Lock()
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
-        span_out, llm_out, log_out = span_rows(spans)
-        run_out = [run_row(r) for r in runs]
-        for r in runs:
-            if r.logs and r.end_ns is not None:
-                log_out.extend(log_rows(r.run_id, r.span_id, r.logs))
+        run_out = list(map(_run_fields, runs))
+        span_out = list(map(_span_fields, spans))
+        llm_out, log_out = _side_rows(runs, spans)
         delay = 0.01
         while True:
             try:

@@ -1,0 +1,130 @@
+"""Per-step cost of steptrace against a bare OpenTelemetry span carrying the same payload.
+
+Both sides run under one SDK TracerProvider with a BatchSpanProcessor and an
+exporter that drops everything, in the same process, in interleaved rounds. A
+round runs a workflow of 10 steps, each taking and returning ~1 KB of JSON;
+the per-step figure is the round's time / (workflows x 10). steptrace also
+writes every run to a SQLite store in a temporary directory (the writer
+thread's work is included: it shares the interpreter). Prints medians and the
+ratio; exits 0 whatever the figures (a benchmark, not a test).
+
+    python bench/overhead.py [--rounds 30] [--workflows 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+STEPS = 10
+
+
+class DropExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def make_payload() -> dict[str, Any]:
+    payload = {
+        "ticket_id": "T-10293",
+        "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "tier": "gold"},
+        "subject": "Charged twice for my order",
+        "body": "Hello, I was charged twice for order A-7731 last Tuesday. " * 7,
+        "tags": ["billing", "duplicate-charge", "priority"],
+        "history": [{"at": f"2026-11-{d:02d}", "event": "note", "n": d} for d in range(1, 8)],
+        "scores": [0.12, 0.55, 0.91, 0.33],
+    }
+    size = len(orjson.dumps(payload))
+    assert 900 <= size <= 1300, size
+    return payload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--workflows", type=int, default=200, help="workflows per round")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
+    os.environ["STEPTRACE_STORE"] = os.path.join(tmp, "bench.db")
+    exporter = DropExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+    import steptrace as st
+
+    payload = make_payload()
+    tracer = trace.get_tracer("bench")
+
+    def bare_step(value: dict[str, Any]) -> dict[str, Any]:
+        with tracer.start_as_current_span("step") as span:
+            span.set_attribute("input", orjson.dumps({"value": value}).decode())
+            result = value
+            span.set_attribute("output", orjson.dumps(result).decode())
+        return result
+
+    def bare_workflow(value: dict[str, Any]) -> None:
+        with tracer.start_as_current_span("workflow"):
+            for _ in range(STEPS):
+                bare_step(value)
+
+    @st.step
+    def traced_step(value: dict[str, Any]) -> dict[str, Any]:
+        return value
+
+    @st.workflow
+    def traced_workflow(value: dict[str, Any]) -> None:
+        for _ in range(STEPS):
+            traced_step(value)
+
+    def per_step_us(fn: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(args.workflows):
+            fn(payload)
+        return (time.perf_counter() - started) / (args.workflows * STEPS) * 1e6
+
+    # Warm up both (imports, store creation, caches).
+    per_step_us(bare_workflow)
+    per_step_us(traced_workflow)
+    st.flush()
+
+    bare: list[float] = []
+    traced: list[float] = []
+    for _ in range(args.rounds):
+        bare.append(per_step_us(bare_workflow))
+        traced.append(per_step_us(traced_workflow))
+    started = time.perf_counter()
+    st.flush(timeout_s=120)
+    drain_s = time.perf_counter() - started
+
+    with st.Store.open() as store:
+        stored_runs = len(store.runs(last=10**9))
+    bare_med = statistics.median(bare)
+    traced_med = statistics.median(traced)
+    print(f"payload: {len(orjson.dumps(payload))} bytes in and out per step, {STEPS} steps/workflow")
+    print(f"rounds: {args.rounds} x {args.workflows} workflows each")
+    print(f"bare OpenTelemetry span : median {bare_med:7.1f} us/step")
+    print(f"steptrace step          : median {traced_med:7.1f} us/step")
+    print(f"ratio                   : {traced_med / bare_med:.2f}x  (target <= 1.25x)")
+    print(f"writer drain after the last round: {drain_s * 1000:.0f} ms")
+    print(f"runs stored: {stored_runs} (all of them: nothing dropped)")
+    provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

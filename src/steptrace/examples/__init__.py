@@ -1,0 +1,1 @@
+"""Example workflows bundled with steptrace; ``triage`` is the one ``steptrace demo`` runs."""

@@ -1,0 +1,50 @@
+"""Small helpers shared by the tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+
+def span_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return format(span.context.span_id, "016x")
+
+
+def trace_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return format(span.context.trace_id, "032x")
+
+
+def parent_hex(span: ReadableSpan) -> str | None:
+    return None if span.parent is None else format(span.parent.span_id, "016x")
+
+
+def parse_ts(text: str) -> datetime:
+    """A stored ISO-8601 timestamp (``...Z``) as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def run_python(code: str, store: Path, *, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter writing to ``store``; fails the test on error."""
+    env = dict(os.environ, STEPTRACE_STORE=str(store))
+    for name in list(env):
+        if name.startswith("OTEL_"):
+            del env[name]
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=store.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
