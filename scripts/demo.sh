@@ -2,7 +2,7 @@
 # Installs steptrace into .venv and runs the demo workflow on the embedded defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -m venv --help >/dev/null 2>&1; then
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
