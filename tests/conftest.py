@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import span_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import steptrace.config
-from helpers import span_hex
 
 _EXPORTER = InMemorySpanExporter()
 

@@ -31,8 +31,11 @@ def parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def run_python(code: str, store: Path, *, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter writing to ``store``; fails the test on error."""
+def run_python(
+    code: str, store: Path, *, returncode: int = 0, timeout_s: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter writing to ``store``; fails the test unless it
+    exits with ``returncode``."""
     env = dict(os.environ, STEPTRACE_STORE=str(store))
     for name in list(env):
         if name.startswith("OTEL_"):
@@ -46,5 +49,5 @@ def run_python(code: str, store: Path, *, timeout_s: float = 30.0) -> subprocess
         timeout=timeout_s,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == returncode, proc.stderr
     return proc

@@ -4,6 +4,8 @@ keep the offending value, ``retry_on`` and ``Backoff``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import statistics
 from typing import Any
 
@@ -67,7 +69,7 @@ def test_each_attempt_is_its_own_span_with_attempt_status_duration_and_error(
     assert attempts[2].error is None
     assert attempts[2].output == 10
     # attempts follow one another
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         assert parse_ts(before.ended_at or "") <= parse_ts(after.started_at)
 
     spans = exported()
@@ -125,7 +127,9 @@ def test_output_model_failure_keeps_the_raw_text_and_says_validation() -> None:
 
     @st.step(retries=1, backoff=0.001, output=Label)
     def classify(text: str) -> str:
-        reply = st.llm.chat(model="scripted:retry-json", messages=[{"role": "user", "content": text}])
+        reply = st.llm.chat(
+            model="scripted:retry-json", messages=[{"role": "user", "content": text}]
+        )
         return reply.text
 
     @st.workflow
@@ -241,10 +245,8 @@ def test_retry_on_limits_which_exceptions_retry() -> None:
     @st.workflow
     def wf() -> int:
         value = retry_transient(1)
-        try:
+        with contextlib.suppress(PermissionError):
             retry_permanent(1)
-        except PermissionError:
-            pass
         return value
 
     assert wf() == 2

@@ -27,36 +27,54 @@ _installed = False
 
 def install(current_logs: Callable[[], list[LogEntry] | None]) -> None:
     """Start capturing: each record created while ``current_logs()`` returns a list is
-    appended to it. Idempotent."""
+    appended to it. Called at the start of every run; installs the hook once."""
     global _installed
     if _installed:
+        lower_root_level()
         return
     with _lock:
         if _installed:
             return
-        config = get_config()
-        if not config.capture_logs:
-            return
-        min_level = config.log_level
         previous = logging.getLogRecordFactory()
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
             logs = current_logs()
-            if logs is not None and record.levelno >= min_level:
+            if logs is not None:
+                config = get_config()  # read per record: configure() may change it
                 name = record.name
-                if not (name == "steptrace" or name.startswith("steptrace.")):
+                if (
+                    config.capture_logs
+                    and record.levelno >= config.log_level
+                    and not (name == "steptrace" or name.startswith("steptrace."))
+                ):
                     logs.append(_entry(record))
             return record
 
         logging.setLogRecordFactory(factory)
-        root = logging.getLogger()
-        if not root.handlers and root.level > min_level and root.level == logging.WARNING:
-            # Unconfigured logging: records below WARNING are never even created, so
-            # lower the root level. Output is unchanged: Python's last-resort handler
-            # prints WARNING and above only.
-            root.setLevel(min_level)
         _installed = True
+    lower_root_level()
+
+
+def lower_root_level() -> None:
+    """Make records at the capture level exist at all, without changing what prints.
+
+    Below the root logger's level (WARNING by default) loggers never create a
+    record. So the root is lowered to the capture level, and each root handler
+    without a level of its own gets the root's old level, keeping its output the
+    same. (A handler added later without a level sees the lower level.)
+    """
+    config = get_config()
+    if not config.capture_logs:
+        return
+    root = logging.getLogger()
+    old = root.level
+    if old <= config.log_level:
+        return
+    for handler in root.handlers:
+        if handler.level == logging.NOTSET:
+            handler.setLevel(old)
+    root.setLevel(config.log_level)
 
 
 def _entry(record: logging.LogRecord) -> LogEntry:

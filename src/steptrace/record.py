@@ -26,6 +26,7 @@ from typing import Any
 
 import ahocorasick
 import orjson
+import pydantic
 from pydantic import BaseModel
 
 from steptrace.config import Config, get_config
@@ -194,12 +195,18 @@ _META = set("\\[](){}.*+?|^$")
 def _literal_hint(pattern: str) -> bytes | None:
     """A lower-case literal every match of ``pattern`` contains, when one is plain to
     see (a literal prefix, or the letters of a leading ``(?i:...)`` group)."""
+    if "|" in pattern:  # alternatives: no single literal to look for
+        return None
     if pattern.startswith("(?i:"):
         body = pattern[4:].split(")", 1)[0]
         return body.lower().encode() if body.isalpha() and len(body) >= 3 else None
     prefix = ""
-    for ch in pattern:
+    for i, ch in enumerate(pattern):
         if ch in _META:
+            if ch in "?*{" and prefix:  # the last literal is optional or repeated
+                prefix = prefix[:-1]
+            break
+        if i + 1 < len(pattern) and pattern[i + 1] in "?*{":
             break
         prefix += ch
     return prefix.lower().encode() if len(prefix) >= 3 else None
@@ -212,17 +219,14 @@ class Redactor:
     Most values hold no secret, so one multi-pattern scan (Aho-Corasick over the
     lower-cased JSON text) for the words such keys contain and the literals such
     strings start with decides whether anything else runs. Secret-shaped strings
-    are replaced in the JSON bytes directly (the patterns cannot match across a
-    quote); secret keys need a structural pass over the parsed value.
+    and keys are then replaced in the parsed value.
     """
 
     def __init__(self, config: Config) -> None:
         self.text = config.redaction_text
-        self.text_bytes = orjson.dumps(config.redaction_text)[1:-1]
         self.keys = frozenset(config.secret_keys)
         self.suffixes = tuple("_" + k for k in self.keys)
         self.value_re = re.compile("|".join(f"(?:{p})" for p in config.secret_patterns))
-        self.value_res: list[re.Pattern[bytes]] = []
         self.unhinted: list[re.Pattern[bytes]] = []
         hints: list[bytes] = []
         for pattern in config.secret_patterns:
@@ -232,7 +236,6 @@ class Redactor:
                 self.unhinted.append(compiled)
             else:
                 hints.append(hint)
-            self.value_res.append(compiled)
         # Every secret key, snake-cased, contains its longest part; JSON text of such a
         # key (any case, - or _ or camelCase) contains that part in lower case.
         stems = {max(k.split("_"), key=len) for k in self.keys if k}
@@ -240,9 +243,9 @@ class Redactor:
         # would wait on the writer thread for a whole switch interval.
         self.scanner = ahocorasick.Automaton()
         for hint in hints:
-            self.scanner.add_word(hint.decode(), False)
+            self.scanner.add_word(hint.decode(), hint)
         for stem in stems:
-            self.scanner.add_word(stem, True)  # True: a key stem, False: a value hint
+            self.scanner.add_word(stem, stem)
         self.scanner.make_automaton()
         self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
 
@@ -258,9 +261,9 @@ class Redactor:
             return self.redact_text(value)
         if isinstance(value, dict):
             return {
-                k: (
+                (self.redact_text(k) if isinstance(k, str) else k): (
                     self.text
-                    if isinstance(k, str) and self.is_secret_key(k) and value[k] is not None
+                    if isinstance(k, str) and self.is_secret_key(k) and v is not None
                     else self.redact_value(v)
                 )
                 for k, v in value.items()
@@ -270,14 +273,12 @@ class Redactor:
         return value
 
     def __call__(self, data: bytes) -> bytes:
-        hits = [is_key for _, is_key in self.scanner.iter(data.decode().lower())]
-        if any(hits):
-            redacted = orjson.dumps(self.redact_value(orjson.loads(data)), option=_OPTS)
-        else:
-            redacted = data
-            patterns = self.value_res if hits else self.unhinted
-            for pattern in patterns:
-                redacted = pattern.sub(self.text_bytes, redacted)
+        hit = next(self.scanner.iter(data.decode().lower()), None) is not None
+        if not hit and not any(p.search(data) for p in self.unhinted):
+            return data
+        # Replace in the parsed value, never in the JSON text: a pattern could match
+        # across a quote or miss an escaped character.
+        redacted = orjson.dumps(self.redact_value(orjson.loads(data)), option=_OPTS)
         if redacted != data:
             counters.add("redacted")
         return redacted
@@ -291,8 +292,13 @@ def size_cap(limit: int) -> Processor:
         if len(data) <= limit:
             return data
         counters.add("truncated")
-        preview = data[: max(limit - 256, 64)].decode("utf-8", errors="ignore")
-        return orjson.dumps({MARKER: "truncated", "size": len(data), "preview": preview})
+        keep = max(limit - 128, 16)
+        while True:  # escaping can make the preview longer than the bytes it came from
+            preview = data[:keep].decode("utf-8", errors="ignore")
+            marker = orjson.dumps({MARKER: "truncated", "size": len(data), "preview": preview})
+            if len(marker) <= limit or keep <= 16:
+                return marker
+            keep = max(keep - (len(marker) - limit) - 8, keep // 2, 16)
 
     return cap
 
@@ -449,11 +455,17 @@ def error_json(exc: BaseException, *, validation: bool = False) -> bytes:
     """The stored form of an exception: type, message, traceback (redacted)."""
     import traceback
 
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = error_message(exc)
+    if isinstance(exc, pydantic.ValidationError):
+        # pydantic's own text quotes the input, secrets and all: rebuild it without.
+        tb = "".join(traceback.format_tb(exc.__traceback__))
+        tb = f"Traceback (most recent call last):\n{tb}{type(exc).__name__}: {message}\n"
+    else:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     error: dict[str, Any] = {
         "type": type(exc).__name__,
         "module": type(exc).__module__,
-        "message": redact_text(_safe_str(exc)),
+        "message": redact_text(message),
         "traceback": redact_text(tb),
     }
     if validation:
@@ -462,7 +474,21 @@ def error_json(exc: BaseException, *, validation: bool = False) -> bytes:
         if callable(errors):
             with contextlib.suppress(Exception):
                 error["errors"] = errors(include_url=False, include_context=False)
+                if isinstance(exc, pydantic.ValidationError):
+                    # the input of each error is redacted like any value
+                    error["errors"] = orjson.loads(encode(error["errors"]))
     return encode(error)
+
+
+def error_message(exc: BaseException) -> str:
+    """``str(exc)``; for a pydantic ValidationError, its errors without the input values."""
+    if isinstance(exc, pydantic.ValidationError):
+        lines = [f"{exc.error_count()} validation error(s) for {exc.title}"]
+        for e in exc.errors(include_url=False, include_input=False, include_context=False):
+            loc = ".".join(str(p) for p in e["loc"]) or "(value)"
+            lines.append(f"  {loc}: {e['msg']} [type={e['type']}]")
+        return "\n".join(lines)
+    return _safe_str(exc)
 
 
 def _safe_str(exc: BaseException) -> str:

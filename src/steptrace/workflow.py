@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from steptrace import logs as log_capture
 from steptrace.config import get_config
@@ -37,8 +37,10 @@ from steptrace.record import (
     SpanRecord,
     encode,
     error_json,
+    error_message,
     for_export,
     input_hash,
+    redact_text,
 )
 from steptrace.store.model import RunRecord
 from steptrace.store.writer import Sink, get_sink
@@ -114,7 +116,11 @@ class _Active:
     ) -> None:
         run = parent.run
         start_ns = time.time_ns()
-        span = tracer().start_span(otel_name, start_time=start_ns)
+        span = tracer().start_span(
+            otel_name,
+            start_time=start_ns,
+            kind=SpanKind.CLIENT if kind == "llm" else SpanKind.INTERNAL,
+        )
         _, span_id = span_ids(span)
         self.otel: Span = span
         self.record = SpanRecord(
@@ -138,10 +144,16 @@ class _Active:
             attributes["steptrace.run.id"] = record.run_id
             span.set_attributes(attributes)
             if error is not None:
-                span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
-                span.set_attribute("error.type", type(error).__qualname__)
+                _set_error(span, error)
         span.end(end_time=end_ns)
         self.frame.run.sink.put(record)
+
+
+def _set_error(span: Span, error: BaseException) -> None:
+    span.set_status(
+        StatusCode.ERROR, redact_text(f"{type(error).__name__}: {error_message(error)}")
+    )
+    span.set_attribute("error.type", type(error).__qualname__)
 
 
 def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
@@ -219,9 +231,7 @@ class _Spec:
         params = list(self.signature.parameters)
         self.skip_first = bool(params) and params[0] in ("self", "cls")
         self.params = params
-        plain = all(
-            p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values()
-        )
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values())
         # Calls that pass every parameter positionally skip Signature.bind (~3 us).
         self.positional_names = tuple(params) if plain and not self.skip_first else None
         self.tags = tuple(tags)
@@ -482,8 +492,7 @@ class _RunScope:
                 }
             )
             if error is not None:
-                span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
-                span.set_attribute("error.type", type(error).__qualname__)
+                _set_error(span, error)
         span.end(end_time=end_ns)
         self.run.sink.put(state)
         _last_run_id = state.run_id
@@ -507,7 +516,10 @@ def _started(state: RunState) -> RunState:
 def _workflow_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = _RunScope(spec, args, kwargs)
     try:
-        result = spec.fn(*args, **kwargs)
+        # A step recorded as a one-step run goes through its attempt loop inside the run.
+        result = (
+            spec.fn(*args, **kwargs) if spec.kind == "workflow" else _run_sync(spec, args, kwargs)
+        )
     except BaseException as exc:
         scope.finish(error=exc)
         raise
@@ -518,7 +530,10 @@ def _workflow_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 async def _workflow_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = _RunScope(spec, args, kwargs)
     try:
-        result = await spec.fn(*args, **kwargs)
+        if spec.kind == "workflow":
+            result = await spec.fn(*args, **kwargs)
+        else:
+            result = await _run_async(spec, args, kwargs)
     except BaseException as exc:
         scope.finish(error=exc)
         raise
@@ -693,5 +708,10 @@ def last_run() -> RunRecord | None:
 
     if _last_run_id is None:
         return None
+    from steptrace.store import RunNotFound
+
     with Store.open() as store:
-        return store.run(_last_run_id)
+        try:
+            return store.run(_last_run_id)
+        except RunNotFound:  # recorded into another store since
+            return None

@@ -9,7 +9,7 @@ whether it succeeds or raises. Outside a run the call is just made.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,12 @@ class Reply:
     provider: str = ""
     finish_reason: str | None = None
     cost_usd: float | None = None
+
+    def __await__(self) -> Generator[None, None, Reply]:
+        """``await st.llm.chat(...)`` works too (the call has already been made;
+        ``achat`` is the non-blocking twin)."""
+        return self
+        yield  # pragma: no cover - makes this a generator
 
 
 def _split(model: str) -> tuple[str, str]:

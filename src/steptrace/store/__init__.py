@@ -200,6 +200,7 @@ class Store:
                 {"ts": ts, "level": level, "logger": logger, "message": message}
                 | ({"exception": exc_text} if exc_text else {})
             )
+        run.logs = logs.get(run.span_id, [])
         for r in span_rows:
             span = SpanView(
                 span_id=r[0],

@@ -77,6 +77,8 @@ class RunRecord:
     parent_trace_id: str | None = None
     parent_span_id: str | None = None
     spans: list[SpanView] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    """Log records written in the run outside any step."""
 
     def steps(self, name: str | None = None) -> list[SpanView]:
         """Step-attempt spans, in start order, optionally of one step name."""
@@ -104,7 +106,12 @@ class RunRecord:
             "tags": self.tags,
         }
 
+    def __getitem__(self, key: str) -> Any:
+        """``run["spans"]`` and friends: the keys of ``to_dict()``."""
+        return self.to_dict()[key]
+
     def to_dict(self) -> dict[str, Any]:
         data = self.summary()
+        data["logs"] = self.logs
         data["spans"] = [s.to_dict() for s in self.spans]
         return data
