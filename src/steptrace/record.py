@@ -361,60 +361,31 @@ def input_hash(data: bytes) -> str:
 # --- the record --------------------------------------------------------------------
 
 
+@dataclasses.dataclass(slots=True)
 class SpanRecord:
     """One finished span (step attempt, LLM call, tool call or other), ready to store.
 
-    Values are already encoded JSON bytes; timestamps are ns since the epoch.
+    Values are already encoded JSON bytes; timestamps are ns since the epoch. The
+    writer serialises whole batches of these with orjson in one call.
     """
 
-    __slots__ = (
-        "attempt",
-        "attributes",
-        "end_ns",
-        "error",
-        "input",
-        "input_hash",
-        "key",
-        "kind",
-        "llm",
-        "logs",
-        "name",
-        "output",
-        "parent_span_id",
-        "run_id",
-        "span_id",
-        "start_ns",
-        "status",
-    )
-
-    def __init__(
-        self,
-        run_id: str,
-        span_id: str,
-        parent_span_id: str | None,
-        kind: str,
-        name: str,
-        start_ns: int,
-        attempt: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.run_id = run_id
-        self.span_id = span_id
-        self.parent_span_id = parent_span_id
-        self.kind = kind
-        self.name = name
-        self.start_ns = start_ns
-        self.end_ns = start_ns
-        self.attempt = attempt
-        self.key = key
-        self.status = "running"
-        self.input: bytes | None = None
-        self.input_hash: str | None = None
-        self.output: bytes | None = None
-        self.error: bytes | None = None
-        self.attributes: bytes | None = None
-        self.logs: list[tuple[int, str, str, str, str | None]] | None = None
-        self.llm: LLMUsage | None = None
+    run_id: str
+    span_id: str
+    parent_span_id: str | None
+    kind: str
+    name: str
+    start_ns: int
+    attempt: int | None = None
+    key: str | None = None
+    end_ns: int = 0
+    status: str = "running"
+    input: bytes | None = None
+    input_hash: str | None = None
+    output: bytes | None = None
+    error: bytes | None = None
+    attributes: bytes | None = None
+    logs: list[tuple[int, str, str, str, str | None]] | None = None
+    llm: LLMUsage | None = None
 
 
 @dataclasses.dataclass(slots=True)

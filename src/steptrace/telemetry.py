@@ -55,6 +55,12 @@ def span_ids(span: Span, parent: Any = None) -> tuple[str, str]:
     )
 
 
+def new_run_id() -> str:
+    """32 random hex digits. Not uuid4: os.urandom can cost hundreds of microseconds
+    per call in sandboxed kernels, and run ids need uniqueness, not secrecy."""
+    return format(_random.getrandbits(128), "032x")
+
+
 def configure_sdk() -> None:
     """Install an SDK TracerProvider honouring the ``OTEL_*`` variables, unless the
     process already has one. For applications only (the CLI, the demo).

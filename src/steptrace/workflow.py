@@ -19,7 +19,6 @@ import inspect
 import random
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from steptrace.record import (
 )
 from steptrace.store.model import RunRecord
 from steptrace.store.writer import Sink, get_sink
-from steptrace.telemetry import span_ids, tracer
+from steptrace.telemetry import new_run_id, span_ids, tracer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -447,7 +446,7 @@ class _RunScope:
         span = tracer().start_span(spec.otel_name, start_time=start_ns)
         trace_id, span_id = span_ids(span)
         state = RunState(
-            run_id=uuid.uuid4().hex,
+            run_id=new_run_id(),
             workflow=spec.name,
             trace_id=trace_id,
             span_id=span_id,

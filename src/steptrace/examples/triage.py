@@ -125,9 +125,7 @@ def lookup_order(order_id: str) -> dict[str, Any]:
 
 
 @st.step(retries=2, backoff=0.01, output=DraftReply)
-def draft_reply(
-    ticket: Ticket, label: Classification, order: dict[str, Any] | None
-) -> DraftReply:
+def draft_reply(ticket: Ticket, label: Classification, order: dict[str, Any] | None) -> DraftReply:
     """Ask the drafting model for a reply, given the ticket, its label and its order."""
     if order is not None and not order.get("found"):
         log.warning(
@@ -258,12 +256,12 @@ def _classify_answer(prompt: str, digest: bytes) -> dict[str, Any]:
     scores = sorted(((_hits(text, w), c) for c, w in _KEYWORDS.items()), key=lambda s: -s[0])
     (best, category), (second, _) = scores[0], scores[1]
     urgency = next((u for u, words in _URGENCY if _hits(text, words)), "normal")
-    confidence = 0.5 + 0.08 * (best - second) + 0.04 * best + (digest[2] % 10) / 100
+    confidence = 0.4 + 0.07 * (best - second) + 0.02 * best + (digest[2] % 10) / 100
     subject = re.search(r"^Subject: (.*)$", prompt, re.MULTILINE)
     return {
         "category": category if best else "technical",
         "urgency": urgency,
-        "confidence": round(min(0.98, max(0.35, confidence)), 2),
+        "confidence": round(min(0.97, max(0.3, confidence)), 2),
         "summary": f"{category} request: {subject.group(1) if subject else 'no subject'}"[:100],
     }
 
@@ -374,7 +372,9 @@ class ScriptedModel:
 
 def register_models() -> None:
     """(Re)register the demo's two scripted models, forgetting the prompts they saw."""
-    st.llm.script(CLASSIFIER_MODEL.split(":", 1)[1], ScriptedModel(_classify_answer, _classify_garbled, 4))
+    st.llm.script(
+        CLASSIFIER_MODEL.split(":", 1)[1], ScriptedModel(_classify_answer, _classify_garbled, 4)
+    )
     st.llm.script(DRAFTER_MODEL.split(":", 1)[1], ScriptedModel(_draft_answer, _draft_garbled, 5))
 
 
@@ -419,8 +419,7 @@ TICKETS: tuple[dict[str, str | None], ...] = (
     },
     {
         "subject": "Missing item in my order",
-        "body": "The filter pack was missing from the parcel. Please refund the $18.50 "
-        "for it.",
+        "body": "The filter pack was missing from the parcel. Please refund the $18.50 for it.",
         "order_id": "A-1006",
     },
     {
@@ -431,8 +430,7 @@ TICKETS: tuple[dict[str, str | None], ...] = (
     },
     {
         "subject": "Order never arrived",
-        "body": "My parcel never arrived and the courier says they have no tracking "
-        "for it.",
+        "body": "My parcel never arrived and the courier says they have no tracking for it.",
         "order_id": "A-9999",
     },
     {

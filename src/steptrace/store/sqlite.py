@@ -14,7 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from steptrace.record import LLMUsage, RunState, SpanRecord
+import orjson
+
+from steptrace.record import RunState, SpanRecord
 from steptrace.store.migrations import pending
 
 BUSY_TIMEOUT_MS = 5000
@@ -102,40 +104,19 @@ def _ms(start: str, end: str) -> str:
     return f"({end} - {start}) / 1e6"
 
 
-# JSON arrives as UTF-8 bytes and is stored as TEXT (JSON1 reads text).
-_RUN_UPSERT = f"""
-INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
-                  started_at, ended_at, duration_ms, input, output, error, tags)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {_iso("?8")},
-        CASE WHEN ?9 IS NULL THEN NULL ELSE {_iso("?9")} END,
-        CASE WHEN ?9 IS NULL THEN NULL ELSE {_ms("?8", "?9")} END,
-        CAST(?10 AS TEXT), CAST(?11 AS TEXT), CAST(?12 AS TEXT), CAST(?13 AS TEXT))
-ON CONFLICT (run_id) DO UPDATE SET
-  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
-  output = excluded.output, error = excluded.error,
-  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
-"""
+# A batch reaches SQLite as ONE flat JSON array per table ([row0 col0, row0 col1, …,
+# row1 col0, …]) that SQLite pivots back into rows: one statement per table per batch
+# instead of one per row. The writer thread then enters SQLite (releasing the GIL)
+# a handful of times per batch rather than once per row, and each GIL hand-back would
+# otherwise interrupt the application thread. Stored JSON values travel as strings.
+def _rows(ncols: int) -> str:
+    cols = ", ".join(
+        f"max(CASE key % {ncols} WHEN {i} THEN value END) AS c{i}" for i in range(ncols)
+    )
+    return f"(SELECT key / {ncols} AS g, {cols} FROM json_each(?1) GROUP BY key / {ncols})"
 
-_SPAN_INSERT = f"""
-INSERT OR REPLACE INTO spans (span_id, run_id, parent_span_id, kind, name, step_key, attempt,
-                   status, started_at, ended_at, duration_ms, input, output, error, attributes,
-                   input_hash)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {_iso("?9")}, {_iso("?10")}, {_ms("?9", "?10")},
-        CAST(?11 AS TEXT), CAST(?12 AS TEXT), CAST(?13 AS TEXT), CAST(?14 AS TEXT), ?15)
-"""
 
-_LLM_INSERT = """
-INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
-                                  cost_usd, params)
-VALUES (?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))
-"""
-
-_LOG_INSERT = f"""
-INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
-VALUES (?1, ?2, ?3, {_iso("?4")}, ?5, ?6, ?7, ?8)
-"""
-
-_run_fields = operator.attrgetter(
+_RUN_FIELDS = [
     "run_id",
     "workflow",
     "status",
@@ -149,8 +130,22 @@ _run_fields = operator.attrgetter(
     "output",
     "error",
     "tags",
-)
-_span_fields = operator.attrgetter(
+]
+_RUN_UPSERT = f"""
+INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
+                  started_at, ended_at, duration_ms, input, output, error, tags)
+SELECT c0, c1, c2, c3, c4, c5, c6, {_iso("c7")},
+       CASE WHEN c8 IS NULL THEN NULL ELSE {_iso("c8")} END,
+       CASE WHEN c8 IS NULL THEN NULL ELSE {_ms("c7", "c8")} END,
+       c9, c10, c11, c12
+FROM {_rows(len(_RUN_FIELDS))} ORDER BY g
+ON CONFLICT (run_id) DO UPDATE SET
+  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
+  output = excluded.output, error = excluded.error,
+  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
+"""
+
+_SPAN_FIELDS = [
     "span_id",
     "run_id",
     "parent_span_id",
@@ -166,24 +161,54 @@ _span_fields = operator.attrgetter(
     "error",
     "attributes",
     "input_hash",
-)
+]
+_SPAN_INSERT = f"""
+INSERT OR REPLACE INTO spans (span_id, run_id, parent_span_id, kind, name, step_key, attempt,
+                   status, started_at, ended_at, duration_ms, input, output, error, attributes,
+                   input_hash)
+SELECT c0, c1, c2, c3, c4, c5, c6, c7, {_iso("c8")}, {_iso("c9")}, {_ms("c8", "c9")},
+       c10, c11, c12, c13, c14
+FROM {_rows(len(_SPAN_FIELDS))}
+"""
+
+_LLM_INSERT = f"""
+INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
+                                  cost_usd, params)
+SELECT c0, c1, c2, c3, c4, c5, c6, c7 FROM {_rows(8)}
+"""
+
+_LOG_INSERT = f"""
+INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
+SELECT c0, c1, c2, {_iso("c3")}, c4, c5, c6, c7 FROM {_rows(8)}
+"""
+
+_run_fields = operator.attrgetter(*_RUN_FIELDS)
+_span_fields = operator.attrgetter(*_SPAN_FIELDS)
 
 
-def log_rows(
-    run_id: str, span_id: str, logs: list[tuple[int, str, str, str, str | None]]
-) -> list[tuple[Any, ...]]:
-    return [(run_id, span_id, seq, *entry) for seq, entry in enumerate(logs)]
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bytes):  # an encoded value travels as a JSON string
+        return value.decode()
+    raise TypeError(type(value).__name__)
 
 
-def _side_rows(
+def _batch(
     runs: Sequence[RunState], spans: Sequence[SpanRecord]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    llm_out: list[tuple[Any, ...]] = []
-    log_out: list[tuple[Any, ...]] = []
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    run_flat: list[Any] = []
+    span_flat: list[Any] = []
+    llm_flat: list[Any] = []
+    log_flat: list[Any] = []
+    for r in runs:
+        run_flat.extend(_run_fields(r))
+        if r.logs and r.end_ns is not None:
+            for seq, entry in enumerate(r.logs):
+                log_flat.extend((r.run_id, r.span_id, seq, *entry))
     for s in spans:
-        llm: LLMUsage | None = s.llm
+        span_flat.extend(_span_fields(s))
+        llm = s.llm
         if llm is not None:
-            llm_out.append(
+            llm_flat.extend(
                 (
                     s.span_id,
                     s.run_id,
@@ -196,11 +221,9 @@ def _side_rows(
                 )
             )
         if s.logs:
-            log_out.extend(log_rows(s.run_id, s.span_id, s.logs))
-    for r in runs:
-        if r.logs and r.end_ns is not None:
-            log_out.extend(log_rows(r.run_id, r.span_id, r.logs))
-    return llm_out, log_out
+            for seq, entry in enumerate(s.logs):
+                log_flat.extend((s.run_id, s.span_id, seq, *entry))
+    return run_flat, span_flat, llm_flat, log_flat
 
 
 class SQLiteWriter:
@@ -212,14 +235,15 @@ class SQLiteWriter:
         self._lock = threading.Lock()
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
-        run_out = list(map(_run_fields, runs))
-        span_out = list(map(_span_fields, spans))
-        llm_out, log_out = _side_rows(runs, spans)
+        docs = [
+            orjson.dumps(flat, default=_as_text).decode() if flat else None
+            for flat in _batch(runs, spans)
+        ]
         delay = 0.01
         while True:
             try:
                 with self._lock:
-                    self._write_once(run_out, span_out, llm_out, log_out)
+                    self._write_once(docs)
                 return
             except sqlite3.OperationalError as exc:
                 if not is_locked(exc):
@@ -227,24 +251,15 @@ class SQLiteWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def _write_once(
-        self,
-        run_out: list[tuple[Any, ...]],
-        span_out: list[tuple[Any, ...]],
-        llm_out: list[tuple[Any, ...]],
-        log_out: list[tuple[Any, ...]],
-    ) -> None:
+    def _write_once(self, docs: list[str | None]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if run_out:
-                conn.executemany(_RUN_UPSERT, run_out)
-            if span_out:
-                conn.executemany(_SPAN_INSERT, span_out)
-            if llm_out:
-                conn.executemany(_LLM_INSERT, llm_out)
-            if log_out:
-                conn.executemany(_LOG_INSERT, log_out)
+            for statement, doc in zip(
+                (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT), docs, strict=True
+            ):
+                if doc is not None:
+                    conn.execute(statement, (doc,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

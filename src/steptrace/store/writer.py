@@ -1,9 +1,11 @@
 """The process's write path: records go onto a queue, a background thread writes them.
 
-Recording a step only appends to a queue (microseconds); the writer thread
-drains it in batches, one transaction per batch, so a busy process writes
-thousands of steps per commit and an idle one commits within ~100 ms (other
-processes see a finished run within a second). ``flush()`` waits until
+Recording a step only appends to a deque (no lock, no system call, no thread
+wake-up: waking the writer per record would cost the application a thread switch
+per step). The writer wakes every 100 ms, or at once when the backlog is large or
+someone waits for a flush, and writes what is queued in one transaction, so a
+busy process writes thousands of steps per commit and other processes see a
+finished run within a second. ``flush()`` waits until
 everything queued so far is written (read-your-own-writes for ``Store`` in the
 same process); an ``atexit`` hook flushes at normal exit. A write that fails
 for a reason other than a lock is reported on the ``steptrace`` logger and
@@ -13,9 +15,9 @@ counted, never raised into user code.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
-import queue
 import threading
 import time
 from typing import Any
@@ -26,7 +28,8 @@ from steptrace.record import RunState, SpanRecord
 log = logging.getLogger("steptrace")
 
 _BATCH_MAX = 5000
-_IDLE_WAIT_S = 0.1
+_WAKE_BACKLOG = 2000
+_INTERVAL_S = 0.1
 _EXIT_FLUSH_TIMEOUT_S = 30.0
 
 
@@ -38,7 +41,8 @@ class Sink:
 
         self.url = url
         self.backend = open_writer(url)
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
         self.failed_batches = 0
         self.dropped_records = 0
         self.written_records = 0
@@ -48,7 +52,10 @@ class Sink:
 
     # -- hot path ---------------------------------------------------------------
     def put(self, item: RunState | SpanRecord) -> None:
-        self.queue.put(item)
+        queue = self.queue
+        queue.append(item)
+        if len(queue) > _WAKE_BACKLOG:
+            self._wake.set()
 
     # -- control ----------------------------------------------------------------
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -56,7 +63,8 @@ class Sink:
         if self._closed or not self._thread.is_alive():
             return False
         done = threading.Event()
-        self.queue.put(done)
+        self.queue.append(done)
+        self._wake.set()
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = _EXIT_FLUSH_TIMEOUT_S) -> None:
@@ -64,13 +72,14 @@ class Sink:
             return
         flushed = self.flush(timeout_s)
         self._closed = True
-        self.queue.put(None)
+        self.queue.append(None)
+        self._wake.set()
         self._thread.join(timeout_s if flushed else 0.5)
         if not flushed:
             log.warning(
                 "steptrace: could not write all records to %s before exit (%d still queued)",
                 self.url,
-                self.queue.qsize(),
+                len(self.queue),
             )
 
     # -- writer thread ----------------------------------------------------------
@@ -78,32 +87,26 @@ class Sink:
         q = self.queue
         stop = False
         while not stop:
-            try:
-                first = q.get(timeout=_IDLE_WAIT_S)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < _BATCH_MAX:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            runs: list[RunState] = []
-            spans: list[SpanRecord] = []
-            events: list[threading.Event] = []
-            for item in batch:
-                if isinstance(item, SpanRecord):
-                    spans.append(item)
-                elif isinstance(item, RunState):
-                    runs.append(item)
-                elif isinstance(item, threading.Event):
-                    events.append(item)
-                elif item is None:
-                    stop = True
-            if runs or spans:
-                self._write(runs, spans)
-            for event in events:
-                event.set()
+            self._wake.wait(_INTERVAL_S)
+            self._wake.clear()
+            while q and not stop:
+                runs: list[RunState] = []
+                spans: list[SpanRecord] = []
+                events: list[threading.Event] = []
+                for _ in range(min(len(q), _BATCH_MAX)):
+                    item = q.popleft()
+                    if isinstance(item, SpanRecord):
+                        spans.append(item)
+                    elif isinstance(item, RunState):
+                        runs.append(item)
+                    elif isinstance(item, threading.Event):
+                        events.append(item)
+                    elif item is None:
+                        stop = True
+                if runs or spans:
+                    self._write(runs, spans)
+                for event in events:
+                    event.set()
         self.backend.close()
 
     def _write(self, runs: list[RunState], spans: list[SpanRecord]) -> None:

@@ -1,0 +1,219 @@
+"""Spans leave the CLI over real OTLP/HTTP: a collector on 127.0.0.1 (``http.server`` in a
+thread) decodes the protobuf requests, and what it received is compared with the store."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+import steptrace as st
+from steptrace.examples import triage
+
+SERVICE = "steptrace-otlp-test"
+
+
+@dataclass
+class Collector:
+    port: int
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spans(self) -> list[dict[str, Any]]:
+        """Every span received, flattened, with its resource's attributes."""
+        out = []
+        for _, _, body in self.requests:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource_spans in request.resource_spans:
+                resource = _attributes(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        out.append(
+                            {
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_span_id": span.parent_span_id.hex() or None,
+                                "status": span.status.code,
+                                "attributes": _attributes(span.attributes),
+                                "resource": resource,
+                                "scope": scope_spans.scope.name,
+                            }
+                        )
+        return out
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+def _attributes(attributes: Any) -> dict[str, Any]:
+    return {a.key: _value(a.value) for a in attributes}
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    received: list[tuple[str, dict[str, str], bytes]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.headers.get("Content-Encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION
+                body = gzip.decompress(body)
+            with lock:
+                received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            reply = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Collector(server.server_address[1], received, lock)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def run_demo(runs: int, store: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME=SERVICE, **env)
+    return subprocess.run(
+        [sys.executable, "-m", "steptrace", "demo", "--runs", str(runs)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def stored(store: Path) -> list[st.RunRecord]:
+    with st.Store.open(str(store)) as s:
+        return [s.run(r.run_id) for r in s.runs(last=1000)]
+
+
+def test_demo_exports_its_spans_over_otlp_http(collector: Collector, tmp_path: Path) -> None:
+    store = tmp_path / "steptrace.db"
+    proc = run_demo(12, store, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert f"exported to http://127.0.0.1:{collector.port}" in proc.stdout
+
+    assert collector.requests, "the collector received nothing"
+    for path, headers, _ in collector.requests:
+        assert path == "/v1/traces"
+        assert headers.get("content-type") == "application/x-protobuf"
+    spans = collector.spans()
+    by_id = {s["span_id"]: s for s in spans}
+    assert len(by_id) == len(spans)
+    assert {s["resource"].get("service.name") for s in spans} == {SERVICE}
+    assert {s["scope"] for s in spans} == {"steptrace"}
+
+    names = {s["name"] for s in spans}
+    assert {
+        "invoke_workflow triage",
+        "classify",
+        "draft_reply",
+        "check_policy",
+        "chat triage-classifier",
+        "chat triage-drafter",
+        "execute_tool lookup_order",
+    } <= names
+
+    runs = stored(store)
+    assert len(runs) == 12
+    assert any(r.status == "failed" for r in runs)
+    for run in runs:
+        root = by_id[run.span_id]
+        assert root["name"] == "invoke_workflow triage"
+        assert root["trace_id"] == run.trace_id
+        assert root["parent_span_id"] is None
+        assert root["attributes"]["steptrace.run.id"] == run.run_id
+        assert root["attributes"]["gen_ai.operation.name"] == "invoke_workflow"
+        assert root["status"] == (2 if run.status == "failed" else 0)  # ERROR / UNSET
+        for span in run.spans:
+            exported = by_id[span.span_id]
+            assert exported["trace_id"] == run.trace_id
+            assert exported["parent_span_id"] == span.parent_span_id
+            assert exported["attributes"]["steptrace.run.id"] == run.run_id
+        in_trace = [s for s in spans if s["trace_id"] == run.trace_id]
+        assert len(in_trace) == 1 + len(run.spans)
+
+    chats = [s for s in spans if s["name"].startswith("chat ")]
+    assert chats
+    for chat in chats:
+        attributes = chat["attributes"]
+        assert attributes["gen_ai.operation.name"] == "chat"
+        assert attributes["gen_ai.request.model"] == chat["name"].removeprefix("chat ")
+        assert attributes["gen_ai.usage.input_tokens"] > 0
+        assert attributes["gen_ai.usage.output_tokens"] > 0
+        assert "gen_ai.input.messages" in attributes
+    tools = [s for s in spans if s["name"] == "execute_tool lookup_order"]
+    assert tools and all(t["attributes"]["gen_ai.tool.name"] == "lookup_order" for t in tools)
+    retried = [s for s in spans if s["attributes"].get("steptrace.step.attempt") == 2]
+    assert retried, "a retried attempt is exported with its attempt number"
+
+
+def test_no_secret_reaches_the_collector(collector: Collector, tmp_path: Path) -> None:
+    secrets = re.findall(r"sk-[\w-]{16,}", " ".join(str(t["body"]) for t in triage.TICKETS))
+    tickets = triage.demo_tickets(12)
+    assert secrets and any(secret in t.body for t in tickets for secret in secrets)
+    proc = run_demo(
+        12, tmp_path / "s.db", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    raw = b"".join(body for _, _, body in collector.requests)
+    assert raw
+    for secret in secrets:
+        assert secret.encode() not in raw
+    assert b"[REDACTED]" in raw  # the ticket with the key was exported, redacted
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_collector_does_not_break_the_demo(tmp_path: Path) -> None:
+    store = tmp_path / "steptrace.db"
+    started = time.monotonic()
+    proc = run_demo(3, store, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60
+    runs = stored(store)
+    assert len(runs) == 3
+    assert all(r.spans for r in runs)
+    assert "runs           3" in proc.stdout
