@@ -8,7 +8,7 @@ writes every run to a SQLite store in a temporary directory (the writer
 thread's work is included: it shares the interpreter). Prints medians and the
 ratio; exits 0 whatever the figures (a benchmark, not a test).
 
-    python bench/overhead.py [--rounds 30] [--workflows 200]
+    python bench/overhead.py [--rounds 30] [--workflows 200] [--no-redact]
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--workflows", type=int, default=200, help="workflows per round")
+    parser.add_argument(
+        "--no-redact", action="store_true", help="measure with redaction off (it is on by default)"
+    )
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
@@ -68,6 +71,8 @@ def main() -> None:
 
     import steptrace as st
 
+    if args.no_redact:
+        st.configure(redact=False)
     payload = make_payload()
     tracer = trace.get_tracer("bench")
 
@@ -119,6 +124,7 @@ def main() -> None:
     size = len(orjson.dumps(payload))
     print(f"payload: {size} bytes in and out per step, {STEPS} steps/workflow")
     print(f"rounds: {args.rounds} x {args.workflows} workflows each")
+    print(f"redaction: {'off' if args.no_redact else 'on (the default)'}")
     print(f"bare OpenTelemetry span : median {bare_med:7.1f} us/step")
     print(f"steptrace step          : median {traced_med:7.1f} us/step")
     print(f"ratio                   : {traced_med / bare_med:.2f}x  (target <= 1.25x)")

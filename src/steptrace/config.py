@@ -51,7 +51,7 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     r"(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
     r"(?i:basic)\s+[A-Za-z0-9+/=]{12,}",
     r"AKIA[0-9A-Z]{16}",  # AWS access key id
-    r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
+    *(rf"gh{kind}_[A-Za-z0-9]{{30,}}" for kind in "pousr"),  # GitHub tokens
     r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack tokens
     r"AIza[0-9A-Za-z_\-]{35}",  # Google API keys
 )
