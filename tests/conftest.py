@@ -61,9 +61,11 @@ def _fresh_steptrace(
 
 @pytest.fixture
 def exported(span_exporter: InMemorySpanExporter) -> Callable[[], dict[str, ReadableSpan]]:
-    """Finished OTel spans so far, by their span id as 16 hex digits."""
+    """Finished OTel spans so far, by their span id as 16 hex digits. The writer thread
+    ends spans once their values are redacted, so this flushes it first."""
 
     def get() -> dict[str, ReadableSpan]:
+        steptrace.flush()
         return {span_hex(s): s for s in span_exporter.get_finished_spans()}
 
     return get

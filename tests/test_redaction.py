@@ -62,6 +62,7 @@ def _attribute_text(value: Any) -> str:
 
 def _exported_attribute_text(exporter: InMemorySpanExporter) -> str:
     parts: list[str] = []
+    st.flush()  # the writer ends spans once their values are redacted
     for span in exporter.get_finished_spans():
         parts.append(span.name)
         for key, value in (span.attributes or {}).items():
@@ -234,6 +235,7 @@ def test_exception_messages_are_redacted_in_exported_span_status(
 
     with pytest.raises(ConnectionError):
         wf()
+    st.flush()
     spans = span_exporter.get_finished_spans()
     assert len(spans) == 2
     descriptions = [s.status.description or "" for s in spans]
@@ -334,6 +336,7 @@ def test_redactions_are_counted() -> None:
         s(PASSWORD)
 
     wf()
+    st.flush()  # step values are redacted by the writer thread
     assert counters.snapshot()["redacted"] > before
 
 

@@ -10,6 +10,7 @@ counted in ``counters``.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -17,14 +18,15 @@ import decimal
 import enum
 import functools
 import hashlib
+import itertools
 import pathlib
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import ahocorasick
+import ahocorasick_rs
 import orjson
 import pydantic
 from pydantic import BaseModel
@@ -238,15 +240,11 @@ class Redactor:
                 hints.append(hint)
         # Every secret key, snake-cased, contains its longest part; JSON text of such a
         # key (any case, - or _ or camelCase) contains that part in lower case.
-        stems = {max(k.split("_"), key=len) for k in self.keys if k}
-        # pyahocorasick searches without releasing the GIL: a search that released it
-        # would wait on the writer thread for a whole switch interval.
-        self.scanner = ahocorasick.Automaton()
-        for hint in hints:
-            self.scanner.add_word(hint.decode(), hint)
-        for stem in stems:
-            self.scanner.add_word(stem, stem)
-        self.scanner.make_automaton()
+        stems = {max(k.split("_"), key=len).encode() for k in self.keys if k}
+        self.words = sorted({*hints, *stems})
+        self.scanner = ahocorasick_rs.BytesAhoCorasick(
+            self.words, implementation=ahocorasick_rs.Implementation.DFA
+        )
         self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
 
     def _is_secret_key(self, key: str) -> bool:
@@ -272,16 +270,35 @@ class Redactor:
             return [self.redact_value(v) for v in value]
         return value
 
-    def __call__(self, data: bytes) -> bytes:
-        hit = next(self.scanner.iter(data.decode().lower()), None) is not None
-        if not hit and not any(p.search(data) for p in self.unhinted):
-            return data
-        # Replace in the parsed value, never in the JSON text: a pattern could match
-        # across a quote or miss an escaped character.
+    def suspects(self, values: Sequence[bytes]) -> list[bool]:
+        """For each JSON value, whether it may hold a secret (False: it certainly does
+        not). One scan over all of them: the search releases the GIL, so it is done
+        once per batch rather than once per value."""
+        if not values:
+            return []
+        joined = b"\x00".join(values).lower()
+        flags = [False] * len(values)
+        matches = self.scanner.find_matches_as_indexes(joined)
+        if matches:
+            ends = list(itertools.accumulate(len(v) + 1 for v in values))
+            for _, start, _ in matches:
+                flags[bisect.bisect_right(ends, start)] = True
+        if self.unhinted:
+            for i, value in enumerate(values):
+                if not flags[i] and any(p.search(value) for p in self.unhinted):
+                    flags[i] = True
+        return flags
+
+    def redact_json(self, data: bytes) -> bytes:
+        """The value with its secrets replaced, in the parsed value (never in the JSON
+        text, where a pattern could match across a quote or miss an escape)."""
         redacted = orjson.dumps(self.redact_value(orjson.loads(data)), option=_OPTS)
         if redacted != data:
             counters.add("redacted")
         return redacted
+
+    def __call__(self, data: bytes) -> bytes:
+        return self.redact_json(data) if self.suspects([data])[0] else data
 
 
 def size_cap(limit: int) -> Processor:
@@ -304,14 +321,15 @@ def size_cap(limit: int) -> Processor:
 
 
 class _Pipeline:
-    __slots__ = ("export_limit", "processors", "redactor")
+    __slots__ = ("cap", "export_limit", "processors", "redactor")
 
     def __init__(self, config: Config) -> None:
         self.redactor: Redactor | None = Redactor(config) if config.redact else None
         self.processors: list[Processor] = []
         if self.redactor is not None:
             self.processors.append(self.redactor)
-        self.processors.append(size_cap(config.max_value_bytes))
+        self.cap = size_cap(config.max_value_bytes)
+        self.processors.append(self.cap)
         self.export_limit = config.export_value_bytes
 
 
@@ -337,6 +355,20 @@ def encode(value: Any) -> bytes:
     for process in pipeline().processors:
         data = process(data)
     return data
+
+
+def finish_values(values: list[bytes]) -> list[bytes]:
+    """Redact and cap serialised values (``to_json`` output) in one batch: what the
+    writer thread does for the step values the hot path only serialised."""
+    pipe = pipeline()
+    redactor = pipe.redactor
+    if redactor is not None:
+        values = [
+            redactor.redact_json(v) if suspect else v
+            for v, suspect in zip(values, redactor.suspects(values), strict=True)
+        ]
+    cap = pipe.cap
+    return [cap(v) for v in values]
 
 
 def redact_text(text: str) -> str:
@@ -386,6 +418,13 @@ class SpanRecord:
     attributes: bytes | None = None
     logs: list[tuple[int, str, str, str, str | None]] | None = None
     llm: LLMUsage | None = None
+    raw: bool = False
+    """``input``/``output`` are only serialised: the writer still redacts and caps them."""
+    otel: Any = None
+    """The OTel span, ended by the writer once the values are redacted (None: ended)."""
+    otel_attributes: dict[str, Any] | None = None
+    otel_error: tuple[str, str] | None = None
+    """(error type, redacted message) for the OTel span status."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -420,6 +459,10 @@ class RunState:
     tags: bytes | None = None
     logs: list[tuple[int, str, str, str, str | None]] | None = None
     """Log records written in the run outside any step (kept with the root span)."""
+    raw: bool = False
+    otel: Any = None
+    otel_attributes: dict[str, Any] | None = None
+    otel_error: tuple[str, str] | None = None
 
 
 def error_json(exc: BaseException, *, validation: bool = False) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
 from steptrace import logs as log_capture
 from steptrace.config import get_config
@@ -37,9 +37,9 @@ from steptrace.record import (
     encode,
     error_json,
     error_message,
-    for_export,
     input_hash,
     redact_text,
+    to_json,
 )
 from steptrace.store.model import RunRecord
 from steptrace.store.writer import Sink, get_sink
@@ -135,24 +135,32 @@ class _Active:
         _frame.reset(self.token)
 
     def finish(self, attributes: dict[str, Any], error: BaseException | None = None) -> None:
-        """Hand the record to the store and end the OTel span with the same timestamps."""
+        """Hand the record to the writer, which redacts what is still raw, ends the OTel
+        span (with these timestamps) and stores the record."""
         record = self.record
-        record.end_ns = end_ns = time.time_ns()
-        span = self.otel
-        if span.is_recording():
-            attributes["steptrace.run.id"] = record.run_id
-            span.set_attributes(attributes)
-            if error is not None:
-                _set_error(span, error)
-        span.end(end_time=end_ns)
+        record.end_ns = time.time_ns()
+        _defer_span(record, self.otel, attributes, error)
         self.frame.run.sink.put(record)
 
 
-def _set_error(span: Span, error: BaseException) -> None:
-    span.set_status(
-        StatusCode.ERROR, redact_text(f"{type(error).__name__}: {error_message(error)}")
-    )
-    span.set_attribute("error.type", type(error).__qualname__)
+def _defer_span(
+    record: SpanRecord | RunState,
+    span: Span,
+    attributes: dict[str, Any],
+    error: BaseException | None,
+) -> None:
+    """Leave the OTel span to the writer thread: its value attributes wait for the
+    redaction the writer does for a whole batch at once."""
+    end_ns = record.end_ns
+    if not span.is_recording():
+        span.end(end_time=end_ns)
+        return
+    attributes["steptrace.run.id"] = record.run_id
+    record.otel = span
+    record.otel_attributes = attributes
+    if error is not None:
+        message = redact_text(f"{type(error).__name__}: {error_message(error)}")
+        record.otel_error = (type(error).__qualname__, message)
 
 
 def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
@@ -160,7 +168,7 @@ def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: b
     record.status = "failed"
     record.error = error_json(exc, validation=validation)
     if raw is not None:
-        record.output = encode(raw)
+        record.output = to_json(raw) if record.raw else encode(raw)
 
 
 # --- specs --------------------------------------------------------------------------
@@ -260,11 +268,9 @@ class _Spec:
             return adapter.validate_json(value)
         return adapter.validate_python(value)
 
-    def attributes(self, record: SpanRecord, input_json: bytes) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "steptrace.step.input": for_export(input_json),
-            "steptrace.step.output": for_export(record.output),
-        }
+    def attributes(self, record: SpanRecord) -> dict[str, Any]:
+        """The span's small attributes; the writer adds input and output once redacted."""
+        attributes: dict[str, Any] = {}
         if record.key is not None:
             attributes["steptrace.step.key"] = record.key
         if record.attempt is not None:
@@ -299,7 +305,7 @@ class _Call:
         self.spec = spec
         self.parent = parent
         self.key = parent.run.next_key(spec.name)
-        self.input_json = encode(spec.bind(args, kw))
+        self.input_json = to_json(spec.bind(args, kw))  # redacted later, by the writer
         self.input_hash = input_hash(self.input_json)
         self.active: _Active | None = None
 
@@ -309,6 +315,7 @@ class _Call:
         active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key)
         active.record.input = self.input_json
         active.record.input_hash = self.input_hash
+        active.record.raw = True
         self.active = active
 
     def succeed(self, result: Any) -> Any:
@@ -322,8 +329,8 @@ class _Call:
         active.detach()
         record = active.record
         record.status = "succeeded"
-        record.output = encode(value)
-        active.finish(self.spec.attributes(record, self.input_json))
+        record.output = to_json(value)
+        active.finish(self.spec.attributes(record))
         return value
 
     def fail(self, exc: BaseException) -> None:
@@ -336,7 +343,7 @@ class _Call:
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
         active = cast(_Active, self.active)
         _fail(active, exc, raw=raw, validation=validation)
-        active.finish(self.spec.attributes(active.record, self.input_json), exc)
+        active.finish(self.spec.attributes(active.record), exc)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when this was the last."""
@@ -451,8 +458,9 @@ class _RunScope:
             trace_id=trace_id,
             span_id=span_id,
             start_ns=start_ns,
-            input=encode(spec.bind(args, kwargs)),
+            input=to_json(spec.bind(args, kwargs)),
             tags=encode(list(spec.tags)) if spec.tags else None,
+            raw=True,
         )
         if parent_ctx.is_valid:
             state.parent_trace_id = format(parent_ctx.trace_id, "032x")
@@ -471,28 +479,18 @@ class _RunScope:
         otel_context.detach(self.otel_token)
         _frame.reset(self.token)
         state = self.run.state
-        state.end_ns = end_ns = time.time_ns()
+        state.end_ns = time.time_ns()
         if error is None:
             state.status = "succeeded"
-            state.output = encode(result)
+            state.output = to_json(result)
         else:
             state.status = "failed"
             state.error = error_json(error, validation=isinstance(error, pydantic.ValidationError))
-        span = self.otel
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "gen_ai.operation.name": "invoke_workflow",
-                    "steptrace.run.id": state.run_id,
-                    "steptrace.workflow.name": state.workflow,
-                    "steptrace.span.kind": "workflow",
-                    "steptrace.run.input": for_export(state.input),
-                    "steptrace.run.output": for_export(state.output),
-                }
-            )
-            if error is not None:
-                _set_error(span, error)
-        span.end(end_time=end_ns)
+        attributes = {
+            "gen_ai.operation.name": "invoke_workflow",
+            "steptrace.workflow.name": state.workflow,
+        }
+        _defer_span(state, self.otel, attributes, error)
         self.run.sink.put(state)
         _last_run_id = state.run_id
 
@@ -509,6 +507,7 @@ def _started(state: RunState) -> RunState:
         parent_span_id=state.parent_span_id,
         input=state.input,
         tags=state.tags,
+        raw=True,
     )
 
 

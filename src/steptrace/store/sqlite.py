@@ -116,7 +116,10 @@ def _rows(ncols: int) -> str:
     return f"(SELECT key / {ncols} AS g, {cols} FROM json_each(?1) GROUP BY key / {ncols})"
 
 
-_RUN_FIELDS = [
+# Runs and spans travel as [meta, input, output, error, tags|attributes] per row, where
+# meta is a small array of the scalar columns: pivoting five elements a row is far
+# cheaper than pivoting one per column, and extracting from meta parses only meta.
+_RUN_META = operator.attrgetter(
     "run_id",
     "workflow",
     "status",
@@ -126,26 +129,23 @@ _RUN_FIELDS = [
     "parent_span_id",
     "start_ns",
     "end_ns",
-    "input",
-    "output",
-    "error",
-    "tags",
-]
+)
 _RUN_UPSERT = f"""
 INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
                   started_at, ended_at, duration_ms, input, output, error, tags)
-SELECT c0, c1, c2, c3, c4, c5, c6, {_iso("c7")},
-       CASE WHEN c8 IS NULL THEN NULL ELSE {_iso("c8")} END,
-       CASE WHEN c8 IS NULL THEN NULL ELSE {_ms("c7", "c8")} END,
-       c9, c10, c11, c12
-FROM {_rows(len(_RUN_FIELDS))} ORDER BY g
+SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6,
+       {_iso("(c0 ->> 7)")},
+       CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_iso("(c0 ->> 8)")} END,
+       CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_ms("(c0 ->> 7)", "(c0 ->> 8)")} END,
+       c1, c2, c3, c4
+FROM {_rows(5)} ORDER BY g
 ON CONFLICT (run_id) DO UPDATE SET
   status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
   output = excluded.output, error = excluded.error,
   input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
 """
 
-_SPAN_FIELDS = [
+_SPAN_META = operator.attrgetter(
     "span_id",
     "run_id",
     "parent_span_id",
@@ -156,19 +156,16 @@ _SPAN_FIELDS = [
     "status",
     "start_ns",
     "end_ns",
-    "input",
-    "output",
-    "error",
-    "attributes",
     "input_hash",
-]
+)
 _SPAN_INSERT = f"""
 INSERT OR REPLACE INTO spans (span_id, run_id, parent_span_id, kind, name, step_key, attempt,
                    status, started_at, ended_at, duration_ms, input, output, error, attributes,
                    input_hash)
-SELECT c0, c1, c2, c3, c4, c5, c6, c7, {_iso("c8")}, {_iso("c9")}, {_ms("c8", "c9")},
-       c10, c11, c12, c13, c14
-FROM {_rows(len(_SPAN_FIELDS))}
+SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6, c0 ->> 7,
+       {_iso("(c0 ->> 8)")}, {_iso("(c0 ->> 9)")}, {_ms("(c0 ->> 8)", "(c0 ->> 9)")},
+       c1, c2, c3, c4, c0 ->> 10
+FROM {_rows(5)}
 """
 
 _LLM_INSERT = f"""
@@ -181,9 +178,6 @@ _LOG_INSERT = f"""
 INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
 SELECT c0, c1, c2, {_iso("c3")}, c4, c5, c6, c7 FROM {_rows(8)}
 """
-
-_run_fields = operator.attrgetter(*_RUN_FIELDS)
-_span_fields = operator.attrgetter(*_SPAN_FIELDS)
 
 
 def _as_text(value: Any) -> Any:
@@ -200,12 +194,12 @@ def _batch(
     llm_flat: list[Any] = []
     log_flat: list[Any] = []
     for r in runs:
-        run_flat.extend(_run_fields(r))
+        run_flat.extend((_RUN_META(r), r.input, r.output, r.error, r.tags))
         if r.logs and r.end_ns is not None:
             for seq, entry in enumerate(r.logs):
                 log_flat.extend((r.run_id, r.span_id, seq, *entry))
     for s in spans:
-        span_flat.extend(_span_fields(s))
+        span_flat.extend((_SPAN_META(s), s.input, s.output, s.error, s.attributes))
         llm = s.llm
         if llm is not None:
             llm_flat.extend(

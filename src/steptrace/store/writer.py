@@ -22,13 +22,18 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry.trace import StatusCode
+
 from steptrace.config import ConfigError, get_config
-from steptrace.record import RunState, SpanRecord
+from steptrace.record import RunState, SpanRecord, finish_values, for_export
 
 log = logging.getLogger("steptrace")
 
 _BATCH_MAX = 5000
 _WAKE_BACKLOG = 2000
+_HIGH_WATER = 50_000
+"""Records queued at which recording waits for the writer (memory stays bounded)."""
+_END_CHUNK = 256
 _INTERVAL_S = 0.1
 _EXIT_FLUSH_TIMEOUT_S = 30.0
 
@@ -46,6 +51,7 @@ class Sink:
         self.failed_batches = 0
         self.dropped_records = 0
         self.written_records = 0
+        self.backpressure_waits = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="steptrace-writer", daemon=True)
         self._thread.start()
@@ -56,6 +62,19 @@ class Sink:
         queue.append(item)
         if len(queue) > _WAKE_BACKLOG:
             self._wake.set()
+            if len(queue) > _HIGH_WATER:
+                self._backpressure()
+
+    def _backpressure(self) -> None:
+        """Wait (a little at a time) while the writer is far behind: the workflow slows
+        to what the store can take instead of memory growing without bound."""
+        self.backpressure_waits += 1
+        deadline = time.monotonic() + 30.0
+        while len(self.queue) > _HIGH_WATER // 2 and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                log.warning("steptrace: the store writer is stalled; recording goes on")
+                return
+            time.sleep(0.005)
 
     # -- control ----------------------------------------------------------------
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -111,6 +130,10 @@ class Sink:
 
     def _write(self, runs: list[RunState], spans: list[SpanRecord]) -> None:
         try:
+            finish_batch(runs, spans)
+        except Exception:  # never lose the batch to a bug in the export path
+            log.warning("steptrace: failed to finish a batch for export", exc_info=True)
+        try:
             self.backend.write(runs, spans)
             self.written_records += len(runs) + len(spans)
         except Exception as exc:
@@ -123,6 +146,46 @@ class Sink:
                 type(exc).__name__,
                 exc,
             )
+
+
+def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
+    """Redact and cap the values the hot path only serialised (one scan for the whole
+    batch), then give each OTel span its value attributes and end it. Children come
+    before their parents: spans are ended before runs, in the order they finished."""
+    records: list[RunState | SpanRecord] = [*spans, *runs]
+    targets: list[tuple[RunState | SpanRecord, str, bytes]] = []
+    for rec in records:
+        if rec.raw:
+            if rec.input is not None:
+                targets.append((rec, "input", rec.input))
+            if rec.output is not None:
+                targets.append((rec, "output", rec.output))
+    if targets:
+        done = finish_values([value for _, _, value in targets])
+        for (rec, name, _), value in zip(targets, done, strict=True):
+            setattr(rec, name, value)
+    for n, rec in enumerate(records, 1):
+        span = rec.otel
+        if span is None:
+            continue
+        if n % _END_CHUNK == 0:
+            # Let the span processor's thread take the GIL and drain its queue: ending
+            # thousands of spans at once would overflow a default BatchSpanProcessor.
+            time.sleep(0)
+        attributes = rec.otel_attributes or {}
+        if rec.raw:
+            prefix = "steptrace.run." if isinstance(rec, RunState) else "steptrace.step."
+            attributes[prefix + "input"] = for_export(rec.input)
+            attributes[prefix + "output"] = for_export(rec.output)
+        span.set_attributes(attributes)
+        if rec.otel_error is not None:
+            error_type, message = rec.otel_error
+            span.set_status(StatusCode.ERROR, message)
+            span.set_attribute("error.type", error_type)
+        span.end(end_time=rec.end_ns)
+        rec.otel = rec.otel_attributes = None
+    for rec in records:
+        rec.raw = False
 
 
 _sink_lock = threading.Lock()
