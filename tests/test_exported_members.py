@@ -17,6 +17,7 @@ EXPECTED = [
     "configure",
     "current_run_id",
     "flush",
+    "instrument",
     "last_run",
     "llm",
     "run",

@@ -91,8 +91,37 @@ def test_migrations_are_named_and_recorded(db: Query) -> None:
     _simple_workflow()(1)
     st.flush()
     rows = db("SELECT name, applied_at FROM _migrations ORDER BY name")
-    assert [r[0] for r in rows] == ["0001_initial"]
-    assert rows[0][1]  # when it was applied
+    assert [r[0] for r in rows] == ["0001_initial", "0002_llm_details"]
+    assert all(r[1] for r in rows)  # when each was applied
+
+
+def test_a_store_at_the_oldest_schema_is_upgraded_keeping_its_runs(store_path: str) -> None:
+    import sqlite3
+
+    from steptrace.store.migrations import MIGRATIONS
+
+    conn = sqlite3.connect(store_path)
+    conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for statement in MIGRATIONS[0].sql("sqlite"):
+        conn.execute(statement)
+    conn.execute("INSERT INTO _migrations VALUES ('0001_initial', '2026-01-01T00:00:00Z')")
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow, status, trace_id, span_id, started_at) "
+        "VALUES ('old', 'legacy', 'succeeded', 't', 's', '2026-01-01T00:00:00.000000Z')"
+    )
+    conn.commit()
+    conn.close()
+
+    _simple_workflow()(1)
+    with st.Store.open() as store:
+        assert store.run("old").workflow == "legacy"
+        assert len(store.runs()) == 2
+    conn = sqlite3.connect(store_path)
+    names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(llm_calls)")}
+    conn.close()
+    assert names == [m.name for m in MIGRATIONS]
+    assert {"cached_input_tokens", "tool_calls", "incomplete"} <= columns
 
 
 def test_tables_have_the_design_columns(db: Query) -> None:
@@ -118,7 +147,9 @@ def test_reopening_does_not_migrate_again(store_path: Path, db: Query) -> None:
             pass
     _simple_workflow()(1)
     st.flush()
-    assert db("SELECT count(*) FROM _migrations") == [(1,)]
+    from steptrace.store.migrations import MIGRATIONS
+
+    assert db("SELECT count(*) FROM _migrations") == [(len(MIGRATIONS),)]
 
 
 def test_sqlite_url_form(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from steptrace import llm
 from steptrace.config import Config, ConfigError, configure
+from steptrace.instrument import instrument
 from steptrace.store import RunNotFound, Store
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.store.writer import flush
@@ -30,6 +31,7 @@ __all__ = [
     "configure",
     "current_run_id",
     "flush",
+    "instrument",
     "last_run",
     "llm",
     "run",

@@ -438,6 +438,13 @@ class LLMUsage:
     output_tokens: int | None = None
     cost_usd: float | None = None
     params: bytes | None = None
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    response_model: str | None = None
+    time_to_first_chunk_ms: float | None = None
+    tool_calls: bytes | None = None
+    incomplete: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -482,6 +489,9 @@ def error_json(exc: BaseException, *, validation: bool = False) -> bytes:
         "message": redact_text(message),
         "traceback": redact_text(tb),
     }
+    status_code = getattr(exc, "status_code", None)
+    if isinstance(status_code, int):  # provider SDK errors (HTTP status)
+        error["status_code"] = status_code
     if validation:
         error["validation"] = True
         errors = getattr(exc, "errors", None)

@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+import orjson
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -55,13 +56,32 @@ R = TypeVar("R")
 class _Run:
     """The live state of one run."""
 
-    __slots__ = ("_counts", "_lock", "sink", "state")
+    __slots__ = ("_counts", "_lock", "sink", "state", "tool_calls")
 
     def __init__(self, state: RunState, sink: Sink) -> None:
         self.state = state
         self.sink = sink
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.tool_calls: list[Any] = []
+        """Tool calls models asked for that no ``@tool`` has executed yet."""
+
+    def offer_tool_calls(self, calls: Sequence[Any]) -> None:
+        with self._lock:
+            self.tool_calls.extend(calls)
+
+    def claim_tool_call(self, name: str, arguments: dict[str, Any]) -> str | None:
+        """The id of the pending tool call that this ``@tool`` call executes: the oldest
+        one of that name whose arguments equal the call's, else the oldest of that name."""
+        if not self.tool_calls:
+            return None
+        with self._lock:
+            same_name = [c for c in self.tool_calls if c.name == name]
+            if not same_name:
+                return None
+            chosen = next((c for c in same_name if c.arguments == arguments), same_name[0])
+            self.tool_calls.remove(chosen)
+            return str(chosen.id)
 
     def next_key(self, name: str) -> str:
         """``name#n``: the stable key of the n-th occurrence of a step in this run."""
@@ -299,23 +319,33 @@ def _raw_output(frame: _Frame, exc: BaseException) -> Any:
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 
-    __slots__ = ("active", "input_hash", "input_json", "key", "parent", "spec")
+    __slots__ = ("active", "input_hash", "input_json", "key", "parent", "spec", "tool_call_id")
 
     def __init__(self, spec: _Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
         self.spec = spec
         self.parent = parent
-        self.key = parent.run.next_key(spec.name)
-        self.input_json = to_json(spec.bind(args, kw))  # redacted later, by the writer
+        run = parent.run
+        self.key = run.next_key(spec.name)
+        arguments = spec.bind(args, kw)
+        self.input_json = to_json(arguments)  # redacted later, by the writer
         self.input_hash = input_hash(self.input_json)
         self.active: _Active | None = None
+        self.tool_call_id = (
+            run.claim_tool_call(spec.name, orjson.loads(self.input_json))
+            if spec.kind == "tool" and run.tool_calls
+            else None
+        )
 
     def begin(self, attempt: int) -> None:
         spec = self.spec
         kind = "tool" if spec.kind == "tool" else "step"
         active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key)
-        active.record.input = self.input_json
-        active.record.input_hash = self.input_hash
-        active.record.raw = True
+        record = active.record
+        record.input = self.input_json
+        record.input_hash = self.input_hash
+        record.raw = True
+        if self.tool_call_id is not None:
+            record.attributes = encode({"gen_ai.tool.call.id": self.tool_call_id})
         self.active = active
 
     def succeed(self, result: Any) -> Any:
@@ -330,7 +360,7 @@ class _Call:
         record = active.record
         record.status = "succeeded"
         record.output = to_json(value)
-        active.finish(self.spec.attributes(record))
+        active.finish(self._attributes(record))
         return value
 
     def fail(self, exc: BaseException) -> None:
@@ -343,7 +373,13 @@ class _Call:
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
         active = cast(_Active, self.active)
         _fail(active, exc, raw=raw, validation=validation)
-        active.finish(self.spec.attributes(active.record), exc)
+        active.finish(self._attributes(active.record), exc)
+
+    def _attributes(self, record: SpanRecord) -> dict[str, Any]:
+        attributes = self.spec.attributes(record)
+        if self.tool_call_id is not None:
+            attributes["gen_ai.tool.call.id"] = self.tool_call_id
+        return attributes
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when this was the last."""

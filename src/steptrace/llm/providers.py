@@ -1,8 +1,8 @@
-"""Provider registry: a provider turns (model name, messages, params) into an answer.
+"""Provider registry: a provider turns (model name, messages, params) into a ``Reply``.
 
-A provider returns ``(text, input_tokens, output_tokens, finish_reason)``; the
-facade in ``steptrace.llm`` records it. ``scripted`` is built in; others are
-registered by name.
+The facade in ``steptrace.llm`` records the call and prices it. ``scripted`` is
+built in, ``openai`` and ``anthropic`` load their SDKs on first use; others are
+registered by name with ``register_provider``.
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-Completion = tuple[str, int | None, int | None, str | None]
+from steptrace.llm.types import Reply
 
 
 class Provider(Protocol):
     def complete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Completion: ...
+    ) -> Reply: ...
 
     async def acomplete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Completion: ...
-
-    def cost_usd(
-        self, model: str, input_tokens: int | None, output_tokens: int | None
-    ) -> float | None: ...
+    ) -> Reply: ...
 
 
 class SyncProvider:
@@ -34,18 +30,13 @@ class SyncProvider:
 
     def complete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Completion:
+    ) -> Reply:
         raise NotImplementedError
 
     async def acomplete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Completion:
+    ) -> Reply:
         return await asyncio.to_thread(self.complete, model, messages, params)
-
-    def cost_usd(
-        self, model: str, input_tokens: int | None, output_tokens: int | None
-    ) -> float | None:
-        return None
 
 
 _lock = threading.Lock()
@@ -59,12 +50,23 @@ def register_provider(name: str, provider: Provider) -> None:
 
 
 def get_provider(name: str) -> Provider:
+    provider = _providers.get(name)
+    if provider is not None:
+        return provider
     if name == "scripted":
         from steptrace.llm.scripted import PROVIDER
 
         return PROVIDER
+    if name == "openai":
+        from steptrace.llm.openai import OpenAIProvider
+
+        register_provider("openai", OpenAIProvider())
+    elif name == "anthropic":
+        from steptrace.llm.anthropic import AnthropicProvider
+
+        register_provider("anthropic", AnthropicProvider())
     provider = _providers.get(name)
     if provider is None:
-        known = ", ".join(sorted({"scripted", *_providers}))
+        known = ", ".join(sorted({"anthropic", "openai", "scripted", *_providers}))
         raise ValueError(f"unknown LLM provider {name!r}: known providers are {known}")
     return provider

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from steptrace.llm.providers import Completion, SyncProvider
+from steptrace.llm.providers import SyncProvider
+from steptrace.llm.types import Reply, Usage
 
 
 def estimate_tokens(text: str) -> int:
@@ -60,7 +61,7 @@ class ScriptedProvider(SyncProvider):
 
     def complete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Completion:
+    ) -> Reply:
         script_ = self.scripts.get(model)
         if script_ is None:
             raise LookupError(
@@ -69,13 +70,22 @@ class ScriptedProvider(SyncProvider):
             )
         text = script_.answer(messages, params)
         prompt = sum(estimate_tokens(_content_text(m.get("content"))) + 4 for m in messages)
-        return text, prompt, estimate_tokens(text), "stop"
+        return Reply(
+            text=text,
+            usage=Usage(prompt, estimate_tokens(text)),
+            model=model,
+            provider="scripted",
+            finish_reason="stop",
+        )
 
 
 PROVIDER = ScriptedProvider()
 
 
-def script(name: str, responder: Callable[..., str] | Sequence[str]) -> None:
+Responder = Callable[..., str] | Sequence[str]
+
+
+def script(name: str, responder: Responder) -> None:
     """Register the offline model ``scripted:{name}``. ``responder`` is a list of
     strings (answered in turn, cycling) or ``callable(messages, **params) -> str``."""
     PROVIDER.scripts[name] = _Script(responder)

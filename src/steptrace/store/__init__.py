@@ -185,7 +185,8 @@ class Store:
             "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
             "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
             "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
-            "l.cost_usd, l.params "
+            "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
+            "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
             "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
             "WHERE s.run_id = ? ORDER BY s.started_at, s.rowid",
             [full],
@@ -231,6 +232,13 @@ class Store:
                     "input_tokens": r[17],
                     "output_tokens": r[18],
                     "cost_usd": r[19],
+                    "cached_input_tokens": r[21],
+                    "reasoning_tokens": r[22],
+                    "finish_reason": r[23],
+                    "response_model": r[24],
+                    "time_to_first_chunk_ms": r[25],
+                    "tool_calls": loads(r[26]) or [],
+                    "incomplete": bool(r[27]),
                 }
             run.spans.append(span)
         return run

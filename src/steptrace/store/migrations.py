@@ -92,7 +92,24 @@ def _initial(dialect: str) -> list[str]:
     ]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("0001_initial", _initial),)
+def _llm_details(dialect: str) -> list[str]:
+    j = _json(dialect)
+    columns = [
+        ("cached_input_tokens", "INTEGER"),
+        ("reasoning_tokens", "INTEGER"),
+        ("finish_reason", "TEXT"),
+        ("response_model", "TEXT"),
+        ("time_to_first_chunk_ms", "DOUBLE PRECISION"),
+        ("tool_calls", j),
+        ("incomplete", "INTEGER NOT NULL DEFAULT 0"),
+    ]
+    return [f"ALTER TABLE llm_calls ADD COLUMN {name} {kind}" for name, kind in columns]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_initial", _initial),
+    Migration("0002_llm_details", _llm_details),
+)
 
 
 class SchemaTooNew(RuntimeError):

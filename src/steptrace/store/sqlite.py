@@ -170,8 +170,11 @@ FROM {_rows(5)}
 
 _LLM_INSERT = f"""
 INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
-                                  cost_usd, params)
-SELECT c0, c1, c2, c3, c4, c5, c6, c7 FROM {_rows(8)}
+                                  cost_usd, params, cached_input_tokens, reasoning_tokens,
+                                  finish_reason, response_model, time_to_first_chunk_ms,
+                                  tool_calls, incomplete)
+SELECT c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, coalesce(c14, 0)
+FROM {_rows(15)}
 """
 
 _LOG_INSERT = f"""
@@ -212,6 +215,13 @@ def _batch(
                     llm.output_tokens,
                     llm.cost_usd,
                     llm.params,
+                    llm.cached_input_tokens,
+                    llm.reasoning_tokens,
+                    llm.finish_reason,
+                    llm.response_model,
+                    llm.time_to_first_chunk_ms,
+                    llm.tool_calls,
+                    int(llm.incomplete),
                 )
             )
         if s.logs:

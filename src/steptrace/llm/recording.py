@@ -1,0 +1,174 @@
+"""Recording one LLM call as an ``llm`` span: used by ``chat``/``achat`` and by the SDK
+instrumentation of ``st.instrument``.
+
+Inside a run a call is a span under the current step (or under the run's root
+when made outside any step); outside a run ``LLMSpan.start`` returns None and
+nothing is recorded. Tool calls in a reply are offered to the run, so the
+``@st.tool`` that executes one is linked to it by call id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from steptrace.llm.prices import cost_usd
+from steptrace.llm.types import Reply
+from steptrace.record import LLMUsage, encode, for_export
+
+
+class LLMSpan:
+    """An LLM call in flight inside a run."""
+
+    __slots__ = (
+        "active",
+        "attached",
+        "first_chunk_ns",
+        "messages_json",
+        "model",
+        "params",
+        "parent",
+        "provider",
+    )
+
+    active: Any
+    parent: Any
+    provider: str
+    model: str
+    params: dict[str, Any]
+    messages_json: bytes
+
+    def __init__(self) -> None:
+        self.first_chunk_ns: int | None = None
+        self.attached = True
+
+    def detach(self) -> None:
+        """Give the caller's context back now, for a call that finishes later (a stream
+        consumed after ``create`` returned): code that runs meanwhile is not its child."""
+        if self.attached:
+            self.attached = False
+            self.active.detach()
+
+    @classmethod
+    def start(
+        cls,
+        provider: str,
+        model: str,
+        messages: Sequence[Any],
+        params: dict[str, Any],
+        *,
+        operation: str = "chat",
+    ) -> LLMSpan | None:
+        """Start recording, or None outside a run (the call is then not recorded)."""
+        from steptrace.workflow import _Active, _frame
+
+        parent = _frame.get()
+        if parent is None:
+            return None
+        call = cls()
+        call.parent = parent
+        call.provider = provider
+        call.model = model
+        call.params = params
+        name = f"{operation} {model}"
+        call.active = _Active(parent, "llm", name, name, None, None)
+        record = call.active.record
+        record.input = encode({"messages": list(messages), "params": params})
+        call.messages_json = encode(list(messages))
+        record.llm = LLMUsage(provider=provider, model=model, params=encode(params))
+        return call
+
+    def first_chunk(self) -> None:
+        """Note the arrival of a stream's first chunk (time to first chunk)."""
+        if self.first_chunk_ns is None:
+            self.first_chunk_ns = time.time_ns()
+
+    def _attributes(self) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self.provider,
+            "gen_ai.request.model": self.model,
+            "gen_ai.input.messages": for_export(self.messages_json),
+        }
+        for key in ("temperature", "max_tokens", "top_p", "seed", "max_output_tokens"):
+            value = self.params.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                name = "max_tokens" if key == "max_output_tokens" else key
+                attributes[f"gen_ai.request.{name}"] = value
+        return attributes
+
+    def succeed(self, reply: Reply, *, incomplete: bool = False) -> Reply:
+        """Record the reply (filling in its cost when the provider did not) and return it."""
+        self.detach()
+        active = self.active
+        record = active.record
+        usage = reply.usage
+        cost = reply.cost_usd
+        if cost is None:
+            cost = cost_usd(
+                self.provider,
+                reply.model or self.model,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+            )
+            if cost is not None:
+                reply = _with_cost(reply, cost)
+        record.status = "incomplete" if incomplete else "succeeded"
+        record.output = encode(reply.text)
+        llm = record.llm
+        assert llm is not None
+        llm.input_tokens = usage.input_tokens
+        llm.output_tokens = usage.output_tokens
+        llm.cached_input_tokens = usage.cached_input_tokens
+        llm.reasoning_tokens = usage.reasoning_tokens
+        llm.cost_usd = cost
+        llm.finish_reason = reply.finish_reason
+        llm.response_model = reply.model or None
+        llm.incomplete = incomplete
+        if self.first_chunk_ns is not None:
+            llm.time_to_first_chunk_ms = (self.first_chunk_ns - record.start_ns) / 1e6
+        if reply.tool_calls:
+            llm.tool_calls = encode([c.to_dict() for c in reply.tool_calls])
+            self.parent.run.offer_tool_calls(reply.tool_calls)
+        self.parent.last_llm_text = reply.text
+        attributes = self._attributes()
+        if reply.model:
+            attributes["gen_ai.response.model"] = reply.model
+        output_message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            output_message["tool_calls"] = [c.to_dict() for c in reply.tool_calls]
+        attributes["gen_ai.output.messages"] = for_export(encode([output_message]))
+        for key, value in (
+            ("gen_ai.usage.input_tokens", usage.input_tokens),
+            ("gen_ai.usage.output_tokens", usage.output_tokens),
+            ("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens),
+            ("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens),
+        ):
+            if value is not None:
+                attributes[key] = value
+        if reply.finish_reason:
+            attributes["gen_ai.response.finish_reasons"] = [reply.finish_reason]
+        if llm.time_to_first_chunk_ms is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = llm.time_to_first_chunk_ms / 1000
+        if cost is not None:
+            attributes["steptrace.llm.cost_usd"] = cost
+        if incomplete:
+            attributes["steptrace.llm.incomplete"] = True
+        active.finish(attributes)
+        return reply
+
+    def fail(self, exc: BaseException) -> None:
+        from steptrace.workflow import _fail
+
+        self.detach()
+        active = self.active
+        _fail(active, exc, validation=False)
+        active.finish(self._attributes(), exc)
+
+
+def _with_cost(reply: Reply, cost: float) -> Reply:
+    from dataclasses import replace
+
+    return replace(reply, cost_usd=cost)
