@@ -81,6 +81,10 @@ class Config:
     """Lowest level captured. When logging is unconfigured (root at WARNING, no handlers)
     the root logger is lowered to this level so that records are created at all; what
     is printed does not change, since Python's last-resort handler prints WARNING+."""
+    capture_foreign_spans: bool = True
+    """Store spans other OpenTelemetry instrumentation makes inside a run (kind ``other``,
+    or ``llm`` with GenAI attributes). Adds a span processor to the application's SDK
+    provider at the first run."""
     record_steps_outside_workflow: bool = False
     """A step called outside any workflow runs untraced unless this is on, in which
     case it is recorded as a one-step run named after the step."""
@@ -134,6 +138,7 @@ def configure(
     extra_secret_patterns: Sequence[str] = (),
     capture_logs: bool | None = None,
     log_level: int | str | None = None,
+    capture_foreign_spans: bool | None = None,
     record_steps_outside_workflow: bool | None = None,
 ) -> Config:
     """Set the process configuration; arguments left out keep their current value.
@@ -164,6 +169,8 @@ def configure(
         if not isinstance(level, int):
             raise ConfigError(f"log_level={log_level!r} is not a logging level name")
         changes["log_level"] = level
+    if capture_foreign_spans is not None:
+        changes["capture_foreign_spans"] = capture_foreign_spans
     if record_steps_outside_workflow is not None:
         changes["record_steps_outside_workflow"] = record_steps_outside_workflow
     new = dataclasses.replace(current, **changes).validate()

@@ -19,11 +19,13 @@ def instrument(client: C) -> C:
     if module == "openai":
         from steptrace.llm.openai import instrument_openai
 
-        return instrument_openai(client)
+        instrument_openai(client)
+        return client
     if module == "anthropic":
         from steptrace.llm.anthropic import instrument_anthropic
 
-        return instrument_anthropic(client)
+        instrument_anthropic(client)
+        return client
     raise TypeError(
         f"steptrace.instrument() does not know {type(client).__module__}."
         f"{type(client).__qualname__}: pass an openai or anthropic client"

@@ -44,7 +44,7 @@ from steptrace.record import (
 )
 from steptrace.store.model import RunRecord
 from steptrace.store.writer import Sink, get_sink
-from steptrace.telemetry import new_run_id, span_ids, tracer
+from steptrace.telemetry import ensure_collector, new_run_id, span_ids, tracer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -484,6 +484,8 @@ class _RunScope:
     def __init__(self, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sink = get_sink()
         log_capture.install(_current_logs)
+        if get_config().capture_foreign_spans:
+            ensure_collector()
         start_ns = time.time_ns()
         parent_ctx = trace.get_current_span().get_span_context()
         span = tracer().start_span(spec.otel_name, start_time=start_ns)
