@@ -206,6 +206,11 @@ def get_sink() -> Sink:
             url = get_config().store_url()
             try:
                 _sink = Sink(url)
+                # Registered now, not at import: atexit runs hooks last-in first-out, so
+                # this flush (which ends the last OTel spans) runs before the shutdown
+                # hook of a TracerProvider the application created before its first run.
+                atexit.unregister(_flush_at_exit)
+                atexit.register(_flush_at_exit)
             except ConfigError:
                 raise
             except Exception as exc:
@@ -240,7 +245,6 @@ def _after_fork_in_child() -> None:
     _sink = None
 
 
-@atexit.register
 def _flush_at_exit() -> None:
     started = time.monotonic()
     close_sink()
