@@ -462,7 +462,12 @@ def show(
         _console().print(run_tree(record))
 
 
-_MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "running": ("…", "yellow")}
+_MARKS = {
+    "succeeded": ("✓", "green"),
+    "failed": ("✗", "red"),
+    "running": ("…", "yellow"),
+    "incomplete": ("◐", "yellow"),
+}
 
 
 def run_tree(record: RunRecord) -> Tree:
@@ -504,6 +509,10 @@ def _add_span(parent: Tree, span: SpanView, children: dict[str, list[SpanView]])
             label.append(f"  {llm['input_tokens']}→{llm.get('output_tokens')} tokens")
         if llm.get("cost_usd") is not None:
             label.append(f"  ${llm['cost_usd']:.4f}")
+        if llm.get("time_to_first_chunk_ms") is not None:
+            label.append(f"  first chunk {_duration(llm['time_to_first_chunk_ms'])}", style="dim")
+        if llm.get("incomplete"):
+            label.append("  stream abandoned", style="yellow")
     elif span.attempt is not None and (span.attempt > 1 or span.status == "failed"):
         label.append(f"  attempt {span.attempt}", style="yellow")
     label.append(f"  {_duration(span.duration_ms)}", style="dim")
@@ -512,10 +521,14 @@ def _add_span(parent: Tree, span: SpanView, children: dict[str, list[SpanView]])
         for message in span.llm.get("messages") or []:
             if isinstance(message, dict):
                 _value(node, str(message.get("role", "message")), message.get("content"))
-        if span.status == "succeeded":
+        if span.status in ("succeeded", "incomplete"):
             _value(node, "response", span.llm.get("response"))
+        for call in span.llm.get("tool_calls") or []:
+            _value(node, f"tool call {call.get('name')} [{call.get('id')}]", call.get("arguments"))
     else:
-        _value(node, "request" if span.kind == "tool" else "input", span.input)
+        call_id = span.attributes.get("gen_ai.tool.call.id")
+        request = "request" if call_id is None else f"request [{call_id}]"
+        _value(node, request if span.kind == "tool" else "input", span.input)
     # Child spans and log lines, interleaved in time order.
     items: list[tuple[str, int, Any]] = [(c.started_at, 0, c) for c in children[span.span_id]]
     items += [(str(entry.get("ts", "")), 1, entry) for entry in span.logs]
