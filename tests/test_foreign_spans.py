@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ import steptrace as st
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    seen_headers: list[dict[str, str]] = []
+    seen_headers: ClassVar[list[dict[str, str]]] = []
 
     def do_GET(self) -> None:
         _Handler.seen_headers.append({k.lower(): v for k, v in self.headers.items()})
