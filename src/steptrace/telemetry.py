@@ -140,15 +140,17 @@ class RunSpanCollector:
         if frame is None or not get_config().capture_foreign_spans:
             return
         if len(self._runs) < 100_000:
-            self._runs[span.context.span_id] = (frame.run, frame.span_id)
+            # An SDK's own GenAI span under one of our LLM spans is the same call: keep
+            # it as `other` (its HTTP detail) so the call is not counted twice.
+            self._runs[span.context.span_id] = (frame.run, frame.span_id, frame.kind == "llm")
 
     def on_end(self, span: Any) -> None:
         entry = self._runs.pop(span.context.span_id, None)
         if entry is None:
             return
-        run, frame_span_id = entry
+        run, frame_span_id, under_llm = entry
         try:
-            run.sink.put(foreign_record(span, run.state.run_id, frame_span_id))
+            run.sink.put(foreign_record(span, run.state.run_id, frame_span_id, under_llm))
         except Exception:  # never raise into the instrumentation that ended the span
             logging.getLogger("steptrace").warning(
                 "steptrace: could not record a span", exc_info=True
@@ -164,7 +166,9 @@ class RunSpanCollector:
         return None
 
 
-def foreign_record(span: Any, run_id: str, frame_span_id: str) -> SpanRecord:
+def foreign_record(
+    span: Any, run_id: str, frame_span_id: str, under_llm: bool = False
+) -> SpanRecord:
     from opentelemetry.trace import StatusCode
 
     attributes = dict(span.attributes or {})
@@ -173,7 +177,9 @@ def foreign_record(span: Any, run_id: str, frame_span_id: str) -> SpanRecord:
         run_id=run_id,
         span_id=format(span.context.span_id, "016x"),
         parent_span_id=format(parent.span_id, "016x") if parent is not None else frame_span_id,
-        kind="llm" if any(k.startswith("gen_ai.") for k in attributes) else "other",
+        kind="llm"
+        if not under_llm and any(k.startswith("gen_ai.") for k in attributes)
+        else "other",
         name=span.name,
         start_ns=span.start_time or 0,
         end_ns=span.end_time or span.start_time or 0,

@@ -92,12 +92,13 @@ class _Run:
 
 
 class _Frame:
-    __slots__ = ("last_llm_text", "logs", "run", "span_id")
+    __slots__ = ("kind", "last_llm_text", "logs", "run", "span_id")
 
-    def __init__(self, run: _Run, span_id: str, logs: list[Any]) -> None:
+    def __init__(self, run: _Run, span_id: str, logs: list[Any], kind: str = "run") -> None:
         self.run = run
         self.span_id = span_id
         self.logs = logs
+        self.kind = kind
         self.last_llm_text: str | None = None
 
 
@@ -146,7 +147,7 @@ class _Active:
             run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
         )
         self.record.logs = []
-        self.frame = _Frame(run, span_id, self.record.logs)
+        self.frame = _Frame(run, span_id, self.record.logs, kind)
         self.token = _frame.set(self.frame)
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 
