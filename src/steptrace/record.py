@@ -245,6 +245,10 @@ class Redactor:
         self.scanner = ahocorasick_rs.BytesAhoCorasick(
             self.words, implementation=ahocorasick_rs.Implementation.DFA
         )
+        # The same words for one value on the caller's thread: slower than the scanner,
+        # but it keeps the GIL, where the scanner's release could cost a whole switch
+        # interval when other threads are busy.
+        self.words_re = re.compile(b"|".join(re.escape(w) for w in self.words))
         self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
 
     def _is_secret_key(self, key: str) -> bool:
@@ -298,7 +302,11 @@ class Redactor:
         return redacted
 
     def __call__(self, data: bytes) -> bytes:
-        return self.redact_json(data) if self.suspects([data])[0] else data
+        """Redact one value now (values recorded off the hot path: LLM calls, errors)."""
+        suspect = self.words_re.search(data.lower()) is not None or any(
+            p.search(data) for p in self.unhinted
+        )
+        return self.redact_json(data) if suspect else data
 
 
 def size_cap(limit: int) -> Processor:
