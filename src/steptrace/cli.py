@@ -508,7 +508,7 @@ def _add_span(parent: Tree, span: SpanView, children: dict[str, list[SpanView]])
         if llm.get("input_tokens") is not None:
             label.append(f"  {llm['input_tokens']}→{llm.get('output_tokens')} tokens")
         if llm.get("cost_usd") is not None:
-            label.append(f"  ${llm['cost_usd']:.4f}")
+            label.append(f"  ${llm['cost_usd']:.6f}".rstrip("0").rstrip("."))
         if llm.get("time_to_first_chunk_ms") is not None:
             label.append(f"  first chunk {_duration(llm['time_to_first_chunk_ms'])}", style="dim")
         if llm.get("incomplete"):
