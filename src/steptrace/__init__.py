@@ -2,21 +2,13 @@
 
 from steptrace import llm
 from steptrace.config import Config, ConfigError, configure
+from steptrace.decorators import RunResult, arun, last_run, run, step, tool, workflow
 from steptrace.instrument import instrument
+from steptrace.runtime import current_run_id
+from steptrace.spec import Backoff
 from steptrace.store import RunNotFound, Store
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.store.writer import flush
-from steptrace.workflow import (
-    Backoff,
-    RunResult,
-    arun,
-    current_run_id,
-    last_run,
-    run,
-    step,
-    tool,
-    workflow,
-)
 
 __all__ = [
     "Backoff",

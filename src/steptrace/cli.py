@@ -256,7 +256,7 @@ def run_command(
     ] = "{}",
 ) -> None:
     """Run a @steptrace.workflow once and print its run id, status and output."""
-    from steptrace.workflow import _spec_of
+    from steptrace.decorators import _spec_of
 
     workflow = _load_workflow(target)
     try:

@@ -134,7 +134,7 @@ class RunSpanCollector:
         if scope is not None and scope.name == "steptrace":
             return
         from steptrace.config import get_config
-        from steptrace.workflow import _frame
+        from steptrace.runtime import _frame
 
         frame = _frame.get()
         if frame is None or not get_config().capture_foreign_spans:

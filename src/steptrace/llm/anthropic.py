@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Message, Reply, ToolCall, Usage
-from steptrace.workflow import current_run_id
+from steptrace.runtime import current_run_id
 
 C = TypeVar("C")
 

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Reply, ToolCall, Usage
-from steptrace.workflow import _frame
+from steptrace.runtime import _frame
 
 C = TypeVar("C")
 

@@ -61,7 +61,7 @@ class LLMSpan:
         operation: str = "chat",
     ) -> LLMSpan | None:
         """Start recording, or None outside a run (the call is then not recorded)."""
-        from steptrace.workflow import _Active, _frame
+        from steptrace.runtime import _Active, _frame
 
         parent = _frame.get()
         if parent is None:
@@ -160,7 +160,7 @@ class LLMSpan:
         return reply
 
     def fail(self, exc: BaseException) -> None:
-        from steptrace.workflow import _fail
+        from steptrace.runtime import _fail
 
         self.detach()
         active = self.active

@@ -1,4 +1,4 @@
-"""Workflows, steps and tools: the decorators, the run context, retries and validation.
+"""The runtime behind the decorators: the run context, spans, retries and validation.
 
 A run is the call of a ``@workflow`` function. While it runs, a context variable
 holds the current *frame* (the run and the span being recorded); every
@@ -14,15 +14,11 @@ validation still apply), unless ``configure(record_steps_outside_workflow=True)`
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, cast
 
 import orjson
 import pydantic
@@ -42,13 +38,9 @@ from steptrace.record import (
     redact_text,
     to_json,
 )
-from steptrace.store.model import RunRecord
+from steptrace.spec import Spec
 from steptrace.store.writer import Sink, get_sink
 from steptrace.telemetry import ensure_collector, new_run_id, span_ids, tracer
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
 
 # --- run context --------------------------------------------------------------------
 
@@ -109,6 +101,11 @@ _last_run_id: str | None = None
 def _current_logs() -> list[Any] | None:
     frame = _frame.get()
     return None if frame is None else frame.logs
+
+
+def last_run_id() -> str | None:
+    """The id of the last run that finished in this process."""
+    return _last_run_id
 
 
 def current_run_id() -> str | None:
@@ -192,116 +189,6 @@ def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: b
         record.output = to_json(raw) if record.raw else encode(raw)
 
 
-# --- specs --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff between attempts: ``initial_s * multiplier**(attempt-1)``,
-    at most ``max_s``, with "equal jitter" (a random half of it) when ``jitter``."""
-
-    initial_s: float = 0.5
-    multiplier: float = 2.0
-    max_s: float = 30.0
-    jitter: bool = True
-
-    def delay_s(self, attempt: int) -> float:
-        delay = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
-        if self.jitter:
-            delay = delay / 2 + random.uniform(0, delay / 2)
-        return delay
-
-
-class _Spec:
-    """What a decorator knows about the function it wraps, computed once."""
-
-    __slots__ = (
-        "adapter",
-        "backoff",
-        "fn",
-        "kind",
-        "max_attempts",
-        "name",
-        "otel_name",
-        "params",
-        "positional_names",
-        "retry_on",
-        "signature",
-        "skip_first",
-        "tags",
-    )
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        kind: str,
-        name: str | None,
-        retries: int = 0,
-        backoff: float | Backoff = 0.5,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-        output: Any = None,
-        tags: Sequence[str] = (),
-    ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries={retries}: must be >= 0")
-        self.fn = fn
-        self.kind = kind
-        self.name = name or fn.__name__
-        self.otel_name = {
-            "workflow": f"invoke_workflow {self.name}",
-            "tool": f"execute_tool {self.name}",
-        }.get(kind, self.name)
-        self.max_attempts = retries + 1
-        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(initial_s=backoff)
-        self.retry_on = retry_on
-        self.adapter = pydantic.TypeAdapter(output) if output is not None else None
-        self.signature = inspect.signature(fn)
-        params = list(self.signature.parameters)
-        self.skip_first = bool(params) and params[0] in ("self", "cls")
-        self.params = params
-        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values())
-        # Calls that pass every parameter positionally skip Signature.bind (~3 us).
-        self.positional_names = tuple(params) if plain and not self.skip_first else None
-        self.tags = tuple(tags)
-
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The call's arguments by parameter name, defaults included."""
-        names = self.positional_names
-        if names is not None and not kwargs and len(args) == len(names):
-            return dict(zip(names, args, strict=True))
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError:
-            # Let the call itself raise the TypeError the user expects.
-            return {"args": list(args), "kwargs": kwargs}
-        bound.apply_defaults()
-        arguments = bound.arguments
-        if self.skip_first:
-            arguments = dict(arguments)
-            arguments.pop(self.params[0], None)
-        return arguments
-
-    def validate(self, value: Any) -> Any:
-        adapter = self.adapter
-        if adapter is None:
-            return value
-        if isinstance(value, str | bytes) and adapter.core_schema.get("type") != "str":
-            return adapter.validate_json(value)
-        return adapter.validate_python(value)
-
-    def attributes(self, record: SpanRecord) -> dict[str, Any]:
-        """The span's small attributes; the writer adds input and output once redacted."""
-        attributes: dict[str, Any] = {}
-        if record.key is not None:
-            attributes["steptrace.step.key"] = record.key
-        if record.attempt is not None:
-            attributes["steptrace.step.attempt"] = record.attempt
-        if self.kind == "tool":
-            attributes["gen_ai.operation.name"] = "execute_tool"
-            attributes["gen_ai.tool.name"] = self.name
-        return attributes
-
-
 def _raw_output(frame: _Frame, exc: BaseException) -> Any:
     """The value that failed validation inside a step: the last LLM text of the attempt,
     else the whole input pydantic was given when it reports one."""
@@ -322,7 +209,7 @@ class _Call:
 
     __slots__ = ("active", "input_hash", "input_json", "key", "parent", "spec", "tool_call_id")
 
-    def __init__(self, spec: _Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
+    def __init__(self, spec: Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
         self.spec = spec
         self.parent = parent
         run = parent.run
@@ -390,7 +277,7 @@ class _Call:
         return spec.backoff.delay_s(attempt)
 
 
-def _run_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     parent = _frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
@@ -420,7 +307,7 @@ def _run_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
             attempt += 1
 
 
-async def _run_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     parent = _frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
@@ -450,7 +337,7 @@ async def _run_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any])
             attempt += 1
 
 
-def _untraced_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _untraced_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     attempt = 1
     while True:
         try:
@@ -462,7 +349,7 @@ def _untraced_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -
             attempt += 1
 
 
-async def _untraced_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _untraced_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     attempt = 1
     while True:
         try:
@@ -482,7 +369,7 @@ class _RunScope:
 
     __slots__ = ("otel", "otel_token", "run", "spec", "token")
 
-    def __init__(self, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sink = get_sink()
         log_capture.install(_current_logs)
         if get_config().capture_foreign_spans:
@@ -550,7 +437,7 @@ def _started(state: RunState) -> RunState:
     )
 
 
-def _workflow_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _workflow_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = _RunScope(spec, args, kwargs)
     try:
         # A step recorded as a one-step run goes through its attempt loop inside the run.
@@ -564,7 +451,7 @@ def _workflow_sync(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     return result
 
 
-async def _workflow_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _workflow_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = _RunScope(spec, args, kwargs)
     try:
         if spec.kind == "workflow":
@@ -576,179 +463,3 @@ async def _workflow_async(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, 
         raise
     scope.finish(result)
     return result
-
-
-# --- decorators ---------------------------------------------------------------------
-
-
-def _wrap(spec: _Spec) -> Callable[..., Any]:
-    fn = spec.fn
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await _run_async(spec, args, kwargs)
-
-        async_wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
-        return async_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _run_sync(spec, args, kwargs)
-
-    wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
-    return wrapper
-
-
-@overload
-def workflow(fn: Callable[P, R], /) -> Callable[P, R]: ...
-@overload
-def workflow(
-    *, name: str | None = None, tags: Sequence[str] = ()
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def workflow(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    tags: Sequence[str] = (),
-) -> Any:
-    """Mark a function (sync or async) as a workflow: each top-level call is one run.
-
-    Called inside another run, a workflow is recorded as a step of that run.
-    """
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(_Spec(f, "workflow", name, tags=tags))
-
-    return decorate(fn) if fn is not None else decorate
-
-
-@overload
-def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
-@overload
-def step(
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    backoff: float | Backoff = 0.5,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    output: Any = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def step(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    backoff: float | Backoff = 0.5,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    output: Any = None,
-) -> Any:
-    """Mark a function (sync or async) as a step: each attempt is recorded with its
-    input, output or error, duration and attempt number.
-
-    ``retries`` extra attempts are made for exceptions matching ``retry_on``, after
-    ``backoff`` (seconds, doubled each time, jittered; or a ``Backoff``). With
-    ``output=Model`` (any type pydantic validates) the return value is validated,
-    from JSON when it is a string, and the validated value is returned; a value
-    that fails is kept as the failed attempt's output.
-    """
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(_Spec(f, "step", name, retries, backoff, retry_on, output))
-
-    return decorate(fn) if fn is not None else decorate
-
-
-@overload
-def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
-@overload
-def tool(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Mark a function (sync or async) as a tool: each call is recorded with its
-    request (the arguments) and response (the return value)."""
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(_Spec(f, "tool", name))
-
-    return decorate(fn) if fn is not None else decorate
-
-
-# --- running and results ------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """What ``run()`` returns: the run's id and outcome, whether it succeeded or not."""
-
-    run_id: str
-    status: str
-    output: Any = None
-    exception: BaseException | None = None
-
-    def record(self) -> RunRecord:
-        """The stored run (a ``RunRecord``), read from the configured store."""
-        from steptrace.store import Store
-
-        with Store.open() as store:
-            return store.run(self.run_id)
-
-
-def _spec_of(fn: Callable[..., Any]) -> _Spec:
-    spec = getattr(fn, "__steptrace_spec__", None)
-    if not isinstance(spec, _Spec) or spec.kind != "workflow":
-        raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @steptrace.workflow")
-    return spec
-
-
-def run(workflow: Callable[..., Any], /, *args: Any, **kwargs: Any) -> RunResult:
-    """Run a workflow as a new run and return its ``RunResult``. The workflow's
-    exception is not raised: it is in ``.exception``. For ``async`` workflows use
-    ``await arun(...)``."""
-    spec = _spec_of(workflow)
-    if inspect.iscoroutinefunction(spec.fn):
-        raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
-    scope = _RunScope(spec, args, kwargs)
-    try:
-        output = spec.fn(*args, **kwargs)
-    except Exception as exc:
-        scope.finish(error=exc)
-        return RunResult(scope.run.state.run_id, "failed", None, exc)
-    except BaseException as exc:
-        scope.finish(error=exc)
-        raise
-    scope.finish(output)
-    return RunResult(scope.run.state.run_id, "succeeded", output, None)
-
-
-async def arun(workflow: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> RunResult:
-    """The async twin of ``run``."""
-    spec = _spec_of(workflow)
-    scope = _RunScope(spec, args, kwargs)
-    try:
-        output = await spec.fn(*args, **kwargs)
-    except Exception as exc:
-        scope.finish(error=exc)
-        return RunResult(scope.run.state.run_id, "failed", None, exc)
-    except BaseException as exc:
-        scope.finish(error=exc)
-        raise
-    scope.finish(output)
-    return RunResult(scope.run.state.run_id, "succeeded", output, None)
-
-
-def last_run() -> RunRecord | None:
-    """The last run that finished in this process, read back from the store (a
-    ``RunRecord``), or None."""
-    from steptrace.store import Store
-
-    if _last_run_id is None:
-        return None
-    from steptrace.store import RunNotFound
-
-    with Store.open() as store:
-        try:
-            return store.run(_last_run_id)
-        except RunNotFound:  # recorded into another store since
-            return None

@@ -1,0 +1,190 @@
+"""The public decorators (``workflow``, ``step``, ``tool``) and running workflows
+(``run``/``arun``, ``RunResult``, ``last_run``)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from steptrace import runtime
+from steptrace.runtime import _run_async, _run_sync, _RunScope
+from steptrace.spec import Backoff, Spec
+from steptrace.store.model import RunRecord
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _wrap(spec: Spec) -> Callable[..., Any]:
+    fn = spec.fn
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await _run_async(spec, args, kwargs)
+
+        async_wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _run_sync(spec, args, kwargs)
+
+    wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
+    return wrapper
+
+
+@overload
+def workflow(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None, tags: Sequence[str] = ()
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+) -> Any:
+    """Mark a function (sync or async) as a workflow: each top-level call is one run.
+
+    Called inside another run, a workflow is recorded as a step of that run.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(Spec(f, "workflow", name, tags=tags))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float | Backoff = 0.5,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    output: Any = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float | Backoff = 0.5,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    output: Any = None,
+) -> Any:
+    """Mark a function (sync or async) as a step: each attempt is recorded with its
+    input, output or error, duration and attempt number.
+
+    ``retries`` extra attempts are made for exceptions matching ``retry_on``, after
+    ``backoff`` (seconds, doubled each time, jittered; or a ``Backoff``). With
+    ``output=Model`` (any type pydantic validates) the return value is validated,
+    from JSON when it is a string, and the validated value is returned; a value
+    that fails is kept as the failed attempt's output.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(Spec(f, "step", name, retries, backoff, retry_on, output))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def tool(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Mark a function (sync or async) as a tool: each call is recorded with its
+    request (the arguments) and response (the return value)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return _wrap(Spec(f, "tool", name))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+# --- running and results ------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What ``run()`` returns: the run's id and outcome, whether it succeeded or not."""
+
+    run_id: str
+    status: str
+    output: Any = None
+    exception: BaseException | None = None
+
+    def record(self) -> RunRecord:
+        """The stored run (a ``RunRecord``), read from the configured store."""
+        from steptrace.store import Store
+
+        with Store.open() as store:
+            return store.run(self.run_id)
+
+
+def _spec_of(fn: Callable[..., Any]) -> Spec:
+    spec = getattr(fn, "__steptrace_spec__", None)
+    if not isinstance(spec, Spec) or spec.kind != "workflow":
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @steptrace.workflow")
+    return spec
+
+
+def run(workflow: Callable[..., Any], /, *args: Any, **kwargs: Any) -> RunResult:
+    """Run a workflow as a new run and return its ``RunResult``. The workflow's
+    exception is not raised: it is in ``.exception``. For ``async`` workflows use
+    ``await arun(...)``."""
+    spec = _spec_of(workflow)
+    if inspect.iscoroutinefunction(spec.fn):
+        raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        output = spec.fn(*args, **kwargs)
+    except Exception as exc:
+        scope.finish(error=exc)
+        return RunResult(scope.run.state.run_id, "failed", None, exc)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(output)
+    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+
+
+async def arun(workflow: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> RunResult:
+    """The async twin of ``run``."""
+    spec = _spec_of(workflow)
+    scope = _RunScope(spec, args, kwargs)
+    try:
+        output = await spec.fn(*args, **kwargs)
+    except Exception as exc:
+        scope.finish(error=exc)
+        return RunResult(scope.run.state.run_id, "failed", None, exc)
+    except BaseException as exc:
+        scope.finish(error=exc)
+        raise
+    scope.finish(output)
+    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+
+
+def last_run() -> RunRecord | None:
+    """The last run that finished in this process, read back from the store (a
+    ``RunRecord``), or None."""
+    from steptrace.store import RunNotFound, Store
+
+    last_run_id = runtime.last_run_id()
+    if last_run_id is None:
+        return None
+    with Store.open() as store:
+        try:
+            return store.run(last_run_id)
+        except RunNotFound:  # recorded into another store since
+            return None

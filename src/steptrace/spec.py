@@ -1,0 +1,121 @@
+"""What a decorator knows about the function it wraps: ``Spec`` (name, retries, backoff,
+output validation, how to bind arguments) and ``Backoff``."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from steptrace.record import SpanRecord
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts: ``initial_s * multiplier**(attempt-1)``,
+    at most ``max_s``, with "equal jitter" (a random half of it) when ``jitter``."""
+
+    initial_s: float = 0.5
+    multiplier: float = 2.0
+    max_s: float = 30.0
+    jitter: bool = True
+
+    def delay_s(self, attempt: int) -> float:
+        delay = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            delay = delay / 2 + random.uniform(0, delay / 2)
+        return delay
+
+
+class Spec:
+    """What a decorator knows about the function it wraps, computed once."""
+
+    __slots__ = (
+        "adapter",
+        "backoff",
+        "fn",
+        "kind",
+        "max_attempts",
+        "name",
+        "otel_name",
+        "params",
+        "positional_names",
+        "retry_on",
+        "signature",
+        "skip_first",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        name: str | None,
+        retries: int = 0,
+        backoff: float | Backoff = 0.5,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        output: Any = None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries={retries}: must be >= 0")
+        self.fn = fn
+        self.kind = kind
+        self.name = name or fn.__name__
+        self.otel_name = {
+            "workflow": f"invoke_workflow {self.name}",
+            "tool": f"execute_tool {self.name}",
+        }.get(kind, self.name)
+        self.max_attempts = retries + 1
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(initial_s=backoff)
+        self.retry_on = retry_on
+        self.adapter = pydantic.TypeAdapter(output) if output is not None else None
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters)
+        self.skip_first = bool(params) and params[0] in ("self", "cls")
+        self.params = params
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values())
+        # Calls that pass every parameter positionally skip Signature.bind (~3 us).
+        self.positional_names = tuple(params) if plain and not self.skip_first else None
+        self.tags = tuple(tags)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included."""
+        names = self.positional_names
+        if names is not None and not kwargs and len(args) == len(names):
+            return dict(zip(names, args, strict=True))
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            # Let the call itself raise the TypeError the user expects.
+            return {"args": list(args), "kwargs": kwargs}
+        bound.apply_defaults()
+        arguments = bound.arguments
+        if self.skip_first:
+            arguments = dict(arguments)
+            arguments.pop(self.params[0], None)
+        return arguments
+
+    def validate(self, value: Any) -> Any:
+        adapter = self.adapter
+        if adapter is None:
+            return value
+        if isinstance(value, str | bytes) and adapter.core_schema.get("type") != "str":
+            return adapter.validate_json(value)
+        return adapter.validate_python(value)
+
+    def attributes(self, record: SpanRecord) -> dict[str, Any]:
+        """The span's small attributes; the writer adds input and output once redacted."""
+        attributes: dict[str, Any] = {}
+        if record.key is not None:
+            attributes["steptrace.step.key"] = record.key
+        if record.attempt is not None:
+            attributes["steptrace.step.attempt"] = record.attempt
+        if self.kind == "tool":
+            attributes["gen_ai.operation.name"] = "execute_tool"
+            attributes["gen_ai.tool.name"] = self.name
+        return attributes
