@@ -44,6 +44,7 @@ from rich.tree import Tree
 import steptrace as st
 from steptrace.config import get_config
 from steptrace.store.model import RunRecord, SpanView
+from steptrace.where import QueryError
 
 
 class CLIError(Exception):
@@ -409,16 +410,52 @@ def runs_command(
     ] = None,
     status: Annotated[Status | None, typer.Option("--status", "-s", help="Only these.")] = None,
     last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many, newest first.")] = 20,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, help="Skip this many first (the next page).")
+    ] = 0,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            metavar="PREDICATE",
+            help="Only runs where e.g. 'classify.output.label = billing' or "
+            "'classify.attempts > 1' (repeatable: all must hold).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="TIME", help="Started at or after: ISO-8601 or 2h, 7d…"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="TIME", help="Started before: ISO or 2h…")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="TAG", help="Only runs with this tag (repeatable)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON run objects.")] = False,
 ) -> None:
     """List runs, newest first."""
     with st.Store.open() as store:
-        records = store.runs(workflow=workflow, status=status.value if status else None, last=last)
+        try:
+            records = store.runs(
+                workflow=workflow,
+                status=status.value if status else None,
+                last=last,
+                offset=offset,
+                since=since,
+                until=until,
+                tag=tag,
+                where=where,
+            )
+        except QueryError as exc:
+            raise CLIError(str(exc)) from None
         if as_json:
             _print_json([r.summary() for r in records])
             return
         if not records:
-            _console().print(Text(f"no runs in {store.url}"))
+            filtered = workflow or status or where or since or until or tag or offset
+            _console().print(Text(f"no {'matching ' if filtered else ''}runs in {store.url}"))
             return
         rows = [
             (
@@ -597,6 +634,13 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()  # after what rich printed
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
+
+
+# --- questions across runs (dist, stats, diff, compare, sql, export, index) -----------
+
+from steptrace.cli_query import register as _register_query_commands  # noqa: E402
+
+_register_query_commands(app)
 
 
 # --- entry point --------------------------------------------------------------------

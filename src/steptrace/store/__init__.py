@@ -1,23 +1,39 @@
 """The store: where runs are written (by the background writer) and read (by ``Store``).
 
 ``open_writer(url)`` and ``Store.open(url)`` pick the backend by URL scheme:
-a path or ``sqlite:///path`` is the embedded SQLite file.
+a path or ``sqlite:///path`` is the embedded SQLite file. ``Store`` answers the
+questions of ``steptrace.query``, ``steptrace.diff``, ``steptrace.compare`` and
+``steptrace.export`` through thin methods; ``Store.sql`` runs read-only SQL on a
+connection the engine itself keeps from writing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from steptrace.config import ConfigError, get_config
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import sqlite as sqlite_backend
+from steptrace.store.dialect import SQLITE, Dialect
 from steptrace.store.migrations import SchemaTooNew
 from steptrace.store.model import RunRecord, SpanView, loads
+from steptrace.where import QueryError, RunFilter
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from steptrace.compare import Comparison
+    from steptrace.diff import RunDiff
+    from steptrace.query import Distribution
+    from steptrace.stats import StepStats
 
 
 class WriterBackend(Protocol):
@@ -87,24 +103,128 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
+class _Reader:
+    """What the query modules use of a ``Store`` (``steptrace.query.Reader``)."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._store._query(sql, params)
+
+    def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
+        store = self._store
+        store._same_process_flush()
+        seen: set[Any] = set()
+        out: list[tuple[Any, ...]] = []
+        with store._lock:
+            cursor = store._conn.execute(sql, params)
+            try:
+                # At least one row a run: take ``runs`` rows at once, then a few at a
+                # time, so the query computes few rows past the stopping point.
+                size = runs
+                while chunk := cursor.fetchmany(size):
+                    for row in chunk:
+                        if row[0] not in seen:
+                            if len(seen) == runs:
+                                return out
+                            seen.add(row[0])
+                        out.append(row)
+                    size = 16
+                return out
+            finally:
+                cursor.close()
+
+    def rows_many(
+        self,
+        queries: Sequence[tuple[str, Sequence[Any]]],
+        transform: Callable[[list[tuple[Any, ...]]], T],
+    ) -> list[T]:
+        return self._store._query_many(queries, transform)
+
+    def run(self, run_id: str) -> RunRecord:
+        return self._store.run(run_id)
+
+
+class _ConnectionPool:
+    """Worker threads with a read-only connection each, for the independent parts of a
+    large query: SQLite releases the GIL while it computes, so they run on separate
+    cores."""
+
+    def __init__(self, path: str, workers: int) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="steptrace-query")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite_backend.connect(self._path, readonly=True)
+            sqlite_backend.tune_for_reads(conn)
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        return conn
+
+    def _rows(
+        self, sql: str, params: Sequence[Any], transform: Callable[[list[tuple[Any, ...]]], T]
+    ) -> T:
+        return transform(self._conn().execute(sql, params).fetchall())
+
+    def map(
+        self,
+        queries: Sequence[tuple[str, Sequence[Any]]],
+        transform: Callable[[list[tuple[Any, ...]]], T],
+    ) -> list[T]:
+        futures = [
+            self._executor.submit(self._rows, sql, params, transform) for sql, params in queries
+        ]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+
+
 class Store:
-    """Read access to a store. ``Store.open()`` opens the configured one."""
+    """Read access to a store. ``Store.open()`` opens the configured one.
+
+    One ``Store`` may be shared by threads; its queries take turns on one connection.
+    """
 
     def __init__(self, url: str, conn: sqlite3.Connection) -> None:
         self.url = url
         self._conn = conn
         self._lock = threading.Lock()
+        self._readonly: sqlite3.Connection | None = None
+        self._pool: _ConnectionPool | None = None
+        self._reader = _Reader(self)
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:
         """Open the store at ``url`` (default: ``STEPTRACE_STORE``, else
-        ``./.steptrace/steptrace.db``) for queries. Creates and migrates it if needed."""
+        ``./.steptrace/steptrace.db``) for queries. Creates it if needed, and applies
+        the migrations of this version to a store an older one wrote."""
         url = url or get_config().store_url()
         _scheme(url)
         path = sqlite_backend.path_from_url(url)
         if not os.path.exists(path):
             open_writer(url).close()
         conn = sqlite_backend.connect(path)
+        if sqlite_backend.has_pending(conn):
+            try:
+                sqlite_backend.migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        sqlite_backend.tune_for_reads(conn)
         return cls(url, conn)
 
     # -- plumbing -----------------------------------------------------------------
@@ -122,7 +242,29 @@ class Store:
         with self._lock:
             return list(self._conn.execute(sql, params))
 
+    def _query_many(
+        self,
+        queries: Sequence[tuple[str, Sequence[Any]]],
+        transform: Callable[[list[tuple[Any, ...]]], T],
+    ) -> list[T]:
+        """Independent queries, run at the same time on the pool's connections, each
+        result passed through ``transform`` on the thread that fetched it."""
+        if len(queries) < 2 or (os.cpu_count() or 1) < 2:
+            return [transform(self._query(sql, params)) for sql, params in queries]
+        self._same_process_flush()
+        with self._lock:
+            if self._pool is None:
+                self._pool = _ConnectionPool(
+                    sqlite_backend.path_from_url(self.url), min(4, os.cpu_count() or 1)
+                )
+            pool = self._pool
+        return pool.map(queries, transform)
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._readonly is not None:
+            self._readonly.close()
         self._conn.close()
 
     def __enter__(self) -> Store:
@@ -143,19 +285,22 @@ class Store:
         status: str | None = None,
         last: int = 20,
         offset: int = 0,
+        *,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+        tag: str | Sequence[str] | None = None,
+        where: str | Sequence[str] | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first, without their spans."""
-        where: list[str] = []
-        params: list[Any] = []
-        if workflow is not None:
-            where.append("workflow = ?")
-            params.append(workflow)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        """Runs, newest first, without their spans: ``last`` of them after skipping
+        ``offset`` (a page). ``since``/``until`` bound the start time (ISO-8601, or
+        ``"2h"``/``"7d"`` before now); ``tag`` keeps runs carrying every tag given;
+        ``where`` keeps runs matching every predicate, e.g.
+        ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
+        (see ``steptrace.where``). Raises ``QueryError`` for a malformed filter."""
+        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(SQLITE)
+        clause = f"WHERE {' AND '.join(conds)} " if conds else ""
         rows = self._query(
-            f"SELECT {_RUN_COLUMNS} FROM runs {clause} "
+            f"SELECT {_RUN_COLUMNS} FROM runs {clause}"
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
             [*params, last, offset],
         )
@@ -243,5 +388,156 @@ class Store:
             run.spans.append(span)
         return run
 
+    # -- questions across runs ------------------------------------------------------
+    def distribution(
+        self, step: str, field: str, last: int = 1000, workflow: str | None = None
+    ) -> Distribution:
+        """The distribution of ``field`` (a dotted path into the step's output; prefix
+        ``input.`` for its input) over the last ``last`` runs that executed ``step``:
+        ``{"step", "field", "runs", "occurrences", "missing", "values": [{"value",
+        "count", "share"}], "numeric"}``, most common value first. Counts the final
+        attempt of each occurrence. See ``steptrace.query.distribution``."""
+        from steptrace.query import distribution
 
-__all__ = ["RunNotFound", "RunRecord", "SpanView", "Store", "WriterBackend", "open_writer"]
+        return distribution(self._reader, step, field, last, workflow)
+
+    def step_stats(self, workflow: str | None = None, last: int = 1000) -> list[StepStats]:
+        """Per step name over the last ``last`` runs (of ``workflow``, else of all):
+        count, failures, retries, p50/p95/p99 duration, LLM tokens and cost."""
+        from steptrace.stats import step_stats
+
+        return step_stats(self._reader, workflow, last)
+
+    def diff(self, run_a: str, run_b: str) -> RunDiff:
+        """How run ``run_b`` differs from ``run_a``, step by step (ids or prefixes)."""
+        from steptrace.diff import diff_runs
+
+        return diff_runs(self.run(run_a), self.run(run_b))
+
+    def compare(self, run_id: str, baseline: int = 100) -> Comparison:
+        """The run against the last ``baseline`` successful runs of its workflow: ranked
+        findings (slow, rare_value, new_value, missing_step, extra_step, more_attempts,
+        cost, failed)."""
+        from steptrace.compare import compare_run
+
+        return compare_run(self._reader, run_id, baseline)
+
+    def index_field(self, step: str, field: str) -> str:
+        """Create (if needed) an expression index that serves ``distribution(step,
+        field)`` from the index rather than by parsing each output; returns its name.
+        Building it reads the whole spans table once."""
+        from steptrace.query import field_index_sql
+
+        name, sql = field_index_sql(SQLITE, step, field)
+        self._query(sql)
+        return name
+
+    def drop_field_index(self, step: str, field: str) -> bool:
+        """Drop the index ``index_field(step, field)`` made; False if there was none."""
+        from steptrace.query import field_index_name
+
+        name = field_index_name(step, field)
+        existed = bool(
+            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
+        )
+        self._query(f"DROP INDEX IF EXISTS {name}")
+        return existed
+
+    # -- SQL --------------------------------------------------------------------------
+    def _readonly_conn(self) -> sqlite3.Connection:
+        if self._readonly is None:
+            self._readonly = sqlite_backend.connect_readonly(sqlite_backend.path_from_url(self.url))
+        return self._readonly
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
+        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
+        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
+        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
+        transactions and setting pragmas are refused too. Raises ``QueryError``."""
+        from steptrace.export import JSON_COLUMNS, decode_json
+
+        self._same_process_flush()
+        with self._lock:
+            conn = self._readonly_conn()
+            try:
+                cursor = conn.execute(query, params)
+                names = [d[0] for d in cursor.description or ()]
+                rows = cursor.fetchall()
+            except (sqlite3.Error, sqlite3.Warning, OverflowError) as exc:
+                raise QueryError(f"SQL error: {exc}") from None
+        decode = [n in JSON_COLUMNS for n in names]
+        return [
+            {
+                n: decode_json(v) if json else v
+                for n, v, json in zip(names, row, decode, strict=True)
+            }
+            for row in rows
+        ]
+
+    # -- export -----------------------------------------------------------------------
+    def export(
+        self,
+        dest: str | Path | IO[bytes],
+        format: str = "jsonl",
+        table: str = "steps",
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+        tag: str | Sequence[str] | None = None,
+        where: str | Sequence[str] | None = None,
+        last: int | None = None,
+        step: str | None = None,
+    ) -> int:
+        """Write ``table`` (runs, steps, spans or llm) for the runs the filters choose
+        (those of ``runs``; all of them unless ``last``) to a file or binary stream as
+        ``format`` (jsonl, csv or parquet — parquet needs pyarrow). Returns the number
+        of rows written. See ``steptrace.export``."""
+        from steptrace import export
+
+        if format not in export.FORMATS:
+            raise QueryError(
+                f"unknown format {format!r}: choose one of {', '.join(export.FORMATS)}"
+            )
+        if format == "parquet":
+            export._arrow()  # fail before creating the file
+        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
+        if isinstance(dest, str | Path):
+            with open(dest, "wb") as out:
+                return export.write(format, columns, rows, out)
+        return export.write(format, columns, rows, dest)
+
+    def to_pandas(
+        self,
+        table: str = "steps",
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+        tag: str | Sequence[str] | None = None,
+        where: str | Sequence[str] | None = None,
+        last: int | None = None,
+        step: str | None = None,
+    ) -> Any:
+        """``table`` for the chosen runs as a pandas DataFrame (JSON columns decoded);
+        needs pandas."""
+        from steptrace import export
+
+        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
+        return export.to_pandas(columns, rows)
+
+
+__all__ = [
+    "QueryError",
+    "RunNotFound",
+    "RunRecord",
+    "SpanView",
+    "Store",
+    "WriterBackend",
+    "open_writer",
+]

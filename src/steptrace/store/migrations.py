@@ -106,9 +106,62 @@ def _llm_details(dialect: str) -> list[str]:
     return [f"ALTER TABLE llm_calls ADD COLUMN {name} {kind}" for name, kind in columns]
 
 
+def _query(dialect: str) -> list[str]:
+    """Indexes and views for the query layer (``steptrace.query``): the "last N runs"
+    indexes carry ``run_id`` (and ``status``) so they cover the window and its order;
+    covering indexes for a step's attempts newest first and for a run's step attempts
+    and LLM calls; ``llm_calls.parent_span_id`` (the step attempt a call was made in,
+    filled in for existing rows); the ``steps`` and ``llm`` views documented for
+    ``steptrace sql``."""
+    return [
+        "DROP INDEX runs_workflow_started",
+        "CREATE INDEX runs_workflow_started ON runs (workflow, started_at, run_id, status)",
+        "DROP INDEX runs_started",
+        "CREATE INDEX runs_started ON runs (started_at, run_id, status)",
+        "DROP INDEX runs_status_started",
+        "CREATE INDEX runs_status_started ON runs (status, started_at, run_id)",
+        "CREATE INDEX runs_ended ON runs (ended_at, started_at)",
+        "CREATE INDEX spans_steps_run ON spans "
+        "(run_id, span_id, kind, name, step_key, attempt, status, duration_ms) "
+        "WHERE step_key IS NOT NULL",
+        "CREATE INDEX spans_steps_name_started ON spans "
+        "(name, started_at, run_id, step_key, attempt, kind, status, duration_ms) "
+        "WHERE step_key IS NOT NULL",
+        "ALTER TABLE llm_calls ADD COLUMN parent_span_id TEXT",
+        "UPDATE llm_calls SET parent_span_id = "
+        "(SELECT s.parent_span_id FROM spans s WHERE s.span_id = llm_calls.span_id)",
+        "DROP INDEX llm_calls_run",
+        "CREATE INDEX llm_calls_run ON llm_calls "
+        "(run_id, parent_span_id, input_tokens, output_tokens, cost_usd)",
+        """CREATE VIEW steps AS
+        SELECT s.run_id, r.workflow, r.status AS run_status, s.span_id, s.parent_span_id,
+               s.kind, s.name, s.step_key,
+               CAST(substr(s.step_key, length(s.name) + 2) AS INTEGER) AS occurrence,
+               s.attempt,
+               CASE WHEN EXISTS (
+                   SELECT 1 FROM spans n WHERE n.run_id = s.run_id
+                   AND n.step_key = s.step_key AND n.attempt > s.attempt
+               ) THEN 0 ELSE 1 END AS is_final_attempt,
+               s.status, s.started_at, s.ended_at, s.duration_ms,
+               s.input, s.output, s.error, s.attributes, s.input_hash
+        FROM spans s JOIN runs r ON r.run_id = s.run_id
+        WHERE s.step_key IS NOT NULL""",
+        """CREATE VIEW llm AS
+        SELECT c.run_id, c.span_id, c.parent_span_id, p.name AS step, p.step_key,
+               p.attempt AS step_attempt, l.provider, l.model, l.response_model, c.status,
+               c.started_at, c.ended_at, c.duration_ms, l.input_tokens, l.output_tokens,
+               l.cached_input_tokens, l.reasoning_tokens, l.cost_usd, l.finish_reason,
+               c.input -> 'messages' AS messages, l.params,
+               c.output AS response, l.tool_calls, c.error
+        FROM llm_calls l JOIN spans c ON c.span_id = l.span_id
+        LEFT JOIN spans p ON p.span_id = c.parent_span_id AND p.step_key IS NOT NULL""",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_llm_details", _llm_details),
+    Migration("0003_query", _query),
 )
 
 

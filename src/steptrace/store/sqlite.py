@@ -11,13 +11,14 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from steptrace.record import RunState, SpanRecord
-from steptrace.store.migrations import pending
+from steptrace.store.migrations import SchemaTooNew, pending
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -44,7 +45,10 @@ def is_locked(exc: BaseException) -> bool:
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
         )
     else:
         directory = os.path.dirname(os.path.abspath(path))
@@ -54,6 +58,98 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+MMAP_BYTES = 1 << 40
+"""Asked of SQLite for reading connections; it clamps this to its compile-time maximum
+(2 GiB by default). Memory-mapped reads skip a system call per page, which is most of
+the cost of the random page reads of a "last N runs" query."""
+
+
+def tune_for_reads(conn: sqlite3.Connection) -> None:
+    """Settings for a connection that answers queries: memory-mapped I/O, a larger page
+    cache, sorts and temporary indexes in memory."""
+    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+
+
+# Pragmas that only read, allowed to ``Store.sql``; any other pragma, or one of these
+# given a value other than a table or index name, is refused.
+_READ_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "database_list",
+        "collation_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "compile_options",
+        "user_version",
+        "schema_version",
+        "data_version",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "encoding",
+        "journal_mode",
+    }
+)
+_NAMED_PRAGMAS = frozenset(
+    {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+)
+_REFUSED_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_ATTACH,
+        sqlite3.SQLITE_DETACH,
+        sqlite3.SQLITE_TRANSACTION,
+        sqlite3.SQLITE_SAVEPOINT,
+    }
+)
+
+
+def _authorize(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _source: str | None
+) -> int:
+    """Keep a read-only connection read-only: no ATTACH (which would open or create
+    another file), no transactions held open, no pragma that sets something."""
+    if action in _REFUSED_ACTIONS:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if name not in _READ_PRAGMAS or (arg2 is not None and name not in _NAMED_PRAGMAS):
+            return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection the engine keeps from writing: opened read-only (``mode=ro``), in
+    ``query_only`` mode (no temporary tables either), with an authorizer that refuses
+    ATTACH, transactions and setting pragmas."""
+    conn = connect(path, readonly=True)
+    conn.execute("PRAGMA query_only=ON")
+    tune_for_reads(conn)
+    conn.set_authorizer(_authorize)
+    return conn
+
+
+def has_pending(conn: sqlite3.Connection) -> bool:
+    """Whether ``migrate`` has something to do (read without taking the write lock).
+    A store migrated by a newer steptrace has nothing this version could apply."""
+    try:
+        done = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+    except sqlite3.OperationalError:  # no _migrations table: a blank database
+        return True
+    try:
+        return bool(pending(done))
+    except SchemaTooNew:
+        return False
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
@@ -168,13 +264,15 @@ SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6, c0 
 FROM {_rows(5)}
 """
 
+# parent_span_id repeats the LLM span's parent (the step attempt it was made in) so
+# that tokens and cost per step are read from one index (migration 0003_query).
 _LLM_INSERT = f"""
 INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
                                   cost_usd, params, cached_input_tokens, reasoning_tokens,
                                   finish_reason, response_model, time_to_first_chunk_ms,
-                                  tool_calls, incomplete)
-SELECT c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, coalesce(c14, 0)
-FROM {_rows(15)}
+                                  tool_calls, incomplete, parent_span_id)
+SELECT c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, coalesce(c14, 0), c15
+FROM {_rows(16)}
 """
 
 _LOG_INSERT = f"""
@@ -222,6 +320,7 @@ def _batch(
                     llm.time_to_first_chunk_ms,
                     llm.tool_calls,
                     int(llm.incomplete),
+                    s.parent_span_id,
                 )
             )
         if s.logs:

@@ -1,0 +1,542 @@
+"""The commands that ask questions across runs: ``dist``, ``stats``, ``diff``,
+``compare``, ``sql``, ``export`` and ``index``, registered on the ``steptrace`` app
+by ``register(app)``.
+
+Each prints a rich rendering, or with ``--json`` exactly what the matching
+``Store`` method returns. A malformed question (a bad ``--where``, field path or
+SQL) is a one-line ``error: …`` like every other command's.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+import steptrace as st
+from steptrace.cli import (
+    CLIError,
+    Status,
+    _abbrev,
+    _console,
+    _duration,
+    _print_json,
+    _short_prefix,
+    _status,
+)
+from steptrace.compare import Comparison
+from steptrace.diff import Change, RunDiff
+from steptrace.query import Distribution
+from steptrace.stats import StepStats
+from steptrace.where import QueryError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_JSON_HELP = "Print JSON (the shape the Store method returns)."
+_BAR_WIDTH = 30
+
+
+def _questions(fn: F) -> F:
+    """Report a malformed question as a one-line error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except QueryError as exc:
+            raise CLIError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _share(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _bar(share: float, top: float) -> Text:
+    eighths = round(_BAR_WIDTH * 8 * (share / top if top else 0.0))
+    full, rest = divmod(eighths, 8)
+    return Text("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest else ""), style="cyan")
+
+
+# --- dist -----------------------------------------------------------------------------
+
+
+@_questions
+def dist_command(
+    step: Annotated[str, typer.Argument(metavar="STEP", help="A step (or tool) name.")],
+    field: Annotated[
+        str,
+        typer.Argument(
+            metavar="FIELD",
+            help="A dotted path into the step's output, e.g. classification or meta.label "
+            "(input.x for its input; . for the whole output).",
+        ),
+    ],
+    last: Annotated[
+        int, typer.Option("--last", "-n", min=1, help="Over the last N runs that ran STEP.")
+    ] = 1000,
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Values to draw.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """The distribution of a field of a step's output over the last N runs."""
+    with st.Store.open() as store:
+        result = store.distribution(step, field, last=last, workflow=workflow)
+    if as_json:
+        _print_json(result)
+        return
+    _print_distribution(result, top)
+
+
+def _print_distribution(d: Distribution, top: int) -> None:
+    console = _console()
+    title = Text.assemble(
+        (f"{d['step']}.{d['field'] or 'output'}", "bold"),
+        f"  over the last {_count(d['runs'])} runs that ran {d['step']}",
+        f" ({_count(d['occurrences'])} occurrences)" if d["occurrences"] != d["runs"] else "",
+    )
+    console.print(title)
+    if not d["occurrences"]:
+        console.print(Text("no runs executed this step", style="dim"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("value", overflow="ellipsis", max_width=48, no_wrap=True)
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    shown = d["values"][:top]
+    peak = max([v["share"] for v in shown] + [d["missing"] / d["occurrences"]])
+    for v in shown:
+        table.add_row(
+            _abbrev(v["value"], 48), _count(v["count"]), _share(v["share"]), _bar(v["share"], peak)
+        )
+    if d["missing"]:
+        share = d["missing"] / d["occurrences"]
+        table.add_row(
+            Text("(missing)", style="dim"), _count(d["missing"]), _share(share), _bar(share, peak)
+        )
+    console.print(table)
+    hidden = len(d["values"]) - len(shown)
+    if hidden:
+        console.print(Text(f"… and {hidden:,} more values (--top, --json)", style="dim"))
+    numeric = d["numeric"]
+    if numeric:
+        console.print(
+            Text.assemble(
+                ("numeric ", "bold"),
+                f"n={_count(numeric['count'])}  min {numeric['min']:g}  p50 {numeric['p50']:g}  "
+                f"p95 {numeric['p95']:g}  max {numeric['max']:g}  mean {numeric['mean']:g}",
+            )
+        )
+
+
+# --- stats ----------------------------------------------------------------------------
+
+
+@_questions
+def stats_command(
+    workflow: Annotated[
+        str | None, typer.Argument(metavar="[WORKFLOW]", help="Only runs of this workflow.")
+    ] = None,
+    last: Annotated[int, typer.Option("--last", "-n", min=1, help="Over the last N runs.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """Per-step count, failure and retry rates, p50/p95/p99 duration, tokens and cost."""
+    with st.Store.open() as store:
+        stats = store.step_stats(workflow, last=last)
+    if as_json:
+        _print_json(stats)
+        return
+    _print_stats(stats, workflow, last)
+
+
+def _print_stats(stats: list[StepStats], workflow: str | None, last: int) -> None:
+    console = _console()
+    scope = f"runs of {workflow}" if workflow else "runs"
+    console.print(Text(f"steps of the last {_count(last)} {scope}, most time first", style="bold"))
+    if not stats:
+        console.print(Text("no steps recorded", style="dim"))
+        return
+    rows: list[list[Text]] = []
+    for s in stats:
+        tokens = (s["input_tokens"] or 0) + (s["output_tokens"] or 0) if s["llm_calls"] else None
+        cells: list[Text | str] = [
+            Text(s["step"] + (" (tool)" if s["kind"] == "tool" else "")),
+            _count(s["count"]),
+            Text(_share(s["failure_rate"]), style="red" if s["failed"] else "dim"),
+            Text(_share(s["retry_rate"]), style="yellow" if s["retried"] else "dim"),
+            _duration(s["p50_ms"]),
+            _duration(s["p95_ms"]),
+            _duration(s["p99_ms"]),
+            _count(tokens) if tokens is not None else "–",
+            f"${s['cost_usd']:.4f}" if s["cost_usd"] is not None else "–",
+        ]
+        rows.append([c if isinstance(c, Text) else Text(c) for c in cells])
+    headers = ("step", "count", "failed", "retried", "p50", "p95", "p99", "tokens", "cost")
+    table, width = _fitted_table(headers, rows)
+    console.print(table, width=max(console.width, width))
+
+
+def _fitted_table(headers: tuple[str, ...], rows: list[list[Text]]) -> tuple[Table, int]:
+    """A table of unbroken cells, and the width it needs."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1))
+    total = 0
+    for i, name in enumerate(headers):
+        width = max([len(name), *(row[i].cell_len for row in rows)])
+        total += width + 2
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    return table, total
+
+
+# --- diff -----------------------------------------------------------------------------
+
+
+@_questions
+def diff_command(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run id or prefix.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="A run id or prefix.")],
+    show_all: Annotated[bool, typer.Option("--all", help="List unchanged steps too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """Step-by-step structural diff of two runs: status, attempts, durations, inputs,
+    outputs and LLM calls."""
+    with st.Store.open() as store:
+        result = store.diff(run_a, run_b)
+        prefixes = (
+            _short_prefix(store, result["a"]["run_id"]),
+            _short_prefix(store, result["b"]["run_id"]),
+        )
+    if as_json:
+        _print_json(result)
+        return
+    _print_diff(result, prefixes, show_all)
+
+
+def _pair(a: Any, b: Any, fmt: Callable[[Any], str] = str) -> str:
+    if a == b:
+        return fmt(a)
+    return f"{fmt(a) if a is not None else '–'} → {fmt(b) if b is not None else '–'}"
+
+
+def _delta(ms: float | None) -> Text:
+    if ms is None:
+        return Text("")
+    sign = "+" if ms >= 0 else "−"
+    return Text(f" ({sign}{_duration(abs(ms))})", style="red" if ms > 0 else "green")
+
+
+def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
+    console = _console()
+    a, b = d["a"], d["b"]
+    console.print(
+        Text.assemble(
+            ("a ", "bold"),
+            (prefixes[0], "cyan"),
+            f"  {a['workflow']}  ",
+            _status(a["status"]),
+            f"  {_duration(a['duration_ms'])}  ",
+            (a["started_at"], "dim"),
+        )
+    )
+    console.print(
+        Text.assemble(
+            ("b ", "bold"),
+            (prefixes[1], "cyan"),
+            f"  {b['workflow']}  ",
+            _status(b["status"]),
+            f"  {_duration(b['duration_ms'])}  ",
+            (b["started_at"], "dim"),
+        )
+    )
+    summary = d["summary"]
+    console.print(
+        Text(
+            f"{summary['steps']} steps: {summary['changed']} changed, {summary['same']} the "
+            f"same, {summary['only_in_a']} only in a, {summary['only_in_b']} only in b",
+            style="dim",
+        )
+    )
+    for change in d["run"]["changes"]:
+        _print_change(console, change, indent="  run ")
+    for step in d["steps"]:
+        if not step["changed"] and step["only_in"] is None and not show_all:
+            continue
+        if step["only_in"] is not None:
+            mark, style = ("-", "red") if step["only_in"] == "a" else ("+", "green")
+            side = step["only_in"]
+            line = Text.assemble(
+                (f"{mark} ", style),
+                (step["key"], "bold"),
+                f"  only in {side}  ",
+                _status(step["status"][side]),  # type: ignore[literal-required]
+            )
+            console.print(line)
+            continue
+        mark, style = ("~", "yellow") if step["changed"] else ("=", "dim")
+        durations = step["duration_ms"]
+        console.print(
+            Text.assemble(
+                (f"{mark} ", style),
+                (step["key"], "bold"),
+                "  ",
+                _pair(step["status"]["a"], step["status"]["b"]),
+                "  attempts ",
+                _pair(step["attempts"]["a"], step["attempts"]["b"]),
+                "  ",
+                _pair(durations["a"], durations["b"], _duration),
+                _delta(durations["delta"]),
+            )
+        )
+        for change in step["changes"]:
+            _print_change(console, change, indent="    ")
+
+
+def _print_change(console: Any, change: Change, indent: str) -> None:
+    path = change["path"]
+    if change["change"] == "added":
+        console.print(Text.assemble(indent, (f"+ {path}: ", "green"), _abbrev(change["b"], 200)))
+    elif change["change"] == "removed":
+        console.print(Text.assemble(indent, (f"- {path}: ", "red"), _abbrev(change["a"], 200)))
+    elif "lines" in change:
+        console.print(Text.assemble(indent, (f"~ {path}:", "yellow")))
+        for line in change["lines"]:  # cut to the terminal's width: --json has them whole
+            style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")
+            console.print(
+                Text(f"{indent}    {line}", style=style), no_wrap=True, overflow="ellipsis"
+            )
+    else:
+        console.print(
+            Text.assemble(
+                indent,
+                (f"~ {path}: ", "yellow"),
+                _abbrev(change["a"], 100),
+                (" → ", "bold"),
+                _abbrev(change["b"], 100),
+            )
+        )
+
+
+# --- compare --------------------------------------------------------------------------
+
+
+@_questions
+def compare_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id or prefix.")],
+    baseline: Annotated[
+        int,
+        typer.Option(
+            "--baseline", "-b", min=1, help="Against the last N successful runs of its workflow."
+        ),
+    ] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """How a run differs from the last N successful runs of its workflow."""
+    with st.Store.open() as store:
+        result = store.compare(run_id, baseline=baseline)
+        prefix = _short_prefix(store, result["run_id"])
+    if as_json:
+        _print_json(result)
+        return
+    _print_comparison(result, prefix)
+
+
+_KIND_STYLES = {
+    "failed": "red",
+    "missing_step": "red",
+    "extra_step": "yellow",
+    "new_value": "magenta",
+    "rare_value": "magenta",
+    "more_attempts": "yellow",
+    "slow": "yellow",
+    "cost": "yellow",
+}
+
+
+def _print_comparison(c: Comparison, prefix: str) -> None:
+    console = _console()
+    console.print(
+        Text.assemble(
+            ("run ", "bold"),
+            (prefix, "cyan"),
+            f"  {c['workflow']}  ",
+            _status(c["status"]),
+            f"  against {c['baseline_runs']} successful run(s)",
+            f" (of {c['baseline']} asked)" if c["baseline_runs"] < c["baseline"] else "",
+        )
+    )
+    if not c["findings"]:
+        console.print(Text("nothing unusual", style="green"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("finding", no_wrap=True)
+    table.add_column("step", no_wrap=True)
+    table.add_column("detail")
+    for f in c["findings"]:
+        table.add_row(
+            Text(f["kind"], style=_KIND_STYLES.get(f["kind"], "")),
+            f["key"] or "(run)",
+            Text(f["detail"]),
+        )
+    console.print(table)
+
+
+# --- sql ------------------------------------------------------------------------------
+
+
+@_questions
+def sql_command(
+    query: Annotated[
+        str, typer.Argument(metavar="QUERY", help="One SELECT statement (- reads it from stdin).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
+) -> None:
+    """Read-only SQL over the store: the runs, spans, llm_calls and logs tables and the
+    steps and llm views."""
+    if query == "-":
+        query = sys.stdin.read()
+    with st.Store.open() as store:
+        rows = store.sql(query)
+    if as_json:  # a BLOB (none in steptrace's tables) as base64 text
+        _print_json(
+            [
+                {
+                    k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
+                    for k, v in r.items()
+                }
+                for r in rows
+            ]
+        )
+        return
+    console = _console()
+    if not rows:
+        console.print(Text("no rows", style="dim"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in rows[0]:
+        table.add_column(name, overflow="ellipsis", max_width=60, no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    console.print(table)
+    console.print(Text(f"{len(rows):,} row(s)", style="dim"))
+
+
+def _cell(value: Any) -> Text:
+    if value is None:
+        return Text("NULL", style="dim")
+    if isinstance(value, str):
+        return Text(value)
+    if isinstance(value, bytes):
+        return Text(f"<{len(value)} bytes>", style="dim")
+    if isinstance(value, dict | list):
+        return Text(orjson.dumps(value).decode())
+    return Text(str(value))
+
+
+# --- export ---------------------------------------------------------------------------
+
+
+@_questions
+def export_command(
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="jsonl, csv or parquet (needs pyarrow).")
+    ] = "jsonl",
+    table: Annotated[
+        str, typer.Option("--table", "-t", help="runs, steps, spans or llm.")
+    ] = "steps",
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="FILE", help="Where to write (- : stdout).")
+    ] = "-",
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
+    ] = None,
+    status: Annotated[Status | None, typer.Option("--status", "-s", help="Only these.")] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", metavar="PREDICATE", help="As for `runs` (repeatable)."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="TIME", help="Started at or after.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="TIME", help="Started before.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="Repeatable.")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option("--last", "-n", min=1, help="Only the last N runs.")
+    ] = None,
+    step: Annotated[
+        str | None, typer.Option("--step", help="Only this step's rows (steps, spans, llm).")
+    ] = None,
+) -> None:
+    """Export runs, steps, spans or LLM calls of the chosen runs as JSON Lines, CSV or
+    Parquet."""
+    if fmt == "parquet" and output == "-":
+        raise CLIError("--format parquet needs --output FILE")
+    with st.Store.open() as store:
+        options: dict[str, Any] = {
+            "workflow": workflow,
+            "status": status.value if status else None,
+            "since": since,
+            "until": until,
+            "tag": tag,
+            "where": where,
+            "last": last,
+            "step": step,
+        }
+        if output == "-":
+            n = store.export(sys.stdout.buffer, fmt, table, **options)
+            sys.stdout.buffer.flush()
+        else:
+            n = store.export(output, fmt, table, **options)
+    if output != "-":
+        sys.stderr.write(f"wrote {n:,} row(s) of {table} to {output}\n")
+
+
+# --- index ----------------------------------------------------------------------------
+
+
+@_questions
+def index_command(
+    step: Annotated[str, typer.Argument(metavar="STEP")],
+    field: Annotated[str, typer.Argument(metavar="FIELD", help="As for `dist`.")],
+    drop: Annotated[bool, typer.Option("--drop", help="Drop the index instead.")] = False,
+) -> None:
+    """Index a step's field so that `dist STEP FIELD` reads it from the index (an
+    expression index; building it reads the spans table once)."""
+    with st.Store.open() as store:
+        if drop:
+            dropped = store.drop_field_index(step, field)
+            _console().print(f"{'dropped' if dropped else 'no'} index for {step}.{field}")
+        else:
+            name = store.index_field(step, field)
+            _console().print(f"{step}.{field} is indexed ({name})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the ``steptrace`` app."""
+    app.command("dist")(dist_command)
+    app.command("stats")(stats_command)
+    app.command("diff")(diff_command)
+    app.command("compare")(compare_command)
+    app.command("sql")(sql_command)
+    app.command("export")(export_command)
+    app.command("index")(index_command)

@@ -1,0 +1,286 @@
+"""Questions across runs: the distribution of a step's field (``Store.distribution``,
+``steptrace dist``), the expression indexes that serve it, and what the question
+modules share (``Reader``, the runs window, percentiles).
+
+The other questions live next door: ``steptrace.stats`` (per-step statistics),
+``steptrace.diff`` and ``steptrace.compare`` (run against run),
+``steptrace.export``. Each takes a ``Reader`` (what a ``Store`` lends its query
+modules) and returns plain JSON-shaped data, exactly what the command prints
+with ``--json``.
+
+Conventions shared by every question:
+
+- a *step* is a ``step`` or ``tool`` span (those with a ``step_key``); an
+  *occurrence* is one call of it in a run (``name#n``), made of one or more
+  attempts, and its *final attempt* is the one with the highest number;
+- "the last N runs" are ordered like ``steptrace runs``: by start time, newest
+  first (ties by run id) — except for a distribution, whose runs are ranked by
+  when they last executed the step;
+- percentiles interpolate linearly between the closest ranks (NumPy's default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypedDict, TypeVar
+
+import orjson
+
+from steptrace.store.dialect import Dialect, literal
+from steptrace.store.model import RunRecord
+from steptrace.where import QueryError, format_path, step_field
+
+Row = tuple[Any, ...]
+T = TypeVar("T")
+
+
+class Reader(Protocol):
+    """What the query modules need of a store."""
+
+    dialect: Dialect
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of a query."""
+        ...
+
+    def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[Row]:
+        """Rows of a query whose first column is a run id, up to (not including) the
+        first row of the ``runs + 1``-th run; the rest of the query is never computed."""
+        ...
+
+    def rows_many(
+        self, queries: Sequence[tuple[str, Sequence[Any]]], transform: Callable[[list[Row]], T]
+    ) -> list[T]:
+        """``transform`` of the rows of each of independent queries, which may run (and
+        be transformed) at the same time, on other threads."""
+        ...
+
+    def run(self, run_id: str) -> RunRecord:
+        """The run with its spans (``Store.run``)."""
+        ...
+
+
+# --- shared helpers -----------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted values, interpolating linearly; None if empty."""
+    if not ordered:
+        return None
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def check_last(last: int, name: str = "last") -> int:
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise QueryError(f"{name} must be a positive number of runs, not {last!r}")
+    return last
+
+
+def runs_window(
+    d: Dialect,
+    workflow: str | None,
+    *,
+    status: str | None = None,
+    exclude: bool = False,
+    columns: str = "run_id",
+) -> tuple[str, list[Any]]:
+    """SQL for the ids (or ``columns``) of the last N runs (N is the last ``?``), newest
+    first; with ``exclude`` a further ``?`` names a run to leave out."""
+    conds: list[str] = []
+    params: list[Any] = []
+    if workflow is not None:
+        conds.append("workflow = ?")
+        params.append(workflow)
+    if status is not None:
+        conds.append("status = ?")
+        params.append(status)
+    if exclude:
+        conds.append("run_id <> ?")
+    where = f"WHERE {' AND '.join(conds)} " if conds else ""
+    return (
+        f"SELECT {columns} FROM runs {where}ORDER BY started_at DESC, run_id DESC LIMIT ?",
+        params,
+    )
+
+
+def json_key(value: Any) -> str:
+    """A canonical JSON text for grouping equal values (object keys sorted)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _decode_key(raw: str | bytes) -> str:
+    """The grouping key of a value read with ``Dialect.json_at`` (JSON text): scalars
+    as they are, objects and arrays re-serialised with sorted keys."""
+    if isinstance(raw, str) and raw[:1] not in ("{", "["):
+        return raw
+    return json_key(orjson.loads(raw))
+
+
+# --- distribution ---------------------------------------------------------------------
+
+
+class ValueCount(TypedDict):
+    value: Any
+    count: int
+    share: float
+
+
+class NumericSummary(TypedDict):
+    count: int
+    min: float
+    p50: float
+    p95: float
+    max: float
+    mean: float
+
+
+class Distribution(TypedDict):
+    step: str
+    field: str
+    workflow: str | None
+    last: int
+    runs: int
+    """Runs counted: the ``last`` runs that executed the step most recently (fewer if
+    the store holds fewer)."""
+    occurrences: int
+    """Final attempts counted (a run may call the step more than once)."""
+    missing: int
+    """Occurrences whose output (or input) lacks the field."""
+    values: list[ValueCount]
+    numeric: NumericSummary | None
+    """Over the numeric values (booleans excepted), when there are any."""
+
+
+def _value_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
+    column, path = step_field(field)
+    return column, d.json_at(f"s.{column}", path)
+
+
+def distribution_sql(
+    d: Dialect, step: str, field: str, workflow: str | None = None
+) -> tuple[str, list[Any]]:
+    """The query ``distribution`` walks: the step's attempts newest first (an index on
+    (name, started_at)), with the field's value. The step name and path are literals,
+    not parameters, so that a field index (``index_field``) made for them is used."""
+    _, value_sql = _value_sql(d, step, field)
+    name = literal(step)
+    if workflow is None:
+        return (
+            f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
+            f"WHERE s.name = {name} AND s.step_key IS NOT NULL ORDER BY s.started_at DESC"
+        ), []
+    return (
+        f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
+        f"{d.ordered_join} runs r ON r.run_id = s.run_id "
+        f"WHERE s.name = {name} AND s.step_key IS NOT NULL AND r.workflow = ? "
+        "ORDER BY s.started_at DESC"
+    ), [workflow]
+
+
+def distribution(
+    db: Reader, step: str, field: str, last: int = 1000, workflow: str | None = None
+) -> Distribution:
+    """The distribution of ``field`` of ``step``'s output (``input.`` prefix: its input)
+    over the last ``last`` runs that executed the step (by when they last executed it),
+    counting the final attempt of each occurrence; most common value first."""
+    check_last(last)
+    d = db.dialect
+    column, value_sql = _value_sql(d, step, field)
+    name = literal(step)
+    sql, params = distribution_sql(d, step, field, workflow)
+    rows = db.rows_of_runs(sql, params, last)
+    # A run's first call of the step starts before its other attempts of it, so a run
+    # whose first attempt of ``step#0`` was walked past is complete; one whose attempts
+    # interleave with another run's (concurrent runs) may have older attempts left
+    # behind the stopping point: read those runs' attempts whole.
+    first_key = f"{step}#0"
+    complete = {r[0] for r in rows if r[2] == 1 and r[1] == first_key}
+    partial = sorted({r[0] for r in rows} - complete)
+    if partial:
+        marks = ", ".join("?" * len(partial))
+        rows = [r for r in rows if r[0] in complete] + sorted(
+            db.rows(
+                f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
+                f"WHERE s.name = {name} AND s.step_key IS NOT NULL AND s.run_id IN ({marks})",
+                partial,
+            ),
+            key=lambda r: -r[2],
+        )
+    # Newest first: the first row of an occurrence is its final attempt.
+    final: dict[tuple[str, str], Any] = {}
+    for run_id, key, _attempt, raw in rows:
+        if (run_id, key) not in final:
+            final[(run_id, key)] = raw
+    counts: Counter[str] = Counter()
+    missing = 0
+    for raw in final.values():
+        if raw is None:
+            missing += 1
+        elif type(raw) is str and raw[:1] not in ("{", "["):
+            counts[raw] += 1
+        else:
+            counts[_decode_key(raw)] += 1
+    occurrences = len(final)
+    values: list[ValueCount] = []
+    numbers: list[float] = []
+    for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        value = orjson.loads(key)
+        values.append({"value": value, "count": count, "share": count / occurrences})
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            numbers.extend([value] * count)
+    numeric: NumericSummary | None = None
+    if numbers:
+        numbers.sort()
+        numeric = {
+            "count": len(numbers),
+            "min": numbers[0],
+            "p50": _number(percentile(numbers, 0.5)),
+            "p95": _number(percentile(numbers, 0.95)),
+            "max": numbers[-1],
+            "mean": math.fsum(numbers) / len(numbers),
+        }
+    shown = format_path(step_field(field)[1])
+    return {
+        "step": step,
+        "field": f"input.{shown}" if column == "input" else shown,
+        "workflow": workflow,
+        "last": last,
+        "runs": len({run_id for run_id, _ in final}),
+        "occurrences": occurrences,
+        "missing": missing,
+        "values": values,
+        "numeric": numeric,
+    }
+
+
+def _number(value: float | None) -> float:
+    assert value is not None
+    return value
+
+
+# --- field indexes --------------------------------------------------------------------
+
+
+def field_index_name(step: str, field: str) -> str:
+    column, path = step_field(field)
+    digest = hashlib.sha1(orjson.dumps([step, column, path])).hexdigest()[:16]
+    return f"field_{digest}"
+
+
+def field_index_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
+    """(name, CREATE INDEX statement) of the expression index that lets
+    ``distribution(step, field)`` read the field from the index instead of parsing
+    every output: a partial index over that step's spans."""
+    column, path = step_field(field)
+    name = field_index_name(step, field)
+    expr = d.json_at(column, path)
+    return name, (
+        f"CREATE INDEX IF NOT EXISTS {name} ON spans (name, started_at, run_id, step_key, "
+        f"attempt, ({expr})) WHERE name = {literal(step)} AND step_key IS NOT NULL"
+    )
