@@ -16,6 +16,7 @@ EXPECTED = [
     "arun",
     "configure",
     "current_run_id",
+    "current_traceparent",
     "flush",
     "instrument",
     "last_run",

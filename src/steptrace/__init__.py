@@ -4,7 +4,7 @@ from steptrace import llm
 from steptrace.config import Config, ConfigError, configure
 from steptrace.decorators import RunResult, arun, last_run, run, step, tool, workflow
 from steptrace.instrument import instrument
-from steptrace.runtime import current_run_id
+from steptrace.runtime import current_run_id, current_traceparent
 from steptrace.spec import Backoff
 from steptrace.store import RunNotFound, Store
 from steptrace.store.model import RunRecord, SpanView
@@ -22,6 +22,7 @@ __all__ = [
     "arun",
     "configure",
     "current_run_id",
+    "current_traceparent",
     "flush",
     "instrument",
     "last_run",

@@ -139,14 +139,21 @@ def _spec_of(fn: Callable[..., Any]) -> Spec:
     return spec
 
 
-def run(workflow: Callable[..., Any], /, *args: Any, **kwargs: Any) -> RunResult:
+def run(
+    workflow: Callable[..., Any], /, *args: Any, traceparent: str | None = None, **kwargs: Any
+) -> RunResult:
     """Run a workflow as a new run and return its ``RunResult``. The workflow's
     exception is not raised: it is in ``.exception``. For ``async`` workflows use
-    ``await arun(...)``."""
+    ``await arun(...)``.
+
+    ``traceparent`` (a W3C header carried in a message, a job, another service's
+    request) makes the run a child of that span, in that trace; it is not passed to
+    the workflow.
+    """
     spec = _spec_of(workflow)
     if inspect.iscoroutinefunction(spec.fn):
         raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
-    scope = _RunScope(spec, args, kwargs)
+    scope = _RunScope(spec, args, kwargs, traceparent)
     try:
         output = spec.fn(*args, **kwargs)
     except Exception as exc:
@@ -159,10 +166,16 @@ def run(workflow: Callable[..., Any], /, *args: Any, **kwargs: Any) -> RunResult
     return RunResult(scope.run.state.run_id, "succeeded", output, None)
 
 
-async def arun(workflow: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> RunResult:
+async def arun(
+    workflow: Callable[..., Awaitable[Any]],
+    /,
+    *args: Any,
+    traceparent: str | None = None,
+    **kwargs: Any,
+) -> RunResult:
     """The async twin of ``run``."""
     spec = _spec_of(workflow)
-    scope = _RunScope(spec, args, kwargs)
+    scope = _RunScope(spec, args, kwargs, traceparent)
     try:
         output = await spec.fn(*args, **kwargs)
     except Exception as exc:

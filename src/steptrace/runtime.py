@@ -40,7 +40,13 @@ from steptrace.record import (
 )
 from steptrace.spec import Spec
 from steptrace.store.writer import Sink, get_sink
-from steptrace.telemetry import ensure_collector, new_run_id, span_ids, tracer
+from steptrace.telemetry import (
+    context_from_traceparent,
+    ensure_collector,
+    new_run_id,
+    span_ids,
+    tracer,
+)
 
 # --- run context --------------------------------------------------------------------
 
@@ -106,6 +112,16 @@ def _current_logs() -> list[Any] | None:
 def last_run_id() -> str | None:
     """The id of the last run that finished in this process."""
     return _last_run_id
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the span the caller is in (a step, tool or LLM call,
+    or the run), to propagate the trace outwards (a queued job, another service);
+    None outside a run."""
+    frame = _frame.get()
+    if frame is None:
+        return None
+    return f"00-{frame.run.state.trace_id}-{frame.span_id}-01"
 
 
 def current_run_id() -> str | None:
@@ -369,14 +385,22 @@ class _RunScope:
 
     __slots__ = ("otel", "otel_token", "run", "spec", "token")
 
-    def __init__(self, spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        traceparent: str | None = None,
+    ) -> None:
         sink = get_sink()
         log_capture.install(_current_logs)
         if get_config().capture_foreign_spans:
             ensure_collector()
         start_ns = time.time_ns()
-        parent_ctx = trace.get_current_span().get_span_context()
-        span = tracer().start_span(spec.otel_name, start_time=start_ns)
+        # The parent: a W3C traceparent carried in from elsewhere, else the active span.
+        parent = None if traceparent is None else context_from_traceparent(traceparent)
+        parent_ctx = trace.get_current_span(parent).get_span_context()
+        span = tracer().start_span(spec.otel_name, context=parent, start_time=start_ns)
         trace_id, span_id = span_ids(span)
         state = RunState(
             run_id=new_run_id(),

@@ -58,6 +58,22 @@ def span_ids(span: Span, parent: Any = None) -> tuple[str, str]:
     )
 
 
+def context_from_traceparent(traceparent: str) -> Any:
+    """An OTel context whose parent is the span a W3C ``traceparent`` names.
+
+    Raises ``ValueError`` for a malformed header (the caller's mistake, told at once).
+    """
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    ctx = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        raise ValueError(
+            f"traceparent {traceparent!r} is not a W3C trace context header "
+            "('00-<32 hex trace id>-<16 hex span id>-<2 hex flags>')"
+        )
+    return ctx
+
+
 def new_run_id() -> str:
     """32 random hex digits. Not uuid4: os.urandom can cost hundreds of microseconds
     per call in sandboxed kernels, and run ids need uniqueness, not secrecy."""

@@ -178,6 +178,12 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
             attributes[prefix + "input"] = for_export(rec.input)
             attributes[prefix + "output"] = for_export(rec.output)
         span.set_attributes(attributes)
+        for ts, level, logger, message, exc_text in rec.logs or ():
+            # Logs travel with their span as events (already redacted at capture).
+            event = {"log.severity": level, "log.logger": logger, "log.message": message}
+            if exc_text:
+                event["exception.stacktrace"] = exc_text
+            span.add_event("log", event, timestamp=ts)
         if rec.otel_error is not None:
             error_type, message = rec.otel_error
             span.set_status(StatusCode.ERROR, message)
