@@ -81,6 +81,9 @@ class Config:
     """Lowest level captured. When logging is unconfigured (root at WARNING, no handlers)
     the root logger is lowered to this level so that records are created at all; what
     is printed does not change, since Python's last-resort handler prints WARNING+."""
+    openinference: bool = True
+    """Also give exported spans OpenInference attributes (``openinference.span.kind``,
+    ``input.value``, ``output.value``, ``llm.*``) so Arize Phoenix shows them natively."""
     capture_foreign_spans: bool = True
     """Store spans other OpenTelemetry instrumentation makes inside a run (kind ``other``,
     or ``llm`` with GenAI attributes). Adds a span processor to the application's SDK
@@ -139,6 +142,7 @@ def configure(
     capture_logs: bool | None = None,
     log_level: int | str | None = None,
     capture_foreign_spans: bool | None = None,
+    openinference: bool | None = None,
     record_steps_outside_workflow: bool | None = None,
 ) -> Config:
     """Set the process configuration; arguments left out keep their current value.
@@ -169,6 +173,8 @@ def configure(
         if not isinstance(level, int):
             raise ConfigError(f"log_level={log_level!r} is not a logging level name")
         changes["log_level"] = level
+    if openinference is not None:
+        changes["openinference"] = openinference
     if capture_foreign_spans is not None:
         changes["capture_foreign_spans"] = capture_foreign_spans
     if record_steps_outside_workflow is not None:

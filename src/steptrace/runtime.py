@@ -24,7 +24,7 @@ import orjson
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind
 
 from steptrace import logs as log_capture
 from steptrace.config import get_config
@@ -146,6 +146,7 @@ class _Active:
         otel_name: str,
         attempt: int | None,
         key: str | None,
+        links: Sequence[Link] | None = None,
     ) -> None:
         run = parent.run
         start_ns = time.time_ns()
@@ -153,6 +154,7 @@ class _Active:
             otel_name,
             start_time=start_ns,
             kind=SpanKind.CLIENT if kind == "llm" else SpanKind.INTERNAL,
+            links=links,
         )
         _, span_id = span_ids(span)
         self.otel: Span = span
@@ -243,7 +245,10 @@ class _Call:
     def begin(self, attempt: int) -> None:
         spec = self.spec
         kind = "tool" if spec.kind == "tool" else "step"
-        active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key)
+        # A retry links to the attempt before it (a span link: "follows from").
+        previous = self.active
+        links = None if previous is None else [Link(previous.otel.get_span_context())]
+        active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key, links)
         record = active.record
         record.input = self.input_json
         record.input_hash = self.input_hash

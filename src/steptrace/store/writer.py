@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 from opentelemetry.trace import StatusCode
 
 from steptrace.config import ConfigError, get_config
@@ -164,6 +165,7 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
         done = finish_values([value for _, _, value in targets])
         for (rec, name, _), value in zip(targets, done, strict=True):
             setattr(rec, name, value)
+    openinference = get_config().openinference
     for n, rec in enumerate(records, 1):
         span = rec.otel
         if span is None:
@@ -173,10 +175,13 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
             # thousands of spans at once would overflow a default BatchSpanProcessor.
             time.sleep(0)
         attributes = rec.otel_attributes or {}
+        input_value = output_value = None
         if rec.raw:
             prefix = "steptrace.run." if isinstance(rec, RunState) else "steptrace.step."
-            attributes[prefix + "input"] = for_export(rec.input)
-            attributes[prefix + "output"] = for_export(rec.output)
+            input_value = attributes[prefix + "input"] = for_export(rec.input)
+            output_value = attributes[prefix + "output"] = for_export(rec.output)
+        if openinference:
+            add_openinference(attributes, rec, input_value, output_value)
         span.set_attributes(attributes)
         for ts, level, logger, message, exc_text in rec.logs or ():
             # Logs travel with their span as events (already redacted at capture).
@@ -192,6 +197,51 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
         rec.otel = rec.otel_attributes = None
     for rec in records:
         rec.raw = False
+
+
+_OI_KIND = {"step": "CHAIN", "tool": "TOOL", "llm": "LLM"}
+_OI_MESSAGES = 20
+
+
+def add_openinference(
+    attributes: dict[str, Any],
+    rec: RunState | SpanRecord,
+    input_value: str | None,
+    output_value: str | None,
+) -> None:
+    """OpenInference attributes, so Phoenix and friends show runs and steps as CHAIN,
+    LLM calls as LLM and tools as TOOL, with their inputs and outputs."""
+    kind = "CHAIN" if isinstance(rec, RunState) else _OI_KIND.get(rec.kind, "CHAIN")
+    attributes["openinference.span.kind"] = kind
+    llm = None if isinstance(rec, RunState) else rec.llm
+    if llm is not None:
+        input_value = for_export(rec.input)
+        output_value = for_export(rec.output)
+        attributes["llm.model_name"] = llm.response_model or llm.model
+        attributes["llm.provider"] = llm.provider
+        if llm.input_tokens is not None:
+            attributes["llm.token_count.prompt"] = llm.input_tokens
+        if llm.output_tokens is not None:
+            attributes["llm.token_count.completion"] = llm.output_tokens
+        if llm.input_tokens is not None and llm.output_tokens is not None:
+            attributes["llm.token_count.total"] = llm.input_tokens + llm.output_tokens
+        messages = (orjson.loads(rec.input or b"{}") or {}).get("messages") or []
+        for i, message in enumerate(messages[:_OI_MESSAGES]):
+            if isinstance(message, dict):
+                content = message.get("content")
+                prefix = f"llm.input_messages.{i}.message."
+                attributes[prefix + "role"] = str(message.get("role", ""))
+                attributes[prefix + "content"] = (
+                    content if isinstance(content, str) else orjson.dumps(content).decode()
+                )
+    elif kind == "TOOL":
+        attributes["tool.name"] = rec.name if isinstance(rec, SpanRecord) else ""
+    if input_value is not None:
+        attributes["input.value"] = input_value
+        attributes["input.mime_type"] = "application/json"
+    if output_value is not None:
+        attributes["output.value"] = output_value
+        attributes["output.mime_type"] = "application/json"
 
 
 _sink_lock = threading.Lock()
