@@ -217,3 +217,79 @@ def test_unreachable_collector_does_not_break_the_demo(tmp_path: Path) -> None:
     assert len(runs) == 3
     assert all(r.spans for r in runs)
     assert "runs           3" in proc.stdout
+
+
+def test_export_otlp_resends_stored_runs_with_their_ids(
+    tmp_path: Path, collector: Collector
+) -> None:
+    store = tmp_path / "backfill.db"
+    done = run_demo(4, store)  # no collector configured while these ran
+    assert done.returncode == 0, done.stderr
+    runs = stored(store)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME="backfill")
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steptrace",
+            "export-otlp",
+            "--endpoint",
+            f"http://127.0.0.1:{collector.port}",
+            "--header",
+            "x-team=evals",
+            "--last",
+            "10",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stderr
+    expected = {(r.trace_id, r.span_id) for r in runs} | {
+        (r.trace_id, s.span_id) for r in runs for s in r.spans
+    }
+    assert f"sent 4 run(s), {len(expected)} span(s)" in sent.stdout
+    spans = collector.spans()
+    assert {(s["trace_id"], s["span_id"]) for s in spans} == expected
+    assert all(headers.get("x-team") == "evals" for _, headers, _ in collector.requests)
+    by_id = {s["span_id"]: s for s in spans}
+    for run in runs:
+        root = by_id[run.span_id]
+        assert root["name"] == "invoke_workflow triage"
+        assert root["attributes"]["steptrace.run.id"] == run.run_id
+        assert root["resource"]["service.name"] == "backfill"
+        for span in run.spans:
+            sent_span = by_id[span.span_id]
+            assert sent_span["parent_span_id"] == span.parent_span_id
+            if span.kind == "llm":
+                assert sent_span["attributes"]["gen_ai.provider.name"] == "scripted"
+                assert sent_span["attributes"]["openinference.span.kind"] == "LLM"
+    assert "sk-" not in repr(spans)  # the demo's pasted key stays redacted
+
+
+def test_export_otlp_to_a_dead_endpoint_is_one_clear_error(tmp_path: Path) -> None:
+    store = tmp_path / "dead.db"
+    assert run_demo(1, store).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env.update(STEPTRACE_STORE=str(store), OTEL_EXPORTER_OTLP_TIMEOUT="1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: nothing listens there
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steptrace",
+            "export-otlp",
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode != 0
+    assert "did not accept" in sent.stderr and "Traceback" not in sent.stderr

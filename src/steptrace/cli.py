@@ -642,6 +642,10 @@ from steptrace.cli_query import register as _register_query_commands  # noqa: E4
 
 _register_query_commands(app)
 
+from steptrace.cli_otel import register as _register_otel_commands  # noqa: E402
+
+_register_otel_commands(app)
+
 
 # --- entry point --------------------------------------------------------------------
 
