@@ -407,7 +407,7 @@ def test_store_option_wins_over_the_environment(tmp_path: Path) -> None:
         (
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
             },
             "OTEL_EXPORTER_OTLP_PROTOCOL",
         ),

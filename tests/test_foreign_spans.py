@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
-from typing import ClassVar
 
 import pytest
 import requests
+from helpers import recording_http_server
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 import steptrace as st
 
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    seen_headers: ClassVar[list[dict[str, str]]] = []
-
-    def do_GET(self) -> None:
-        _Handler.seen_headers.append({k.lower(): v for k, v in self.headers.items()})
-        body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+_seen: list[dict[str, str]] = []
 
 
 @pytest.fixture
 def http_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Handler.seen_headers.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}/orders/A-1"
-    server.shutdown()
-    server.server_close()
+    with recording_http_server() as (url, seen):
+        global _seen
+        _seen = seen
+        yield f"{url}/orders/A-1"
 
 
 @pytest.fixture
@@ -75,7 +56,7 @@ def test_an_instrumented_http_call_in_a_tool_is_stored_under_it(
         http_span.attributes.get("http.status_code") == 200
     )
     # the outgoing request carried the W3C context of that very span
-    traceparent = _Handler.seen_headers[0]["traceparent"]
+    traceparent = _seen[0]["traceparent"]
     assert traceparent.split("-")[1] == run.trace_id
     assert traceparent.split("-")[2] == http_span.span_id
 

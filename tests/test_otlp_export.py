@@ -3,26 +3,17 @@ thread) decodes the protobuf requests, and what it received is compared with the
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from otlp_collector import Collector, http_collector
 
 import steptrace as st
 from steptrace.examples import triage
@@ -30,79 +21,10 @@ from steptrace.examples import triage
 SERVICE = "steptrace-otlp-test"
 
 
-@dataclass
-class Collector:
-    port: int
-    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def spans(self) -> list[dict[str, Any]]:
-        """Every span received, flattened, with its resource's attributes."""
-        out = []
-        for _, _, body in self.requests:
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            for resource_spans in request.resource_spans:
-                resource = _attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        out.append(
-                            {
-                                "name": span.name,
-                                "trace_id": span.trace_id.hex(),
-                                "span_id": span.span_id.hex(),
-                                "parent_span_id": span.parent_span_id.hex() or None,
-                                "status": span.status.code,
-                                "attributes": _attributes(span.attributes),
-                                "resource": resource,
-                                "scope": scope_spans.scope.name,
-                            }
-                        )
-        return out
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-def _attributes(attributes: Any) -> dict[str, Any]:
-    return {a.key: _value(a.value) for a in attributes}
-
-
 @pytest.fixture
 def collector() -> Iterator[Collector]:
-    received: list[tuple[str, dict[str, str], bytes]] = []
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if self.headers.get("Content-Encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION
-                body = gzip.decompress(body)
-            with lock:
-                received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Collector(server.server_address[1], received, lock)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_collector() as c:
+        yield c
 
 
 def run_demo(runs: int, store: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -127,7 +49,7 @@ def test_demo_exports_its_spans_over_otlp_http(collector: Collector, tmp_path: P
     proc = run_demo(12, store, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert f"exported to http://127.0.0.1:{collector.port}" in proc.stdout
+    assert f"sent to http://127.0.0.1:{collector.port} (OTLP http/protobuf)" in proc.stdout
 
     assert collector.requests, "the collector received nothing"
     for path, headers, _ in collector.requests:

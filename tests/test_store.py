@@ -91,7 +91,12 @@ def test_migrations_are_named_and_recorded(db: Query) -> None:
     _simple_workflow()(1)
     st.flush()
     rows = db("SELECT name, applied_at FROM _migrations ORDER BY name")
-    assert [r[0] for r in rows] == ["0001_initial", "0002_llm_details", "0003_query"]
+    assert [r[0] for r in rows] == [
+        "0001_initial",
+        "0002_llm_details",
+        "0003_query",
+        "0004_export_drops",
+    ]
     assert all(r[1] for r in rows)  # when each was applied
 
 

@@ -93,7 +93,7 @@ def _setup(
     if store is not None:
         st.configure(store=store)
     _configure_logging(debug)
-    from steptrace.telemetry import configure_sdk
+    from steptrace.otlp import configure_sdk
 
     configure_sdk()
 
@@ -127,14 +127,20 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _finish_recording() -> None:
-    """Write every record and export every span before the process exits."""
-    from opentelemetry import trace
+    """Write every record and export every span before the process exits; say plainly
+    if spans could not be exported (the store has them all)."""
+    from steptrace.otlp import export_counts, shutdown_sdk
 
     if not st.flush():
         logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
-    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    shutdown_sdk()
+    counts = export_counts()
+    if counts.dropped:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
+            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
+            "--since … --endpoint …"
+        )
 
 
 # --- demo ---------------------------------------------------------------------------
@@ -201,7 +207,8 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     if endpoint:
-        rows.append(("spans", Text(f"exported to {endpoint} (OTLP)")))
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        rows.append(("spans", Text(f"sent to {endpoint} (OTLP {protocol})")))
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()

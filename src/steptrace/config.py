@@ -144,8 +144,21 @@ def configure(
     capture_foreign_spans: bool | None = None,
     openinference: bool | None = None,
     record_steps_outside_workflow: bool | None = None,
+    otel_sdk: bool = False,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: dict[str, str] | None = None,
+    otlp_logs: bool | None = None,
 ) -> Config:
     """Set the process configuration; arguments left out keep their current value.
+
+    ``otel_sdk=True`` (implied by ``otlp_endpoint``) installs the OpenTelemetry SDK as
+    steptrace's own command does: a ``TracerProvider`` from the standard ``OTEL_*``
+    variables, exporting over OTLP (HTTP/protobuf, or ``otlp_protocol="grpc"``) through
+    a bounded queue that never blocks the workflow and counts what it drops;
+    ``otlp_logs=True`` (or ``OTEL_LOGS_EXPORTER=otlp``) also exports step log records
+    as OTel log records. An SDK provider the application installed is kept (an
+    explicit endpoint adds an exporter to it).
 
     Raises ``ConfigError`` at once for values steptrace cannot work with.
     """
@@ -180,6 +193,12 @@ def configure(
     if record_steps_outside_workflow is not None:
         changes["record_steps_outside_workflow"] = record_steps_outside_workflow
     new = dataclasses.replace(current, **changes).validate()
+    if otel_sdk or otlp_endpoint is not None or otlp_protocol is not None:
+        from steptrace.otlp import configure_sdk
+
+        configure_sdk(
+            endpoint=otlp_endpoint, protocol=otlp_protocol, headers=otlp_headers, logs=otlp_logs
+        )
     with _lock:
         _config = new
     record.reset_processors()

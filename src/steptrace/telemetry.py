@@ -5,22 +5,19 @@ whatever ``TracerProvider`` the application installed. The store's ids *are*
 the OTel ids. When no SDK is installed the API hands out non-recording spans
 with no ids of their own; steptrace then makes W3C-shaped ids itself.
 
-``configure_sdk()`` is for applications (steptrace's CLI and demo): it installs an
-SDK provider from the standard ``OTEL_*`` variables, with an OTLP exporter only
-when one is configured.
+Installing the SDK (for steptrace's own command, or ``st.configure(otel_sdk=True)``)
+is ``steptrace.otlp``'s job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from steptrace.config import ConfigError
 from steptrace.record import LLMUsage, SpanRecord, encode
 
 log = logging.getLogger("steptrace")
@@ -78,58 +75,6 @@ def new_run_id() -> str:
     """32 random hex digits. Not uuid4: os.urandom can cost hundreds of microseconds
     per call in sandboxed kernels, and run ids need uniqueness, not secrecy."""
     return format(_random.getrandbits(128), "032x")
-
-
-def configure_sdk() -> None:
-    """Install an SDK TracerProvider honouring the ``OTEL_*`` variables, unless the
-    process already has one. For applications only (the CLI, the demo).
-
-    Raises ``ConfigError`` when an exporter is configured that cannot be used.
-    """
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        return
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return
-    provider = TracerProvider(resource=Resource.create())
-    exporters: list[SpanExporter] = []
-    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n]
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if "otlp" in names or (endpoint and "none" not in names):
-        exporters.append(_otlp_exporter())
-    if "console" in names:
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        exporters.append(ConsoleSpanExporter())
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-
-
-def _otlp_exporter() -> Any:
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    )
-    if protocol != "http/protobuf":
-        raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported yet: "
-            "use http/protobuf (the default)"
-        )
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
-        raise ConfigError(
-            "an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT) but the OTLP "
-            "exporter is not installed: pip install 'steptrace[otlp]'"
-        ) from exc
-    return OTLPSpanExporter()
 
 
 class RunSpanCollector:

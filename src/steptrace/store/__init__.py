@@ -74,6 +74,24 @@ def open_writer(url: str) -> WriterBackend:
     return sqlite_backend.SQLiteWriter(path)
 
 
+def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
+    """Append a row to ``otel_export`` (spans the OTLP export dropped) in the configured
+    store. Uses its own short connection: reports also come at exit, after the writer
+    has closed."""
+    from steptrace.config import get_config
+
+    url = url or get_config().store_url()
+    _scheme(url)
+    conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
+    try:
+        sqlite_backend.migrate(conn)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        conn.execute(f"INSERT INTO otel_export ({columns}) VALUES ({marks})", list(row.values()))
+    finally:
+        conn.close()
+
+
 class RunNotFound(LookupError):
     """No run matches the id or prefix given (or a prefix matches several)."""
 

@@ -158,10 +158,30 @@ def _query(dialect: str) -> list[str]:
     ]
 
 
+def _export_drops(dialect: str) -> list[str]:
+    """``otel_export``: one row per report of spans the OTLP export dropped (written once
+    per interval by a process whose export lost spans, and at its exit)."""
+    return [
+        """CREATE TABLE otel_export (
+            reported_at TEXT NOT NULL,
+            process TEXT NOT NULL,
+            target TEXT NOT NULL,
+            interval_s DOUBLE PRECISION NOT NULL,
+            exported INTEGER NOT NULL,
+            dropped_queue_full INTEGER NOT NULL,
+            dropped_failed INTEGER NOT NULL,
+            dropped_at_exit INTEGER NOT NULL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX otel_export_reported ON otel_export (reported_at)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_llm_details", _llm_details),
     Migration("0003_query", _query),
+    Migration("0004_export_drops", _export_drops),
 )
 
 

@@ -18,6 +18,7 @@ import atexit
 import collections
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -166,6 +167,7 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
         for (rec, name, _), value in zip(targets, done, strict=True):
             setattr(rec, name, value)
     openinference = get_config().openinference
+    emit_log = _log_emitter()
     for n, rec in enumerate(records, 1):
         span = rec.otel
         if span is None:
@@ -183,12 +185,15 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
         if openinference:
             add_openinference(attributes, rec, input_value, output_value)
         span.set_attributes(attributes)
-        for ts, level, logger, message, exc_text in rec.logs or ():
-            # Logs travel with their span as events (already redacted at capture).
-            event = {"log.severity": level, "log.logger": logger, "log.message": message}
-            if exc_text:
-                event["exception.stacktrace"] = exc_text
-            span.add_event("log", event, timestamp=ts)
+        if rec.logs:
+            if emit_log is not None:
+                _emit_logs(emit_log, span, rec.logs)
+            else:  # no logs exporter: logs travel with their span as events
+                for ts, level, logger, message, exc_text in rec.logs:
+                    event = {"log.severity": level, "log.logger": logger, "log.message": message}
+                    if exc_text:
+                        event["exception.stacktrace"] = exc_text
+                    span.add_event("log", event, timestamp=ts)
         if rec.otel_error is not None:
             error_type, message = rec.otel_error
             span.set_status(StatusCode.ERROR, message)
@@ -197,6 +202,54 @@ def finish_batch(runs: list[RunState], spans: list[SpanRecord]) -> None:
         rec.otel = rec.otel_attributes = None
     for rec in records:
         rec.raw = False
+
+
+_SEVERITY = {"DEBUG": 5, "INFO": 9, "WARNING": 13, "ERROR": 17, "CRITICAL": 21}
+_emitter: tuple[Any, Any] | None = None
+
+
+def _log_emitter() -> Any | None:
+    """The OTel logger step log records go to when the process has an SDK
+    ``LoggerProvider`` (a logs exporter is configured), else ``None``."""
+    global _emitter
+    # Only when the SDK's logs module is loaded already: importing it (as at exit,
+    # after interpreter shutdown began) is not something a writer may do.
+    sdk_logs = sys.modules.get("opentelemetry.sdk._logs")
+    api_logs = sys.modules.get("opentelemetry._logs")
+    if sdk_logs is None or api_logs is None:
+        return None
+    provider = api_logs.get_logger_provider()
+    if not isinstance(provider, sdk_logs.LoggerProvider):
+        return None
+    if _emitter is None or _emitter[0] is not provider:
+        from steptrace.telemetry import _version
+
+        _emitter = (provider, provider.get_logger("steptrace", _version()))
+    return _emitter[1]
+
+
+def _emit_logs(emitter: Any, span: Any, logs: list[Any]) -> None:
+    """Each captured record as an OTel log record with its step's trace and span ids
+    (already redacted at capture)."""
+    from opentelemetry._logs import LogRecord, SeverityNumber
+
+    ctx = span.get_span_context()
+    for ts, level, logger, message, exc_text in logs:
+        attributes = {"logger.name": logger}
+        if exc_text:
+            attributes["exception.stacktrace"] = exc_text
+        emitter.emit(
+            LogRecord(
+                timestamp=ts,
+                trace_id=ctx.trace_id,
+                span_id=ctx.span_id,
+                trace_flags=ctx.trace_flags,
+                severity_text=level,
+                severity_number=SeverityNumber(_SEVERITY.get(level, 9)),
+                body=message,
+                attributes=attributes,
+            )
+        )
 
 
 _OI_KIND = {"step": "CHAIN", "tool": "TOOL", "llm": "LLM"}
