@@ -218,3 +218,26 @@ def test_a_full_queue_drops_and_counts(
 def test_an_unknown_protocol_fails_at_configure() -> None:
     with pytest.raises(st.ConfigError, match="use http/protobuf"):
         st.configure(otlp_endpoint="http://127.0.0.1:4318", otlp_protocol="thrift")
+
+
+def test_an_endpoint_adds_an_exporter_to_the_apps_own_provider() -> None:
+    from steptrace import otlp
+
+    @st.workflow
+    def ping(n: int) -> int:
+        return n + 1
+
+    with http_collector() as collector:
+        before = len(otlp._queues)
+        st.configure(otlp_endpoint=collector.url, otlp_headers={"x-team": "evals"})
+        queue = otlp._queues[-1]
+        try:
+            assert len(otlp._queues) == before + 1
+            result = st.run(ping, 1)
+            st.flush()
+            assert queue.force_flush(5000)
+            record = result.record()
+            assert {s["span_id"] for s in collector.spans()} == {record.span_id}
+            assert all(h.get("x-team") == "evals" for _, h, _ in collector.requests)
+        finally:
+            queue.shutdown()  # the session's provider outlives this test

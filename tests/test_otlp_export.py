@@ -46,7 +46,12 @@ def stored(store: Path) -> list[st.RunRecord]:
 
 def test_demo_exports_its_spans_over_otlp_http(collector: Collector, tmp_path: Path) -> None:
     store = tmp_path / "steptrace.db"
-    proc = run_demo(12, store, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
+    proc = run_demo(
+        12,
+        store,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_EXPORTER_OTLP_HEADERS="x-team=evals,x-env=ci",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert f"sent to http://127.0.0.1:{collector.port} (OTLP http/protobuf)" in proc.stdout
@@ -55,6 +60,7 @@ def test_demo_exports_its_spans_over_otlp_http(collector: Collector, tmp_path: P
     for path, headers, _ in collector.requests:
         assert path == "/v1/traces"
         assert headers.get("content-type") == "application/x-protobuf"
+        assert (headers.get("x-team"), headers.get("x-env")) == ("evals", "ci")
     spans = collector.spans()
     by_id = {s["span_id"]: s for s in spans}
     assert len(by_id) == len(spans)
