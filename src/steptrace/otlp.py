@@ -55,7 +55,8 @@ class ExportCounts:
 
     exported: int = 0
     queue_full: int = 0
-    """Dropped because the queue was full (the collector could not keep up)."""
+    """Dropped because the queue was full (the collector could not keep up, or is
+    failing: then only one batch is kept for the next attempt)."""
     failed: int = 0
     """In batches the exporter could not deliver (refused, timed out, rejected)."""
     unsent_at_exit: int = 0
@@ -177,7 +178,12 @@ class ExportQueue(SpanProcessor):
         if self._stopping or not span.context.trace_flags.sampled:
             return
         queue = self._queue
-        if len(queue) >= self.max_queue_size:
+        # While the collector fails, keep one batch for the next attempt and drop the
+        # rest at once: holding thousands of spans for a dead endpoint only costs memory
+        # (and the garbage collector's time); the store has every span.
+        failing = self._failing or _quiet.last_message is not None  # retrying now
+        limit = self.max_batch_size if failing else self.max_queue_size
+        if len(queue) >= limit:
             self._count(queue_full=1)
             return
         queue.append(span)
