@@ -93,6 +93,12 @@ def test_an_llm_call_shows_its_prompt_as_messages(
         f"http://jaeger.invalid:16686/trace/{run.trace_id}"
     )
     screenshot(page, "run-llm-call.png")
+    # The keyboard moves the selection down the waterfall.
+    rows = page.eval_on_selector_all(".wf-row[data-span]", "rs => rs.map(r => r.dataset.span)")
+    page.keyboard.press("ArrowDown")
+    following = rows[rows.index(call.span_id) + 1]
+    page.wait_for_selector(f".wf-row.sel[data-span='{following}']", timeout=TIMEOUT_MS)
+    assert following in page.locator("#detail .pane-h").inner_text()
 
 
 def test_runs_page_filters_with_a_step_predicate(

@@ -373,6 +373,18 @@ async function runPage(runId) {
     el("div", { class: "pane" }, el("div", { class: "pane-h" }, `${run.spans.length} spans · waterfall and tree`, legend), wf),
     detail));
   draw();
+  // Up/down (or k/j) move the selection through the waterfall's spans.
+  const onKey = (e) => {
+    if (!document.body.contains(wf)) { document.removeEventListener("keydown", onKey); return; }
+    if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
+    const step = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 }[e.key];
+    if (!step) return;
+    const rows = [...wf.querySelectorAll(".wf-row[data-span]")];
+    const at = rows.findIndex((r) => r.dataset.span === selected);
+    const next = rows[Math.max(0, Math.min(rows.length - 1, at + step))];
+    if (next) { e.preventDefault(); next.scrollIntoView({ block: "nearest" }); select(next.dataset.span); }
+  };
+  document.addEventListener("keydown", onKey);
   const m = location.hash.match(/span=([0-9a-f]+)/);
   if (m) select(m[1]);
   if (run.status === "running") {
