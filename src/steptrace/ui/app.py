@@ -65,16 +65,16 @@ class _Runs:
         self._cache: OrderedDict[str, RunRecord] = OrderedDict()
 
     def get(self, run_id: str) -> RunRecord:
+        full = self._store.resolve(run_id)
         with self._lock:
-            run = self._cache.get(run_id)
+            run = self._cache.get(full)
             if run is not None:
-                self._cache.move_to_end(run_id)
+                self._cache.move_to_end(full)
                 return run
-        run = self._store.run(run_id)
+        run = self._store.run(full)
         if run.status != "running":
             with self._lock:
-                self._cache[run.run_id] = run
-                self._cache[run_id] = run
+                self._cache[full] = run
                 while len(self._cache) > _RUN_CACHE_SIZE:
                     self._cache.popitem(last=False)
         return run

@@ -44,6 +44,7 @@ function go(path) { history.pushState(null, "", path); route(); }
 
 function link(href, text, cls) {
   return el("a", { href, class: cls, onclick: (e) => {
+    e.stopPropagation(); // a link inside a clickable row navigates once
     if (e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
     e.preventDefault(); go(href);
   } }, text);
