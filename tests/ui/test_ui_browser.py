@@ -239,6 +239,25 @@ def test_compare_page_lists_the_findings(page: Any, ui_server: UIServer, store: 
     rows = page.locator("#findings tbody tr")
     assert rows.count() == len(expected["findings"])
     assert expected["findings"][0]["detail"] in rows.first.inner_text()
+    # A finding about a step links to that step's final attempt in the run.
+    finding = next(f for f in expected["findings"] if f["key"])
+    page.click(f"#findings a:text-is('{finding['key']}')")
+    page.wait_for_selector("#detail .title", timeout=TIMEOUT_MS)
+    final = [s for s in run.spans if s.step_key == finding["key"]][-1]
+    assert page.locator(f".wf-row.sel[data-span='{final.span_id}']").count() == 1
+
+
+def test_diff_with_the_previous_run_from_a_run_page(
+    page: Any, ui_server: UIServer, store: st.Store
+) -> None:
+    older, newer = store.runs(workflow="triage", last=2)[::-1]
+    page.goto(f"{ui_server.url}/runs/{newer.run_id}")
+    _ready(page)
+    page.click("#diff-previous")
+    page.wait_for_selector("#diff", timeout=TIMEOUT_MS)
+    assert f"a={older.run_id}" in page.url and f"b={newer.run_id}" in page.url
+    summary = store.diff(older.run_id, newer.run_id)["summary"]
+    assert f"steps {summary['steps']}" in page.locator("#diff-summary").inner_text()
 
 
 def test_with_a_token_the_browser_needs_the_link(page: Any, ui_store: Path) -> None:

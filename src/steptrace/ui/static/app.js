@@ -298,7 +298,14 @@ async function runPage(runId) {
     el("div", { class: "actions" },
       run.trace_link ? el("a", { href: run.trace_link, target: "_blank", rel: "noopener noreferrer", id: "trace-link" }, "Open trace ↗") : null,
       link("/compare/" + run.run_id, "Compare with baseline"),
-      el("button", { onclick: () => go(`/diff?a=${run.run_id}`) }, "Diff with…")));
+      el("button", { id: "diff-previous", title: "the run of this workflow that started before this one", onclick: async (e) => {
+        try {
+          const prev = await api("/runs", { workflow: run.workflow, until: run.started_at, limit: 1 });
+          if (prev.runs.length) go(`/diff?a=${prev.runs[0].run_id}&b=${run.run_id}`);
+          else e.target.textContent = "no earlier run";
+        } catch (err) { e.target.textContent = "error: " + err.message; }
+      } }, "Diff with previous"),
+      el("button", { onclick: () => go(`/diff?b=${run.run_id}`) }, "Diff with…")));
   if (run.error) head.append(el("div", { class: "errbox", style: "flex-basis:100%" },
     el("span", { class: "et", text: run.error.type || "error" }), " ", String(run.error.message || "").split("\n")[0]));
 
@@ -387,7 +394,10 @@ async function runPage(runId) {
   };
   document.addEventListener("keydown", onKey);
   const m = location.hash.match(/span=([0-9a-f]+)/);
+  const wantKey = new URLSearchParams(location.search).get("step");
+  const keyed = wantKey ? run.spans.filter((x) => x.step_key === wantKey) : [];
   if (m) select(m[1]);
+  else if (keyed.length) select(keyed[keyed.length - 1].span_id); // the final attempt
   if (run.status === "running") {
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(() => { if (document.body.contains(wf) && location.pathname === "/runs/" + runId) runPage(runId); }, 2000);
@@ -590,7 +600,7 @@ async function comparePage(runId) {
       const figures = Object.entries(f).filter(([k]) => !["step", "key", "kind", "detail", "score", "error"].includes(k))
         .map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(4) : fmt.value(v)}`).join("  ");
       return el("tr", {}, el("td", { class: "num" }, el("span", { class: "score" }, el("i", { style: `width:${Math.round(f.score * 100)}%` })), " ", f.score.toFixed(2)),
-        el("td", {}, el("span", { class: "pill", text: f.kind })), el("td", { class: "mono", text: f.key || f.step || "run" }),
+        el("td", {}, el("span", { class: "pill", text: f.kind })), el("td", { class: "mono" }, f.key ? link(`/runs/${c.run_id}?step=${encodeURIComponent(f.key)}`, f.key) : f.step || "run"),
         el("td", { class: "wrap", text: f.detail }), el("td", { class: "wrap mono muted", text: figures }));
     }))));
 }
