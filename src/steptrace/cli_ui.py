@@ -23,7 +23,7 @@ def ui_command(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; beyond loopback needs --token.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = _PORT_DEFAULT,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = _PORT_DEFAULT,
     token: Annotated[
         str | None,
         typer.Option(

@@ -4,6 +4,7 @@ directly), and the address and token rules from real servers and commands."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -220,3 +221,21 @@ def test_without_the_extra_the_command_says_what_to_install(tmp_path: Path) -> N
     )
     assert proc.returncode == 1
     assert "pip install 'steptrace[ui]'" in proc.stderr
+
+
+def test_a_port_in_use_is_one_error_line(ui_store: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [*STEPTRACE, "ui", "--store", str(ui_store), "--port", str(port), "--no-open"],
+            env=env_without_otel(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert "--port" in proc.stderr and proc.stdout == ""

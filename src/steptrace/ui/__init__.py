@@ -10,6 +10,7 @@ without it raises ``ConfigError`` saying so.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import webbrowser
 from urllib.parse import quote
@@ -52,6 +53,20 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse (``ConfigError``) a port something else listens on, before saying where
+    the UI is."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
+            ) from None
+
+
 def url_of(host: str, port: int, token: str | None = None) -> str:
     """The address to open; with the token as ``?token=`` (the UI moves it to a cookie)."""
     name = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -71,6 +86,7 @@ def serve(
 ) -> None:
     """Serve the UI over the store at ``store_url`` until interrupted."""
     check_bind(host, token)
+    check_port(host, port)
     store = Store.open(store_url)
     try:
         app = create_app(store, token=token, trace_url=trace_url)
@@ -87,4 +103,12 @@ def serve(
         store.close()
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "check_bind", "create_app", "is_loopback", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "check_bind",
+    "check_port",
+    "create_app",
+    "is_loopback",
+    "serve",
+]
