@@ -597,9 +597,9 @@ async function comparePage(runId) {
   if (!c.findings.length) { root.append(el("p", { class: "muted", text: "Nothing unusual against the baseline." })); return; }
   root.append(el("table", { class: "grid", id: "findings" }, el("thead", {}, el("tr", {}, ["score", "kind", "step", "detail", "figures"].map((h) => el("th", { text: h })))),
     el("tbody", {}, c.findings.map((f) => {
-      const figures = Object.entries(f).filter(([k]) => !["step", "key", "kind", "detail", "score", "error"].includes(k))
+      const figures = Object.entries(f).filter(([k]) => !["step", "key", "kind", "detail", "score", "error", "path", "value"].includes(k))
         .map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(4) : fmt.value(v)}`).join("  ");
-      return el("tr", {}, el("td", { class: "num" }, el("span", { class: "score" }, el("i", { style: `width:${Math.round(f.score * 100)}%` })), " ", f.score.toFixed(2)),
+      return el("tr", {}, el("td", { class: "num" }, el("span", { class: "score" }, el("i", { class: f.score >= 0.75 ? "" : f.score >= 0.5 ? "mid" : "low", style: `width:${Math.round(f.score * 100)}%` })), " ", f.score.toFixed(2)),
         el("td", {}, el("span", { class: "pill", text: f.kind })), el("td", { class: "mono" }, f.key ? link(`/runs/${c.run_id}?step=${encodeURIComponent(f.key)}`, f.key) : f.step || "run"),
         el("td", { class: "wrap", text: f.detail }), el("td", { class: "wrap mono muted", text: figures }));
     }))));
