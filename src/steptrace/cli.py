@@ -653,6 +653,10 @@ from steptrace.cli_otel import register as _register_otel_commands  # noqa: E402
 
 _register_otel_commands(app)
 
+from steptrace.cli_ui import register as _register_ui_commands  # noqa: E402
+
+_register_ui_commands(app)
+
 
 # --- entry point --------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from steptrace.compare import Comparison
     from steptrace.diff import RunDiff
+    from steptrace.overview import RunTotals
     from steptrace.query import Distribution
     from steptrace.stats import StepStats
 
@@ -439,6 +440,27 @@ class Store:
         from steptrace.compare import compare_run
 
         return compare_run(self._reader, run_id, baseline)
+
+    def run_totals(self, run_ids: Sequence[str]) -> dict[str, RunTotals]:
+        """Per run id: step calls, step attempts, LLM calls, tokens and cost (for a
+        listing of runs; see ``steptrace.overview``)."""
+        from steptrace.overview import run_totals
+
+        return run_totals(self._reader, run_ids)
+
+    def step_durations(
+        self, step: str, workflow: str | None = None, last: int = 1000
+    ) -> list[float]:
+        """Durations in ms of the last ``last`` attempts of ``step``, newest first."""
+        from steptrace.overview import step_durations
+
+        return step_durations(self._reader, step, workflow, last)
+
+    def workflows(self) -> list[str]:
+        """The names of the workflows that have runs in the store, sorted."""
+        from steptrace.overview import workflows
+
+        return workflows(self._reader)
 
     def index_field(self, step: str, field: str) -> str:
         """Create (if needed) an expression index that serves ``distribution(step,

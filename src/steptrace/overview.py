@@ -1,0 +1,93 @@
+"""Small questions a run listing asks besides the runs themselves: each run's step,
+attempt, token and cost totals (``Store.run_totals``) and the workflow names in the
+store (``Store.workflows``). Portable SQL over the covering indexes of migration
+``0003_query``, so a page of runs costs two index range reads whatever the store's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from steptrace.query import Reader
+
+
+class RunTotals(TypedDict):
+    steps: int
+    """Step and tool calls (step keys), retries not counted again."""
+    attempts: int
+    """Step and tool attempts."""
+    llm_calls: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    """Of the LLM calls whose cost is known (None when none is)."""
+
+
+def run_totals(reader: Reader, run_ids: Sequence[str]) -> dict[str, RunTotals]:
+    """Totals of each run in ``run_ids`` (runs without spans get zeros)."""
+    ids = list(dict.fromkeys(run_ids))
+    out: dict[str, RunTotals] = {
+        r: {
+            "steps": 0,
+            "attempts": 0,
+            "llm_calls": 0,
+            "input_tokens": None,
+            "output_tokens": None,
+            "cost_usd": None,
+        }
+        for r in ids
+    }
+    if not ids:
+        return out
+    marks = ", ".join("?" for _ in ids)
+    for run_id, steps, attempts in reader.rows(
+        "SELECT run_id, count(DISTINCT step_key), count(*) FROM spans "
+        f"WHERE run_id IN ({marks}) AND step_key IS NOT NULL GROUP BY run_id",
+        ids,
+    ):
+        out[run_id]["steps"] = int(steps)
+        out[run_id]["attempts"] = int(attempts)
+    for run_id, calls, tokens_in, tokens_out, cost in reader.rows(
+        "SELECT run_id, count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd) "
+        f"FROM llm_calls WHERE run_id IN ({marks}) GROUP BY run_id",
+        ids,
+    ):
+        totals = out[run_id]
+        totals["llm_calls"] = int(calls)
+        totals["input_tokens"] = None if tokens_in is None else int(tokens_in)
+        totals["output_tokens"] = None if tokens_out is None else int(tokens_out)
+        totals["cost_usd"] = None if cost is None else float(cost)
+    return out
+
+
+def workflows(reader: Reader) -> list[str]:
+    """The workflow names in the store, sorted. A skip scan of the ``(workflow,
+    started_at)`` index: one index seek per name, however many runs each has."""
+    rows = reader.rows(
+        "WITH RECURSIVE w(name) AS ("
+        "SELECT min(workflow) FROM runs "
+        "UNION ALL SELECT (SELECT min(workflow) FROM runs WHERE workflow > w.name) "
+        "FROM w WHERE w.name IS NOT NULL) "
+        "SELECT name FROM w WHERE name IS NOT NULL"
+    )
+    return [str(r[0]) for r in rows]
+
+
+def step_durations(
+    reader: Reader, step: str, workflow: str | None = None, last: int = 1000
+) -> list[float]:
+    """Durations (ms) of the last ``last`` finished attempts of ``step`` (of runs of
+    ``workflow`` when given), newest first: the index on (name, start time) walked
+    backwards, stopping after ``last`` rows."""
+    sql = (
+        "SELECT s.duration_ms FROM spans s "
+        "WHERE s.name = ? AND s.step_key IS NOT NULL AND s.duration_ms IS NOT NULL"
+    )
+    params: list[Any] = [step]
+    if workflow is not None:
+        sql += " AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id AND r.workflow = ?)"
+        params.append(workflow)
+    sql += " ORDER BY s.started_at DESC LIMIT ?"
+    params.append(last)
+    return [float(r[0]) for r in reader.rows(sql, params)]

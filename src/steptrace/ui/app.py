@@ -1,0 +1,379 @@
+"""The web UI's server: a read-only JSON API under ``/api/v1`` over a ``Store``, and
+the pages (one HTML shell, plain JS and CSS from ``static/``) that use it.
+
+Every route is a ``GET``: nothing the UI does writes to the store. Values leave the
+server as JSON and the pages put them into the DOM as text, never as markup; a
+Content-Security-Policy that allows only the UI's own scripts is a second fence.
+When a token is configured every request must carry it (``Authorization: Bearer``,
+or the cookie a ``?token=`` link sets); without one, only requests addressed to a
+loopback host name are answered, so a page on another site cannot reach the UI by
+rebinding a name of its own to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from steptrace.store import RunNotFound, Store
+from steptrace.store.model import RunRecord, SpanView
+from steptrace.where import QueryError
+
+API = "/api/v1"
+COOKIE = "steptrace_token"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+PAGE_SIZE_MAX = 500
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_RUN_CACHE_SIZE = 16
+_Next = Callable[[Request], Awaitable[Response]]
+
+
+class _Json(Response):
+    """A JSON response serialised by orjson (stored values are plain JSON already)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Runs:
+    """Finished runs read whole once and kept (a few), so selecting span after span of a
+    large run does not read it again; running runs are always read afresh."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, RunRecord] = OrderedDict()
+
+    def get(self, run_id: str) -> RunRecord:
+        full = self._store.resolve(run_id)
+        with self._lock:
+            run = self._cache.get(full)
+            if run is not None:
+                self._cache.move_to_end(full)
+                return run
+        run = self._store.run(full)
+        if run.status != "running":
+            with self._lock:
+                self._cache[full] = run
+                while len(self._cache) > _RUN_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return run
+
+
+_LIGHT_LLM = (
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "time_to_first_chunk_ms",
+    "finish_reason",
+    "incomplete",
+)
+
+
+def _light_span(span: SpanView) -> dict[str, Any]:
+    """What the waterfall and the tree need of a span: no values, no messages."""
+    error = span.error
+    return {
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "kind": span.kind,
+        "name": span.name,
+        "step_key": span.step_key,
+        "attempt": span.attempt,
+        "status": span.status,
+        "started_at": span.started_at,
+        "ended_at": span.ended_at,
+        "duration_ms": span.duration_ms,
+        "error": None
+        if error is None
+        else {
+            "type": error.get("type"),
+            "message": str(error.get("message", ""))[:300],
+            "validation": bool(error.get("validation")),
+        },
+        "llm": None if span.llm is None else {k: span.llm.get(k) for k in _LIGHT_LLM},
+        "logs": len(span.logs),
+    }
+
+
+def _totals(run: RunRecord) -> dict[str, Any]:
+    keyed = [s for s in run.spans if s.step_key is not None]
+    calls = [s.llm for s in run.spans if s.llm is not None]
+    costs = [c["cost_usd"] for c in calls if c.get("cost_usd") is not None]
+    tokens_in = [c["input_tokens"] for c in calls if c.get("input_tokens") is not None]
+    tokens_out = [c["output_tokens"] for c in calls if c.get("output_tokens") is not None]
+    return {
+        "steps": len({s.step_key for s in keyed}),
+        "attempts": len(keyed),
+        "llm_calls": len(calls),
+        "input_tokens": sum(tokens_in) if tokens_in else None,
+        "output_tokens": sum(tokens_out) if tokens_out else None,
+        "cost_usd": sum(costs) if costs else None,
+    }
+
+
+def _histogram(durations: list[float], bins: int) -> dict[str, Any]:
+    """Counts of ``durations`` in ``bins`` equal bins on a log scale (latencies spread
+    over orders of magnitude), from the smallest to the largest."""
+    if not durations:
+        return {"count": 0, "bins": []}
+    low, high = min(durations), max(durations)
+    lo, hi = math.log10(max(low, 1e-3)), math.log10(max(high, 1e-3))
+    if hi - lo < 1e-9:
+        return {
+            "count": len(durations),
+            "bins": [{"from": low, "to": high, "count": len(durations)}],
+        }
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for d in durations:
+        i = int((math.log10(max(d, 1e-3)) - lo) / width)
+        counts[min(max(i, 0), bins - 1)] += 1
+    edges = [10 ** (lo + i * width) for i in range(bins + 1)]
+    return {
+        "count": len(durations),
+        "bins": [{"from": edges[i], "to": edges[i + 1], "count": counts[i]} for i in range(bins)],
+    }
+
+
+def create_app(store: Store, *, token: str | None = None, trace_url: str | None = None) -> FastAPI:
+    """The UI over ``store`` (shared by the request threads; the caller closes it).
+    With ``token``, every request must carry it; ``trace_url`` is a template such as
+    ``http://jaeger:16686/trace/{trace_id}`` for links to an external trace viewer."""
+    app = FastAPI(
+        title="steptrace UI",
+        version="1",
+        summary="Read-only JSON API over a steptrace store: runs, a run's spans, diff, "
+        "compare, step statistics, distributions.",
+        docs_url=None,  # the interactive docs load their assets from a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    runs_cache = _Runs(store)
+    static = resources.files("steptrace.ui") / "static"
+    shell = (static / "index.html").read_bytes()
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if token is not None:
+            given = request.query_params.get("token")
+            if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+                # A link with the token: keep it in a cookie, and out of the address bar,
+                # history and Referer headers.
+                query = urlencode(
+                    [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+                )
+                target = request.url.path + (f"?{query}" if query else "")
+                redirect = RedirectResponse(target, status_code=303)
+                redirect.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+                return redirect
+            header = request.headers.get("authorization", "")
+            carried = (
+                header[7:]
+                if header.lower().startswith("bearer ")
+                else request.cookies.get(COOKIE, "")
+            )
+            if not hmac.compare_digest(carried.encode(), token.encode()):
+                return _error(
+                    401,
+                    "a token is required: open the link steptrace ui printed, "
+                    "or send Authorization: Bearer TOKEN",
+                )
+        else:
+            host = _host_name(request.headers.get("host", ""))
+            if host not in LOOPBACK_NAMES:
+                return _error(
+                    403, "this UI answers only requests addressed to 127.0.0.1 or localhost"
+                )
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "the UI is read-only")
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = _CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    def page() -> HTMLResponse:
+        return HTMLResponse(shell, headers={"Cache-Control": "no-cache"})
+
+    for path in ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats"):
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    # -- API ---------------------------------------------------------------------------
+
+    @app.exception_handler(QueryError)
+    async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RunNotFound)
+    async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.get(f"{API}/config", tags=["ui"], response_class=_Json)
+    def config() -> Any:
+        """What the pages need to know of the server: the store and the trace link template."""
+        return {"store": store.url, "trace_url": trace_url, "page_size_max": PAGE_SIZE_MAX}
+
+    @app.get(f"{API}/workflows", tags=["runs"], response_class=_Json)
+    def workflows() -> Any:
+        """The workflow names that have runs, sorted."""
+        return store.workflows()
+
+    @app.get(f"{API}/runs", tags=["runs"], response_class=_Json)
+    def runs(
+        workflow: str | None = None,
+        status: str | None = None,
+        since: Annotated[str | None, Query(description="ISO-8601, or 2h, 7d… before now")] = None,
+        until: Annotated[str | None, Query(description="exclusive; ISO-8601 or 2h…")] = None,
+        tag: Annotated[list[str] | None, Query(description="every one given")] = None,
+        where: Annotated[
+            list[str] | None,
+            Query(description="step predicates as `steptrace runs --where`, all must hold"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:
+        """A page of runs, newest first, each with its step, attempt, token and cost totals;
+        ``has_more`` says whether a next page exists."""
+        found = store.runs(
+            workflow=workflow or None,
+            status=status or None,
+            last=limit + 1,
+            offset=offset,
+            since=since or None,
+            until=until or None,
+            tag=[t for t in tag or [] if t] or None,
+            where=[w for w in where or [] if w.strip()] or None,
+        )
+        page_runs = found[:limit]
+        totals = store.run_totals([r.run_id for r in page_runs])
+        items = []
+        for r in page_runs:
+            item = r.summary()
+            # The listing shows no values: keep the page small whatever the runs hold.
+            del item["input"], item["output"]
+            if r.error is not None:
+                item["error"] = {"type": r.error.get("type"), "message": r.error.get("message")}
+            item["totals"] = totals[r.run_id]
+            items.append(item)
+        return {"runs": items, "limit": limit, "offset": offset, "has_more": len(found) > limit}
+
+    @app.get(f"{API}/runs/{{run_id}}", tags=["runs"], response_class=_Json)
+    def run(
+        run_id: str,
+        values: Annotated[
+            bool, Query(description="include each span's values, messages and logs")
+        ] = False,
+    ) -> Any:
+        """A run (id or unique prefix) with its spans in start order. Without ``values``
+        the spans are light (no input, output, messages or logs): fetch one span whole
+        from ``/runs/{run_id}/spans/{span_id}``."""
+        record = runs_cache.get(run_id)
+        if values:
+            data = record.to_dict()
+        else:
+            data = record.summary()
+            data["logs"] = record.logs
+            data["spans"] = [_light_span(s) for s in record.spans]
+        data["totals"] = _totals(record)
+        data["trace_link"] = _trace_link(trace_url, record)
+        return data
+
+    @app.get(f"{API}/runs/{{run_id}}/spans/{{span_id}}", tags=["runs"], response_class=_Json)
+    def span(run_id: str, span_id: str) -> Any:
+        """One span of a run, whole: input, output, error with traceback, LLM call
+        (messages, params, response, tool calls), logs and attributes."""
+        record = runs_cache.get(run_id)
+        for s in record.spans:
+            if s.span_id == span_id:
+                return s.to_dict()
+        if span_id == record.span_id:
+            return {"span_id": record.span_id, "kind": "run", "name": record.workflow}
+        return _error(404, f"no span {span_id!r} in run {record.run_id}")
+
+    @app.get(f"{API}/diff", tags=["questions"], response_class=_Json)
+    def diff(a: str, b: str) -> Any:
+        """How run ``b`` differs from run ``a``, step by step (``Store.diff``)."""
+        return store.diff(a, b)
+
+    @app.get(f"{API}/runs/{{run_id}}/compare", tags=["questions"], response_class=_Json)
+    def compare(run_id: str, baseline: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
+        """The run against the last ``baseline`` successful runs of its workflow:
+        ranked findings (``Store.compare``)."""
+        return store.compare(run_id, baseline)
+
+    @app.get(f"{API}/stats", tags=["questions"], response_class=_Json)
+    def stats(
+        workflow: str | None = None, last: Annotated[int, Query(ge=1, le=100_000)] = 1000
+    ) -> Any:
+        """Per step over the last ``last`` runs: count, failure and retry rates,
+        p50/p95/p99 duration, tokens, cost (``Store.step_stats``)."""
+        return store.step_stats(workflow or None, last)
+
+    @app.get(f"{API}/distribution", tags=["questions"], response_class=_Json)
+    def distribution(
+        step: str,
+        field: str,
+        workflow: str | None = None,
+        last: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> Any:
+        """Values of an output field (``input.x`` for the input) of a step over the last
+        ``last`` runs that ran it (``Store.distribution``)."""
+        return store.distribution(step, field, last, workflow or None)
+
+    @app.get(f"{API}/histogram", tags=["questions"], response_class=_Json)
+    def histogram(
+        step: str,
+        workflow: str | None = None,
+        last: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+        bins: Annotated[int, Query(ge=2, le=100)] = 24,
+    ) -> Any:
+        """Durations of the step's last ``last`` attempts in ``bins`` log-scale bins."""
+        durations = store.step_durations(step, workflow or None, last)
+        return {"step": step, "workflow": workflow or None} | _histogram(durations, bins)
+
+    return app
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8765`` -> ``[::1]``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0]
+
+
+def _trace_link(template: str | None, run: RunRecord) -> str | None:
+    if not template:
+        return None
+    values = {"trace_id": run.trace_id, "span_id": run.span_id, "run_id": run.run_id}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return None

@@ -1,0 +1,227 @@
+"""Fixtures for the web UI's tests: a real store filled by real workflows (the demo,
+run by ``steptrace demo``, and a workflow whose values are markup), a real
+``steptrace ui`` server on loopback in a subprocess, and Debian's Chromium driven by
+Playwright.
+
+The store and the server are made once per session: they are read-only to the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import run_python
+
+import steptrace as st
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+STEPTRACE = [sys.executable, "-m", "steptrace"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+DEMO_RUNS = 30
+
+XSS_WORKFLOW = """
+import logging
+import steptrace as st
+
+st.llm.script("xss", ["<b onmouseover=alert(6)>bold</b> <script>alert(7)</script>"])
+
+@st.step
+def render(text: str) -> dict:
+    logging.getLogger("xss").warning("log <img src=x onerror=alert(3)>")
+    return {"html": "<script>alert(1)</script>", "img": "<img src=x onerror=alert(2)>",
+            "<i>key</i>": text}
+
+@st.step
+def ask(text: str) -> str:
+    return st.llm.chat("scripted:xss", [
+        {"role": "system", "content": "<script>alert(4)</script>"},
+        {"role": "user", "content": "<img src=x onerror=alert(5)>"},
+    ]).text
+
+@st.step
+def explode(text: str) -> None:
+    raise ValueError("<img src=x onerror=alert(8)> went wrong")
+
+@st.workflow
+def xss_probe(text: str) -> dict:
+    out = render(text)
+    ask(text)
+    explode(text)
+    return out
+
+st.run(xss_probe, "<svg onload=alert(9)>")
+"""
+
+
+def env_without_otel() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.pop("STEPTRACE_UI_TOKEN", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class UIServer:
+    url: str
+    port: int
+    store: Path
+    process: subprocess.Popen[str]
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out
+
+
+def start_ui(store: Path, *args: str, env: dict[str, str] | None = None) -> UIServer:
+    """``steptrace ui --store STORE --port P --no-open ARGS…`` in a subprocess, once it
+    answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*STEPTRACE, "ui", "--store", str(store), "--port", str(port), "--no-open", *args],
+        env=env or env_without_otel(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"steptrace ui exited with {process.returncode}: {out}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("steptrace ui did not start listening in 30 s") from None
+            time.sleep(0.1)
+    return UIServer(url, port, store, process)
+
+
+@pytest.fixture(scope="session")
+def ui_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the demo's runs (``steptrace demo --runs 30``) and one run of
+    ``xss_probe``, whose inputs, outputs, prompts, logs and errors are markup."""
+    path = tmp_path_factory.mktemp("ui") / "steptrace.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "steptrace", "--store", str(path), "demo", "--runs", str(DEMO_RUNS)],
+        env=env_without_otel(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_python(XSS_WORKFLOW, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_store: Path) -> Iterator[UIServer]:
+    server = start_ui(ui_store, "--trace-url", "http://jaeger.invalid:16686/trace/{trace_id}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(ui_server: UIServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ui_server.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def store(ui_store: Path) -> Iterator[st.Store]:
+    """The UI's store, read through the public API to compute expected answers."""
+    with st.Store.open(str(ui_store)) as s:
+        yield s
+
+
+# --- the browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, through Playwright. Skipped where it cannot start,
+    except under CI (CI=true), where that is a failure."""
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        if in_ci:
+            pytest.fail(f"playwright is not installed: {exc}")
+        pytest.skip(f"playwright is not installed: {exc}")
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/test.sh does)"
+        if in_ci:
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:
+            if in_ci:
+                pytest.fail(f"Chromium did not start: {exc}")
+            pytest.skip(f"Chromium did not start: {exc}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (light colour scheme, a laptop-sized window) that fails the test on
+    any JavaScript error or dialog (an ``alert`` from injected markup would be one)."""
+    context = browser.new_context(viewport={"width": 1500, "height": 920}, color_scheme="light")
+    pg = context.new_page()
+    problems: list[str] = []
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+
+    def on_dialog(dialog: Any) -> None:
+        problems.append(f"dialog: {dialog.type} {dialog.message}")
+        dialog.dismiss()
+
+    pg.on("dialog", on_dialog)
+    pg.problems = problems
+    yield pg
+    context.close()
+    assert problems == [], problems
+
+
+def screenshot(page: Any, name: str, full_page: bool = False) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
