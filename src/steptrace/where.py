@@ -228,7 +228,7 @@ def _json_sql(pred: Predicate, column: str, d: Dialect) -> tuple[str, list[Any]]
         name = "null" if value is None else ("true" if value else "false")
         return (f"{kind} = '{name}'" if op == "=" else f"{present} AND {kind} <> '{name}'"), []
     if isinstance(value, list | dict):
-        eq = f"{kind} IN ('object', 'array') AND {d.json_at(column, path)} = ?"
+        eq = f"{kind} IN ('object', 'array') AND {d.json_equals(column, path)}"
         return (eq if op == "=" else f"{present} AND NOT ({eq})"), [orjson.dumps(value).decode()]
     if op in ("~", "!~"):
         found = d.contains(scalar, "?")

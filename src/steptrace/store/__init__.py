@@ -16,14 +16,14 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from steptrace.config import ConfigError, get_config
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
-from steptrace.store.migrations import SchemaTooNew
+from steptrace.store.migrations import SchemaTooNew, pending
 from steptrace.store.model import RunRecord, SpanView, loads
 from steptrace.where import QueryError, RunFilter
 
@@ -45,33 +45,107 @@ class WriterBackend(Protocol):
 
 
 def _scheme(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``; ``ConfigError`` for anything else."""
     if "://" not in url:
         return "sqlite"
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("postgres", "postgresql"):
-        raise ConfigError(
-            "the PostgreSQL store is not available in this version of steptrace; "
-            "use a SQLite path or sqlite:/// URL for STEPTRACE_STORE"
-        )
+        return "postgresql"
     if scheme != "sqlite":
         raise ConfigError(
-            f"unknown store URL scheme {scheme!r} in {url!r}: use a file path or sqlite:///path"
+            f"unknown store URL scheme {scheme!r} in STEPTRACE_STORE: use a file path, "
+            "sqlite:///path or postgresql://user@host/database"
         )
     return scheme
 
 
-def open_writer(url: str) -> WriterBackend:
-    """Open (creating and migrating if needed) the store at ``url`` for writing."""
-    _scheme(url)
-    path = sqlite_backend.path_from_url(url)
-    conn = sqlite_backend.connect(path)
+def load_postgres() -> ModuleType:
+    """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
     try:
-        sqlite_backend.migrate(conn)
+        from steptrace.store import postgres
+    except ImportError as exc:
+        raise ConfigError(
+            f"a postgresql:// store needs psycopg 3 and psycopg-pool ({exc}): "
+            "pip install 'steptrace[postgres]'"
+        ) from exc
+    return postgres
+
+
+def _describe(url: str) -> str:
+    if _scheme(url) == "postgresql":
+        return str(load_postgres().safe_url(url))
+    return url
+
+
+def _check_schema(url: str, applied: list[str] | None) -> None:
+    """With automatic migration off: ``ConfigError`` unless the schema is current."""
+    try:
+        todo = pending(applied or [])
     except SchemaTooNew as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"{_describe(url)}: {exc}") from exc
+    if todo:
+        raise ConfigError(
+            f"the store {_describe(url)} needs migrations this steptrace has "
+            f"({', '.join(m.name for m in todo)}) and automatic migration is off "
+            "(STEPTRACE_AUTO_MIGRATE=0 or configure(auto_migrate=False)): run "
+            "`steptrace migrate` (with the same STEPTRACE_STORE)"
+        )
+
+
+def migrate_store(url: str) -> list[str]:
+    """Apply the migrations the store at ``url`` lacks (creating it if needed); returns
+    their names (empty when the schema is current). Raises ``ConfigError`` for a store a
+    newer steptrace migrated, or one that cannot be opened."""
+    try:
+        if _scheme(url) == "postgresql":
+            pg = load_postgres()
+            with pg.connect(url) as conn:
+                return list(pg.migrate(conn))
+        conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
+        try:
+            return sqlite_backend.migrate(conn)
+        finally:
+            conn.close()
+    except SchemaTooNew as exc:
+        raise ConfigError(f"{_describe(url)}: {exc}") from exc
+
+
+def _prepare_schema(url: str) -> None:
+    """Migrate the store on first use, or (automatic migration off) check it is current."""
+    if get_config().auto_migrate_enabled():
+        migrate_store(url)
+        return
+    if _scheme(url) == "postgresql":
+        pg = load_postgres()
+        with pg.connect(url) as conn:
+            _check_schema(url, pg.applied(conn))
+        return
+    conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
+    try:
+        _check_schema(url, sqlite_backend.applied(conn))
     finally:
         conn.close()
-    return sqlite_backend.SQLiteWriter(path)
+
+
+def open_writer(url: str) -> WriterBackend:
+    """Open (creating and migrating if needed) the store at ``url`` for writing."""
+    scheme = _scheme(url)
+    _prepare_schema(url)
+    if scheme == "postgresql":
+        writer: WriterBackend = load_postgres().PostgresWriter(url)
+        return writer
+    return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two store URLs name the same store."""
+    if _scheme(a) != _scheme(b):
+        return False
+    if _scheme(a) == "postgresql":
+        return a == b
+    return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
+        sqlite_backend.path_from_url(b)
+    )
 
 
 class RunNotFound(LookupError):
@@ -103,39 +177,38 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def take_runs(
+    fetchmany: Callable[[int], Sequence[tuple[Any, ...]]], runs: int
+) -> list[tuple[Any, ...]]:
+    """Rows (first column: a run id) up to the first row of the ``runs + 1``-th run: at
+    least one row a run, so ``runs`` rows are fetched at once, then a few at a time,
+    and the query computes few rows past the stopping point."""
+    seen: set[Any] = set()
+    out: list[tuple[Any, ...]] = []
+    size = runs
+    while chunk := fetchmany(size):
+        for row in chunk:
+            if row[0] not in seen:
+                if len(seen) == runs:
+                    return out
+                seen.add(row[0])
+            out.append(row)
+        size = 16
+    return out
+
+
 class _Reader:
     """What the query modules use of a ``Store`` (``steptrace.query.Reader``)."""
 
-    dialect: Dialect = SQLITE
-
     def __init__(self, store: Store) -> None:
         self._store = store
+        self.dialect: Dialect = store.dialect
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._store._query(sql, params)
 
     def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
-        store = self._store
-        store._same_process_flush()
-        seen: set[Any] = set()
-        out: list[tuple[Any, ...]] = []
-        with store._lock:
-            cursor = store._conn.execute(sql, params)
-            try:
-                # At least one row a run: take ``runs`` rows at once, then a few at a
-                # time, so the query computes few rows past the stopping point.
-                size = runs
-                while chunk := cursor.fetchmany(size):
-                    for row in chunk:
-                        if row[0] not in seen:
-                            if len(seen) == runs:
-                                return out
-                            seen.add(row[0])
-                        out.append(row)
-                    size = 16
-                return out
-            finally:
-                cursor.close()
+        return self._store._rows_of_runs(sql, params, runs)
 
     def rows_many(
         self,
@@ -197,7 +270,13 @@ class Store:
     """Read access to a store. ``Store.open()`` opens the configured one.
 
     One ``Store`` may be shared by threads; its queries take turns on one connection.
+    ``Store.open`` of a ``postgresql://`` URL gives a ``PostgresStore``, which answers the
+    same questions with the same results.
     """
+
+    dialect: Dialect = SQLITE
+    _tiebreak = "s.rowid"
+    """Orders spans that started in the same microsecond: in the order they were written."""
 
     def __init__(self, url: str, conn: sqlite3.Connection) -> None:
         self.url = url
@@ -213,14 +292,20 @@ class Store:
         ``./.steptrace/steptrace.db``) for queries. Creates it if needed, and applies
         the migrations of this version to a store an older one wrote."""
         url = url or get_config().store_url()
-        _scheme(url)
+        if _scheme(url) == "postgresql":
+            from steptrace.store.postgres_store import PostgresStore
+
+            return PostgresStore.connect(url)
         path = sqlite_backend.path_from_url(url)
         if not os.path.exists(path):
             open_writer(url).close()
         conn = sqlite_backend.connect(path)
         if sqlite_backend.has_pending(conn):
             try:
-                sqlite_backend.migrate(conn)
+                if get_config().auto_migrate_enabled():
+                    sqlite_backend.migrate(conn)
+                else:
+                    _check_schema(url, sqlite_backend.applied(conn))
             except BaseException:
                 conn.close()
                 raise
@@ -232,10 +317,17 @@ class Store:
         from steptrace.store import writer
 
         sink = writer.current_sink()
-        if sink is not None and os.path.abspath(
-            sqlite_backend.path_from_url(sink.url)
-        ) == os.path.abspath(sqlite_backend.path_from_url(self.url)):
+        if sink is not None and same_store(sink.url, self.url):
             sink.flush()
+
+    def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
+        self._same_process_flush()
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            try:
+                return take_runs(cursor.fetchmany, runs)
+            finally:
+                cursor.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self._same_process_flush()
@@ -297,7 +389,7 @@ class Store:
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
         (see ``steptrace.where``). Raises ``QueryError`` for a malformed filter."""
-        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(SQLITE)
+        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
         clause = f"WHERE {' AND '.join(conds)} " if conds else ""
         rows = self._query(
             f"SELECT {_RUN_COLUMNS} FROM runs {clause}"
@@ -333,7 +425,7 @@ class Store:
             "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
             "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
             "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
-            "WHERE s.run_id = ? ORDER BY s.started_at, s.rowid",
+            f"WHERE s.run_id = ? ORDER BY s.started_at, {self._tiebreak}",
             [full],
         )
         logs: dict[str, list[dict[str, Any]]] = {}
@@ -428,19 +520,26 @@ class Store:
         Building it reads the whole spans table once."""
         from steptrace.query import field_index_sql
 
-        name, sql = field_index_sql(SQLITE, step, field)
-        self._query(sql)
+        name, sql = field_index_sql(self.dialect, step, field)
+        self._execute(sql)
         return name
+
+    def _execute(self, sql: str) -> None:
+        """A statement that changes the schema (an index), not a query."""
+        self._query(sql)
+
+    def _index_exists(self, name: str) -> bool:
+        return bool(
+            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
+        )
 
     def drop_field_index(self, step: str, field: str) -> bool:
         """Drop the index ``index_field(step, field)`` made; False if there was none."""
         from steptrace.query import field_index_name
 
         name = field_index_name(step, field)
-        existed = bool(
-            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
-        )
-        self._query(f"DROP INDEX IF EXISTS {name}")
+        existed = self._index_exists(name)
+        self._execute(f"DROP INDEX IF EXISTS {name}")
         return existed
 
     # -- SQL --------------------------------------------------------------------------
@@ -449,23 +548,30 @@ class Store:
             self._readonly = sqlite_backend.connect_readonly(sqlite_backend.path_from_url(self.url))
         return self._readonly
 
-    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
-        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
-        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
-        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
-        transactions and setting pragmas are refused too. Raises ``QueryError``."""
-        from steptrace.export import JSON_COLUMNS, decode_json
-
-        self._same_process_flush()
+    def _sql_rows(
+        self, query: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
             conn = self._readonly_conn()
             try:
                 cursor = conn.execute(query, params)
                 names = [d[0] for d in cursor.description or ()]
-                rows = cursor.fetchall()
+                return names, cursor.fetchall()
             except (sqlite3.Error, sqlite3.Warning, OverflowError) as exc:
                 raise QueryError(f"SQL error: {exc}") from None
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
+        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
+        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
+        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
+        transactions and setting pragmas are refused too. (PostgreSQL: each statement
+        runs alone in a ``READ ONLY`` transaction that is rolled back, under a statement
+        timeout.) Raises ``QueryError``."""
+        from steptrace.export import JSON_COLUMNS, decode_json
+
+        self._same_process_flush()
+        names, rows = self._sql_rows(query, params)
         decode = [n in JSON_COLUMNS for n in names]
         return [
             {
@@ -539,5 +645,6 @@ __all__ = [
     "SpanView",
     "Store",
     "WriterBackend",
+    "migrate_store",
     "open_writer",
 ]

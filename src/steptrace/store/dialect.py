@@ -42,6 +42,14 @@ class Dialect:
             return column
         return f"{column} -> {self.json_path(path)}"
 
+    def json_equals(self, column: str, path: JsonPath, placeholder: str = "?") -> str:
+        """True when the JSON value at ``path`` equals the JSON text ``placeholder``
+        (compact JSON, as orjson writes it)."""
+        if self.name == "postgresql":
+            value = f"({column} #> {self.json_path(path)})" if path else column
+            return f"{value} = CAST({placeholder} AS jsonb)"
+        return f"{self.json_at(column, path)} = {placeholder}"
+
     def json_scalar_at(self, column: str, path: JsonPath) -> str:
         """The value at ``path`` as an SQL scalar (text or number), for comparisons."""
         if self.name == "postgresql":

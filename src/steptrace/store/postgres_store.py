@@ -1,0 +1,168 @@
+"""``Store`` over PostgreSQL: the same questions, the same answers, from a pool.
+
+Query modules write SQL once (``?`` placeholders, a ``Dialect`` for what differs);
+``PostgresStore`` runs it on connections from a psycopg pool, shared by threads, so
+the independent halves of a large question run at the same time. ``sql`` runs the
+user's statement alone (extended protocol: one statement) in a ``READ ONLY``
+transaction under a statement timeout, and rolls the transaction back, so even a
+``SET`` it contains does not outlive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from steptrace.config import ConfigError, get_config
+from steptrace.store import Store, _check_schema, migrate_store, take_runs
+from steptrace.store import postgres as pg
+from steptrace.store.dialect import POSTGRESQL, Dialect
+from steptrace.where import QueryError
+
+T = TypeVar("T")
+
+POOL_MAX = 4
+SQL_TIMEOUT_S = 60
+"""Statement timeout of ``Store.sql`` (a runaway query must not hold the server)."""
+_cursor_names = itertools.count()
+_REFUSED = re.compile(
+    r"\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE|SET|RESET|DISCARD|"
+    r"LISTEN|NOTIFY|UNLISTEN|LOCK|CHECKPOINT|LOAD|COPY|DO|CALL|VACUUM|ANALYZE)\b",
+    re.IGNORECASE,
+)
+"""Statements refused before they reach the server: transaction control and session
+state (a second line of defence behind the read-only transaction, which is rolled back),
+and ``COPY`` (which may run a program or write a file as the server)."""
+
+
+class PostgresStore(Store):
+    """Read access to a PostgreSQL store (``Store.open("postgresql://…")``)."""
+
+    dialect: Dialect = POSTGRESQL
+    _tiebreak = "s.ctid"
+
+    def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
+        self.url = url
+        self._pool_pg = pool
+        self._lock = threading.Lock()
+        self._readonly_pg: psycopg.Connection[Any] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        from steptrace.store import _Reader
+
+        self._reader = _Reader(self)
+
+    @classmethod
+    def connect(cls, url: str) -> PostgresStore:
+        """Open the store, migrating it first (``auto_migrate``) or checking its schema."""
+        try:
+            if get_config().auto_migrate_enabled():
+                migrate_store(url)
+            else:
+                with pg.connect(url) as conn:
+                    _check_schema(url, pg.applied(conn))
+        except psycopg.Error as exc:
+            from steptrace.store.writer import store_open_error
+
+            raise ConfigError(store_open_error(url, exc)) from exc
+        pool: ConnectionPool[Any] = ConnectionPool(
+            pg._libpq_url(url),
+            min_size=1,
+            max_size=POOL_MAX,
+            kwargs={"autocommit": True, "application_name": "steptrace"},
+            configure=pg.configure,
+            open=True,
+            name="steptrace",
+        )
+        return cls(url, pool)
+
+    # -- plumbing -----------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._same_process_flush()
+        with self._pool_pg.connection() as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(
+                pg.placeholders(sql), list(params)
+            ).fetchall()
+            return rows
+
+    def _execute(self, sql: str) -> None:
+        with self._pool_pg.connection() as conn:
+            conn.execute(sql.encode())
+
+    def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
+        """A server-side cursor, so the rows past the stopping point are never computed."""
+        self._same_process_flush()
+        with (
+            self._pool_pg.connection() as conn,
+            conn.transaction(),
+            conn.cursor(name=f"steptrace_{next(_cursor_names)}") as cursor,
+        ):
+            cursor.execute(pg.placeholders(sql), list(params))
+            return take_runs(cursor.fetchmany, runs)
+
+    def _query_many(
+        self,
+        queries: Sequence[tuple[str, Sequence[Any]]],
+        transform: Callable[[list[tuple[Any, ...]]], T],
+    ) -> list[T]:
+        if len(queries) < 2:
+            return [transform(self._query(sql, params)) for sql, params in queries]
+        self._same_process_flush()
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(POOL_MAX, thread_name_prefix="steptrace-pg")
+            executor = self._executor
+
+        def one(sql: str, params: Sequence[Any]) -> T:
+            with self._pool_pg.connection() as conn:
+                return transform(conn.execute(pg.placeholders(sql), list(params)).fetchall())
+
+        futures = [executor.submit(one, sql, params) for sql, params in queries]
+        return [f.result() for f in futures]
+
+    def _index_exists(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM pg_indexes WHERE indexname = ?", [name]))
+
+    def _sql_rows(
+        self, query: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        if _REFUSED.match(query):
+            raise QueryError("SQL error: Store.sql runs one read-only query (SELECT, WITH …)")
+        with self._lock:
+            conn = self._readonly_pg
+            if conn is None or conn.closed:
+                conn = self._readonly_pg = pg.connect(
+                    self.url, options="-c default_transaction_read_only=on"
+                )
+            try:
+                conn.execute("BEGIN READ ONLY")
+                try:
+                    conn.execute(f"SET LOCAL statement_timeout = {SQL_TIMEOUT_S * 1000}")
+                    # Pipeline mode uses the extended protocol, which runs exactly one
+                    # statement ("select 1; commit; …" is refused).
+                    with conn.pipeline():
+                        cursor = conn.execute(
+                            pg.placeholders(query) if params else query.replace("%", "%%"),
+                            list(params),
+                        )
+                    names = [d.name for d in cursor.description or ()]
+                    rows = cursor.fetchall() if cursor.description else []
+                finally:
+                    if not conn.closed:
+                        conn.execute("ROLLBACK")
+            except psycopg.Error as exc:
+                raise QueryError(f"SQL error: {str(exc).strip()}") from None
+            return names, rows
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._readonly_pg is not None:
+            self._readonly_pg.close()
+        self._pool_pg.close()
