@@ -646,6 +646,10 @@ from steptrace.cli_otel import register as _register_otel_commands  # noqa: E402
 
 _register_otel_commands(app)
 
+from steptrace.cli_store import register as _register_store_commands  # noqa: E402
+
+_register_store_commands(app)
+
 
 # --- entry point --------------------------------------------------------------------
 
