@@ -51,3 +51,25 @@ def run_python(
     )
     assert proc.returncode == returncode, proc.stderr
     return proc
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def raw_sql(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run SQL on a store with the engine's own driver (not steptrace): ``?``
+    placeholders; for PostgreSQL they become ``%s``."""
+    if is_postgres(url):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s").encode(), params or None)
+            return list(cursor.fetchall()) if cursor.description else []
+    import sqlite3
+
+    conn = sqlite3.connect(url, isolation_level=None)
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
