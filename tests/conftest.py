@@ -23,7 +23,7 @@ from typing import Any
 
 import pg_server
 import pytest
-from helpers import span_hex
+from helpers import is_postgres, raw_sql, span_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -81,9 +81,13 @@ def exported(span_exporter: InMemorySpanExporter) -> Callable[[], dict[str, Read
 
 @pytest.fixture
 def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
-    """Run SQL against the test's store file with a plain sqlite3 connection."""
+    """Run SQL against the test's store with the engine's own driver: a plain sqlite3
+    connection to the file, or psycopg when the test runs on PostgreSQL."""
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        configured = os.environ.get("STEPTRACE_STORE", "")
+        if is_postgres(configured):
+            return raw_sql(configured, sql, params)
         conn = sqlite3.connect(store_path)
         try:
             return list(conn.execute(sql, params))

@@ -14,6 +14,8 @@ from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     seen_headers: ClassVar[list[dict[str, str]]] = []
