@@ -44,6 +44,7 @@ class Server:
     root: str
     port: int
     as_postgres: bool
+    settings: str = ""
 
     @property
     def url(self) -> str:
@@ -54,6 +55,20 @@ class Server:
 
     def _cmd(self, *args: str) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *args] if self.as_postgres else list(args)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (``resume`` starts it again)."""
+        subprocess.run(
+            self._cmd(
+                os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"
+            ),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+
+    def resume(self) -> None:
+        _pg_ctl_start(self)
 
     def stop(self) -> None:
         subprocess.run(
@@ -121,15 +136,22 @@ def start(*, durable: bool = False) -> Server:
     ]
     if not durable:
         settings += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+    server.settings = " ".join(settings)
+    _pg_ctl_start(server)
+    return server
+
+
+def _pg_ctl_start(server: Server) -> None:
+    root = server.root
     started = subprocess.run(
         server._cmd(
-            os.path.join(bindir, "pg_ctl"),
+            os.path.join(server.bindir, "pg_ctl"),
             "-D",
-            datadir,
+            server.datadir,
             "-l",
             os.path.join(root, "log"),
             "-o",
-            " ".join(settings),
+            server.settings,
             "-w",
             "-t",
             "60",
@@ -150,8 +172,8 @@ def start(*, durable: bool = False) -> Server:
     deadline = time.monotonic() + 30
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            return
         except OSError:
             if time.monotonic() > deadline:
                 server.stop()

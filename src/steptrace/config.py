@@ -107,6 +107,13 @@ class Config:
         return value not in ("0", "false", "no", "off")
 
     def validate(self) -> Config:
+        if self.store and "://" in self.store:
+            scheme = self.store.split("://", 1)[0].lower()
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ConfigError(
+                    f"unknown store URL scheme {scheme!r}: use a file path, sqlite:///path "
+                    "or postgresql://user@host/database"
+                )
         if self.max_value_bytes < 256:
             raise ConfigError(f"max_value_bytes={self.max_value_bytes} is too small: use >= 256")
         if self.export_value_bytes < 64:

@@ -62,6 +62,8 @@ def _scheme(url: str) -> str:
 def load_postgres() -> ModuleType:
     """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
     try:
+        import psycopg_pool  # noqa: F401  (PostgresStore's pool)
+
         from steptrace.store import postgres
     except ImportError as exc:
         raise ConfigError(
@@ -293,6 +295,7 @@ class Store:
         the migrations of this version to a store an older one wrote."""
         url = url or get_config().store_url()
         if _scheme(url) == "postgresql":
+            load_postgres()  # says what to install when psycopg is missing
             from steptrace.store.postgres_store import PostgresStore
 
             return PostgresStore.connect(url)

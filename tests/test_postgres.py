@@ -1,0 +1,134 @@
+"""What only the PostgreSQL store has to show (issue 6, point 1): a server that goes
+away while workflows run (they keep running; the problem is a logged warning; what
+was recorded is written once the server is back), start-up mistakes that say what
+to change (psycopg missing, server unreachable — without echoing the password), and
+``Store.sql`` that cannot be talked out of read-only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pg_server
+import pytest
+from helpers import raw_sql
+
+import steptrace as st
+from steptrace.store import postgres_store
+from steptrace.where import QueryError
+
+
+@pytest.fixture
+def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
+    """A server of this test's own, which it may stop and start again."""
+    if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
+        pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
+    server = pg_server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(
+    own_server: pg_server.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    @st.step
+    def work(i: int) -> int:
+        return i * 3
+
+    @st.workflow
+    def wf(i: int) -> int:
+        return work(i)
+
+    st.configure(store=own_server.url)
+    assert wf(0) == 0
+    assert st.flush()
+    own_server.pause()
+    with caplog.at_level(logging.WARNING, logger="steptrace"):
+        results = [st.run(wf, i) for i in range(1, 6)]  # the server is down
+        assert [r.output for r in results] == [3, 6, 9, 12, 15]
+        assert all(r.status == "succeeded" and r.exception is None for r in results)
+        st.flush(timeout_s=1.5)  # the writer tries, and reports
+        assert any("unreachable" in r.getMessage() for r in caplog.records), caplog.text
+        own_server.resume()
+        assert st.flush(timeout_s=30)
+    rows = raw_sql(own_server.url, "SELECT count(*), count(DISTINCT run_id) FROM runs")
+    assert rows == [(6, 6)]
+    outputs = raw_sql(
+        own_server.url, "SELECT output::text FROM spans WHERE name = 'work' ORDER BY output"
+    )
+    assert sorted(int(str(r[0])) for r in outputs) == [0, 3, 6, 9, 12, 15]
+    assert not any("failed to write" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreachable_server_is_a_config_error_without_the_password() -> None:
+    url = "postgresql://ada:hunter2secret@127.0.0.1:1/steptrace"
+    st.configure(store=url)
+
+    @st.workflow
+    def wf() -> int:
+        return 1
+
+    with pytest.raises(st.ConfigError) as caught:
+        wf()
+    message = str(caught.value)
+    assert "cannot open the PostgreSQL store" in message
+    assert "ada:***@127.0.0.1:1" in message and "hunter2secret" not in message
+    with pytest.raises(st.ConfigError, match="right host, port, user and database"):
+        st.Store.open(url)
+
+
+def test_without_psycopg_a_postgresql_store_says_what_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as if the postgres extra were not installed\n"
+        "import steptrace as st\n"
+        "try:\n"
+        "    st.Store.open('postgresql://127.0.0.1/x')\n"
+        "except st.ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'steptrace[postgres]'" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_sql_cannot_be_talked_out_of_read_only(
+    new_postgres_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_url = new_postgres_database()
+    st.configure(store=store_url)
+
+    @st.workflow
+    def wf() -> int:
+        return 1
+
+    wf()
+    st.flush()
+    with st.Store.open(store_url) as store:
+        for statement in (
+            "SET default_transaction_read_only = off",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "COMMIT",
+            "SELECT 1; DELETE FROM runs",
+            "DELETE FROM runs",
+            "CREATE TABLE sneaky (x int)",
+            "COPY runs TO STDOUT",
+            "SELECT * FROM runs FOR UPDATE",
+        ):
+            with pytest.raises(QueryError):
+                store.sql(statement)
+        assert store.sql("SELECT count(*) AS n FROM runs") == [{"n": 1}]
+        monkeypatch.setattr(postgres_store, "SQL_TIMEOUT_S", 1)
+        started = time.monotonic()
+        with pytest.raises(QueryError, match="statement timeout"):
+            store.sql("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        assert store.sql("SELECT count(*) AS n FROM runs") == [{"n": 1}]
+    assert raw_sql(store_url, "SELECT count(*) FROM runs") == [(1,)]
