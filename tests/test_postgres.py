@@ -132,3 +132,43 @@ def test_sql_cannot_be_talked_out_of_read_only(
         assert time.monotonic() - started < 10
         assert store.sql("SELECT count(*) AS n FROM runs") == [{"n": 1}]
     assert raw_sql(store_url, "SELECT count(*) FROM runs") == [(1,)]
+
+
+def test_a_span_or_run_written_again_keeps_its_last_version(store_url: str) -> None:
+    """The writer's upsert semantics, the same on both engines: a run is written when it
+    starts and when it ends (in one batch or two); a span written twice (a re-import)
+    replaces the first, without duplicates."""
+    import orjson
+
+    from steptrace.record import LLMUsage, RunState, SpanRecord
+    from steptrace.store import open_writer
+
+    writer = open_writer(store_url)
+    t = 1_700_000_000_000_000_000
+    run = RunState("r1", "wf", "t" * 32, "a" * 16, t, input=orjson.dumps({"x": 1}))
+    span = SpanRecord("r1", "b" * 16, "a" * 16, "llm", "chat m", t + 1, 1, None, t + 2)
+    span.status, span.output = "succeeded", orjson.dumps("first")
+    span.llm = LLMUsage("scripted", "m", input_tokens=3)
+    writer.write([run], [span])
+    span.output, span.llm = orjson.dumps("second"), LLMUsage("scripted", "m", input_tokens=4)
+    ended = RunState("r1", "wf", "t" * 32, "a" * 16, t, status="succeeded", end_ns=t + 9)
+    ended.output = orjson.dumps({"y": 2})
+    other = RunState("r2", "wf", "t" * 32, "c" * 16, t, input=orjson.dumps(5))
+    other_end = RunState("r2", "wf", "t" * 32, "c" * 16, t, status="failed", end_ns=t + 5)
+    writer.write([ended, other, other_end], [span])
+    writer.close()
+    with st.Store.open(store_url) as store:
+        r1 = store.run("r1")
+        assert (r1.status, r1.input, r1.output, r1.duration_ms) == (
+            "succeeded",
+            {"x": 1},
+            {"y": 2},
+            9e-6,
+        )
+        ((llm),) = r1.spans
+        assert llm.output == "second" and llm.llm is not None
+        assert llm.llm["input_tokens"] == 4
+        r2 = store.run("r2")
+        assert (r2.status, r2.input, r2.ended_at is not None) == ("failed", 5, True)
+    assert raw_sql(store_url, "SELECT count(*) FROM spans") == [(1,)]
+    assert raw_sql(store_url, "SELECT count(*) FROM llm_calls") == [(1,)]

@@ -4,9 +4,10 @@ Imported only for a ``postgresql://`` store (psycopg is the ``steptrace[postgres
 extra). ``connect`` opens a connection that reads JSON and JSONB as JSON text and
 NUMERIC as float, so query code sees what it sees from SQLite; ``migrate`` applies
 the shared named migrations under an advisory lock (many processes may start at
-once); ``PostgresWriter`` is the background writer's backend: a batch is COPYed into
-temporary staging tables and merged into the real ones in one transaction, so a
-busy process pays one round trip per table per batch, not one per row.
+once); ``PostgresWriter`` is the background writer's backend: a batch is one
+transaction of one COPY per table (runs through a staging table and a merge, since
+a run is written when it starts and again when it ends), so a busy process pays a
+few round trips per batch, not one per row.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.string import TextLoader
 
@@ -311,9 +313,10 @@ def _log_rows(
 
 
 class PostgresWriter:
-    """Writes each batch in one transaction: COPY into staging tables, then one
-    ``INSERT … SELECT … ON CONFLICT`` per table. A lost connection is reopened and the
-    batch retried for ``RECONNECT_FOR_S`` before the error goes to the caller."""
+    """Writes each batch in one transaction: COPY, and for runs (written at start and
+    end) a merge from a staging table with ``INSERT … SELECT … ON CONFLICT``. A lost
+    connection is reopened and the batch retried for ``RECONNECT_FOR_S`` before the
+    error goes to the caller."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -355,20 +358,26 @@ class PostgresWriter:
         self, conn: psycopg.Connection[Any], runs: Rows, spans: Rows, llm: Rows, logs: Rows
     ) -> None:
         with conn.transaction(), conn.cursor() as cur:
-            for rows, staging, columns, merge in (
-                (runs, "_st_runs", _RUN_COLUMNS, _RUN_MERGE),
-                (spans, "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
-                (llm, "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
-            ):
-                if rows:
-                    with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                    cur.execute(merge)
-            if logs:
-                with cur.copy(f"COPY logs ({_LOG_COLUMNS}) FROM STDIN") as copy:
-                    for row in logs:
-                        copy.write_row(row)
+            if runs:
+                _copy(cur, "_st_runs", _RUN_COLUMNS, runs)
+                cur.execute(_RUN_MERGE)
+            if spans or llm:
+                try:
+                    # Spans and LLM calls are new but for rare re-writes: COPY them
+                    # straight into their tables (half the work of staging them),
+                    # and only on a duplicate key take the merging path.
+                    with conn.transaction():
+                        _copy(cur, "spans", _SPAN_COLUMNS, spans)
+                        _copy(cur, "llm_calls", _LLM_COLUMNS, llm)
+                except psycopg.errors.UniqueViolation:
+                    for rows, staging, columns, merge in (
+                        (spans, "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
+                        (llm, "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
+                    ):
+                        if rows:
+                            _copy(cur, staging, columns, rows)
+                            cur.execute(merge)
+            _copy(cur, "logs", _LOG_COLUMNS, logs)
 
     def _close_quietly(self) -> None:
         conn, self.conn = self.conn, None
@@ -378,6 +387,13 @@ class PostgresWriter:
 
     def close(self) -> None:
         self._close_quietly()
+
+
+def _copy(cur: psycopg.Cursor[Any], table: str, columns: str, rows: Rows) -> None:
+    if rows:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 def _is_connection(exc: psycopg.OperationalError) -> bool:
