@@ -172,3 +172,27 @@ def test_a_span_or_run_written_again_keeps_its_last_version(store_url: str) -> N
         assert (r2.status, r2.input, r2.ended_at is not None) == ("failed", 5, True)
     assert raw_sql(store_url, "SELECT count(*) FROM spans") == [(1,)]
     assert raw_sql(store_url, "SELECT count(*) FROM llm_calls") == [(1,)]
+
+
+def test_a_field_index_serves_the_distribution_on_postgresql(
+    new_postgres_database: Callable[[], str],
+) -> None:
+    from query_data import record
+
+    from steptrace.query import distribution_sql
+    from steptrace.store.dialect import POSTGRESQL
+
+    url = record(new_postgres_database()).url
+    with st.Store.open(url) as store:
+        before = store.distribution("classify", "classification")
+        name = store.index_field("classify", "classification")
+        assert store.distribution("classify", "classification") == before
+        sql, _ = distribution_sql(POSTGRESQL, "classify", "classification")
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            conn.execute("SET enable_seqscan = off")  # the table is tiny: make it choose
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}".encode()))
+        assert name in plan, plan
+        assert store.drop_field_index("classify", "classification")
+        assert not store.drop_field_index("classify", "classification")
