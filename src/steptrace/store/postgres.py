@@ -125,7 +125,11 @@ def applied(conn: psycopg.Connection[Any]) -> list[str] | None:
 def migrate(conn: psycopg.Connection[Any]) -> list[str]:
     """Apply pending migrations in one transaction, holding an advisory lock so that
     processes starting together migrate once; returns the names applied. Raises
-    ``SchemaTooNew`` for a database migrated by a newer steptrace."""
+    ``SchemaTooNew`` for a database migrated by a newer steptrace. A current schema is
+    only read (a role without DDL rights can open it)."""
+    done = applied(conn)
+    if done is not None and not pending(done):
+        return []
     done_now: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
