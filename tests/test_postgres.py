@@ -196,3 +196,24 @@ def test_a_field_index_serves_the_distribution_on_postgresql(
         assert name in plan, plan
         assert store.drop_field_index("classify", "classification")
         assert not store.drop_field_index("classify", "classification")
+
+
+def test_a_distribution_over_runs_with_many_calls_each(store_url: str) -> None:
+    """More rows per run than the first read fetches (the PostgreSQL store then reads
+    further): the last 2 runs' 20 calls, exactly, on both engines."""
+
+    @st.step
+    def pick(i: int) -> dict[str, int]:
+        return {"v": i % 3}
+
+    @st.workflow
+    def many(n: int) -> None:
+        for i in range(n):
+            pick(i)
+
+    for _ in range(4):
+        many(10)
+    with st.Store.open(store_url) as store:
+        d = store.distribution("pick", "v", last=2)
+    assert (d["runs"], d["occurrences"]) == (2, 20)
+    assert {v["value"]: v["count"] for v in d["values"]} == {0: 8, 1: 6, 2: 6}

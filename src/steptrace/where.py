@@ -264,7 +264,7 @@ def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> tuple[str,
         f"EXISTS (SELECT 1 FROM spans p WHERE p.run_id = {runs}.run_id AND p.name = ? "
         "AND p.step_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM spans q "
         "WHERE q.run_id = p.run_id AND q.step_key = p.step_key AND q.attempt > p.attempt "
-        f"AND q.step_key IS NOT NULL) AND ({cond}))"
+        f"AND q.step_key IS NOT NULL) AND ({cond}){d.per_outer_row})"
     )
     return sql, [pred.step, *params]
 

@@ -122,6 +122,13 @@ class Dialect:
         sometimes drives a "last N runs" query from the wrong index)."""
         return "JOIN" if self.name == "postgresql" else "CROSS JOIN"
 
+    @property
+    def per_outer_row(self) -> str:
+        """Ends an ``EXISTS`` subquery that must be checked run by run, newest first, until
+        a page is full: PostgreSQL otherwise turns it into a join over every matching
+        span (an ``OFFSET`` keeps it a subplan); SQLite always checks it per row."""
+        return " OFFSET 0" if self.name == "postgresql" else ""
+
     def unindexed(self, expr: str) -> str:
         """``expr``, marked so the planner does not pick an index for this term."""
         return expr if self.name == "postgresql" else f"+{expr}"

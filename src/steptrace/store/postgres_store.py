@@ -10,7 +10,6 @@ transaction under a statement timeout, and rolls the transaction back, so even a
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -31,7 +30,6 @@ T = TypeVar("T")
 POOL_MAX = 4
 SQL_TIMEOUT_S = 60
 """Statement timeout of ``Store.sql`` (a runaway query must not hold the server)."""
-_cursor_names = itertools.count()
 _REFUSED = re.compile(
     r"\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE|SET|RESET|DISCARD|"
     r"LISTEN|NOTIFY|UNLISTEN|LOCK|CHECKPOINT|LOAD|COPY|DO|CALL|VACUUM|ANALYZE)\b",
@@ -40,6 +38,12 @@ _REFUSED = re.compile(
 """Statements refused before they reach the server: transaction control and session
 state (a second line of defence behind the read-only transaction, which is rolled back),
 and ``COPY`` (which may run a program or write a file as the server)."""
+
+
+def _fetch_from(rows: list[tuple[Any, ...]]) -> Callable[[int], list[tuple[Any, ...]]]:
+    """A ``fetchmany`` over rows already fetched: all of them, then none."""
+    chunks = iter([rows])
+    return lambda _size: next(chunks, [])
 
 
 class PostgresStore(Store):
@@ -51,6 +55,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
         self.url = url
         self._pool_pg = pool
+        self._main: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._readonly_pg: psycopg.Connection[Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -84,11 +89,20 @@ class PostgresStore(Store):
 
     # -- plumbing -----------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """On the store's own connection (a pool checkout costs as much as a small
+        query); the pool serves the queries run side by side."""
         self._same_process_flush()
-        with self._pool_pg.connection() as conn:
-            rows: list[tuple[Any, ...]] = conn.execute(
-                pg.placeholders(sql), list(params)
-            ).fetchall()
+        with self._lock:
+            conn = self._main
+            if conn is None or conn.closed:
+                conn = self._main = pg.connect(self.url)
+            try:
+                rows: list[tuple[Any, ...]] = conn.execute(
+                    pg.placeholders(sql), list(params)
+                ).fetchall()
+            except psycopg.OperationalError:
+                conn.close()  # reconnect on the next query
+                raise
             return rows
 
     def _execute(self, sql: str) -> None:
@@ -96,15 +110,16 @@ class PostgresStore(Store):
             conn.execute(sql.encode())
 
     def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
-        """A server-side cursor, so the rows past the stopping point are never computed."""
-        self._same_process_flush()
-        with (
-            self._pool_pg.connection() as conn,
-            conn.transaction(),
-            conn.cursor(name=f"steptrace_{next(_cursor_names)}") as cursor,
-        ):
-            cursor.execute(pg.placeholders(sql), list(params))
-            return take_runs(cursor.fetchmany, runs)
+        """The query with a ``LIMIT`` a little past ``runs`` rows (most runs have one
+        row), raised fourfold until the rows hold one run more than asked for or the
+        query is exhausted: one round trip in the usual case, where a server-side cursor
+        takes four."""
+        limit = runs + runs // 4 + 16
+        while True:
+            rows = self._query(f"{sql} LIMIT {limit}", params)
+            if len(rows) < limit or len({r[0] for r in rows}) > runs:
+                return take_runs(_fetch_from(rows), runs)
+            limit *= 4
 
     def _query_many(
         self,
@@ -165,4 +180,6 @@ class PostgresStore(Store):
             self._executor.shutdown(wait=True)
         if self._readonly_pg is not None:
             self._readonly_pg.close()
+        if self._main is not None:
+            self._main.close()
         self._pool_pg.close()
