@@ -418,9 +418,12 @@ class Store:
 
     def run(self, run_id: str) -> RunRecord:
         """The run with this id (or unambiguous id prefix), with all its spans."""
-        full = self.resolve(run_id)
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full])
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [run_id])
+        if not rows:  # a prefix
+            full = self.resolve(run_id)
+            rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full])
         run = _run_from_row(rows[0])
+        full = run.run_id
         span_rows = self._query(
             "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
             "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
