@@ -23,20 +23,20 @@ def migrate_command(
 ) -> None:
     """Apply the schema migrations the store lacks (creating it if needed); says which
     were applied, or that the schema is current."""
-    from steptrace.store import _describe, migrate_store
+    from steptrace.store.schema import describe, migrate_store
 
     url = get_config().store_url()
     applied = migrate_store(url)
     if as_json:
-        _print_json({"store": _describe(url), "applied": applied, "current": MIGRATIONS[-1].name})
+        _print_json({"store": describe(url), "applied": applied, "current": MIGRATIONS[-1].name})
         return
     console = _console()
     if applied:
         for name in applied:
             console.print(f"applied {name}")
-        console.print(f"{_describe(url)}: schema is now at {MIGRATIONS[-1].name}")
+        console.print(f"{describe(url)}: schema is now at {MIGRATIONS[-1].name}")
     else:
-        console.print(f"{_describe(url)}: schema is current ({MIGRATIONS[-1].name})")
+        console.print(f"{describe(url)}: schema is current ({MIGRATIONS[-1].name})")
 
 
 def prune_command(

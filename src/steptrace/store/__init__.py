@@ -16,15 +16,18 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
-from steptrace.config import ConfigError, get_config
+from steptrace.config import get_config
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
-from steptrace.store.migrations import SchemaTooNew, pending
 from steptrace.store.model import RunRecord, SpanView, loads
+from steptrace.store.schema import check_schema as _check_schema
+from steptrace.store.schema import load_postgres, migrate_store, same_store
+from steptrace.store.schema import prepare_schema as _prepare_schema
+from steptrace.store.schema import scheme as _scheme
 from steptrace.where import QueryError, RunFilter
 
 T = TypeVar("T")
@@ -44,91 +47,6 @@ class WriterBackend(Protocol):
     def close(self) -> None: ...
 
 
-def _scheme(url: str) -> str:
-    """``"sqlite"`` or ``"postgresql"``; ``ConfigError`` for anything else."""
-    if "://" not in url:
-        return "sqlite"
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
-        return "postgresql"
-    if scheme != "sqlite":
-        raise ConfigError(
-            f"unknown store URL scheme {scheme!r} in STEPTRACE_STORE: use a file path, "
-            "sqlite:///path or postgresql://user@host/database"
-        )
-    return scheme
-
-
-def load_postgres() -> ModuleType:
-    """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
-    try:
-        import psycopg_pool  # noqa: F401  (PostgresStore's pool)
-
-        from steptrace.store import postgres
-    except ImportError as exc:
-        raise ConfigError(
-            f"a postgresql:// store needs psycopg 3 and psycopg-pool ({exc}): "
-            "pip install 'steptrace[postgres]'"
-        ) from exc
-    return postgres
-
-
-def _describe(url: str) -> str:
-    if _scheme(url) == "postgresql":
-        return str(load_postgres().safe_url(url))
-    return url
-
-
-def _check_schema(url: str, applied: list[str] | None) -> None:
-    """With automatic migration off: ``ConfigError`` unless the schema is current."""
-    try:
-        todo = pending(applied or [])
-    except SchemaTooNew as exc:
-        raise ConfigError(f"{_describe(url)}: {exc}") from exc
-    if todo:
-        raise ConfigError(
-            f"the store {_describe(url)} needs migrations this steptrace has "
-            f"({', '.join(m.name for m in todo)}) and automatic migration is off "
-            "(STEPTRACE_AUTO_MIGRATE=0 or configure(auto_migrate=False)): run "
-            "`steptrace migrate` (with the same STEPTRACE_STORE)"
-        )
-
-
-def migrate_store(url: str) -> list[str]:
-    """Apply the migrations the store at ``url`` lacks (creating it if needed); returns
-    their names (empty when the schema is current). Raises ``ConfigError`` for a store a
-    newer steptrace migrated, or one that cannot be opened."""
-    try:
-        if _scheme(url) == "postgresql":
-            pg = load_postgres()
-            with pg.connect(url) as conn:
-                return list(pg.migrate(conn))
-        conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
-        try:
-            return sqlite_backend.migrate(conn)
-        finally:
-            conn.close()
-    except SchemaTooNew as exc:
-        raise ConfigError(f"{_describe(url)}: {exc}") from exc
-
-
-def _prepare_schema(url: str) -> None:
-    """Migrate the store on first use, or (automatic migration off) check it is current."""
-    if get_config().auto_migrate_enabled():
-        migrate_store(url)
-        return
-    if _scheme(url) == "postgresql":
-        pg = load_postgres()
-        with pg.connect(url) as conn:
-            _check_schema(url, pg.applied(conn))
-        return
-    conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
-    try:
-        _check_schema(url, sqlite_backend.applied(conn))
-    finally:
-        conn.close()
-
-
 def open_writer(url: str) -> WriterBackend:
     """Open (creating and migrating if needed) the store at ``url`` for writing."""
     scheme = _scheme(url)
@@ -139,15 +57,19 @@ def open_writer(url: str) -> WriterBackend:
     return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
 
 
-def same_store(a: str, b: str) -> bool:
-    """Whether two store URLs name the same store."""
-    if _scheme(a) != _scheme(b):
-        return False
-    if _scheme(a) == "postgresql":
-        return a == b
-    return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
-        sqlite_backend.path_from_url(b)
-    )
+_SPANS_OF_RUN = (
+    "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
+    "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
+    "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
+    "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
+    "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
+    "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
+    "WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
+)
+_LOGS_OF_RUN = (
+    "SELECT span_id, ts, level, logger, message, exception FROM logs "
+    "WHERE run_id = ? ORDER BY span_id, seq"
+)
 
 
 class RunNotFound(LookupError):
@@ -337,6 +259,13 @@ class Store:
         with self._lock:
             return list(self._conn.execute(sql, params))
 
+    def _query_batch(
+        self, queries: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """The rows of each of a few small queries (PostgreSQL sends them in one round
+        trip)."""
+        return [self._query(sql, params) for sql, params in queries]
+
     def _query_many(
         self,
         queries: Sequence[tuple[str, Sequence[Any]]],
@@ -418,28 +347,22 @@ class Store:
 
     def run(self, run_id: str) -> RunRecord:
         """The run with this id (or unambiguous id prefix), with all its spans."""
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [run_id])
+
+        def read(full: str) -> list[list[tuple[Any, ...]]]:
+            return self._query_batch(
+                [
+                    (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full]),
+                    (_SPANS_OF_RUN.format(tiebreak=self._tiebreak), [full]),
+                    (_LOGS_OF_RUN, [full]),
+                ]
+            )
+
+        rows, span_rows, log_rows = read(run_id)
         if not rows:  # a prefix
-            full = self.resolve(run_id)
-            rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full])
+            rows, span_rows, log_rows = read(self.resolve(run_id))
         run = _run_from_row(rows[0])
-        full = run.run_id
-        span_rows = self._query(
-            "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
-            "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
-            "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
-            "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
-            "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
-            "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
-            f"WHERE s.run_id = ? ORDER BY s.started_at, {self._tiebreak}",
-            [full],
-        )
         logs: dict[str, list[dict[str, Any]]] = {}
-        for span_id, ts, level, logger, message, exc_text in self._query(
-            "SELECT span_id, ts, level, logger, message, exception FROM logs "
-            "WHERE run_id = ? ORDER BY span_id, seq",
-            [full],
-        ):
+        for span_id, ts, level, logger, message, exc_text in log_rows:
             logs.setdefault(span_id, []).append(
                 {"ts": ts, "level": level, "logger": logger, "message": message}
                 | ({"exception": exc_text} if exc_text else {})

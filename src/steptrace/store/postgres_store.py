@@ -20,9 +20,10 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from steptrace.config import ConfigError, get_config
-from steptrace.store import Store, _check_schema, migrate_store, take_runs
+from steptrace.store import Store, take_runs
 from steptrace.store import postgres as pg
 from steptrace.store.dialect import POSTGRESQL, Dialect
+from steptrace.store.schema import check_schema, migrate_store
 from steptrace.where import QueryError
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ class PostgresStore(Store):
                 migrate_store(url)
             else:
                 with pg.connect(url) as conn:
-                    _check_schema(url, pg.applied(conn))
+                    check_schema(url, pg.applied(conn))
         except psycopg.Error as exc:
             from steptrace.store.writer import store_open_error
 
@@ -104,6 +105,26 @@ class PostgresStore(Store):
                 conn.close()  # reconnect on the next query
                 raise
             return rows
+
+    def _query_batch(
+        self, queries: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """The queries in one pipeline: one round trip for all of them."""
+        self._same_process_flush()
+        with self._lock:
+            conn = self._main
+            if conn is None or conn.closed:
+                conn = self._main = pg.connect(self.url)
+            try:
+                with conn.pipeline():
+                    cursors = [
+                        conn.cursor().execute(pg.placeholders(sql), list(params))
+                        for sql, params in queries
+                    ]
+                return [c.fetchall() for c in cursors]
+            except psycopg.OperationalError:
+                conn.close()
+                raise
 
     def _execute(self, sql: str) -> None:
         with self._pool_pg.connection() as conn:

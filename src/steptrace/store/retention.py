@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from steptrace.store import _prepare_schema, _scheme, load_postgres
 from steptrace.store import sqlite as sqlite_backend
+from steptrace.store.schema import load_postgres, prepare_schema, scheme
 from steptrace.where import parse_time
 
 BATCH_RUNS = 500
@@ -49,7 +49,7 @@ class _Conn:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.postgres = _scheme(url) == "postgresql"
+        self.postgres = scheme(url) == "postgresql"
         if self.postgres:
             self._pg = load_postgres()
             self._pgconn = self._pg.connect(url)
@@ -142,7 +142,7 @@ def prune(
     if keep_failed:
         conds.append("status <> 'failed'")
     chosen = f"SELECT run_id FROM runs WHERE {' AND '.join(conds)}"
-    _prepare_schema(url)
+    prepare_schema(url)
     result = PruneResult(cutoff, 0, 0, 0, 0, dry_run, 0)
     with _open(url) as conn:
         if dry_run:
