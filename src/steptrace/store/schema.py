@@ -21,15 +21,15 @@ def scheme(url: str) -> str:
     """``"sqlite"`` or ``"postgresql"``; ``ConfigError`` for anything else."""
     if "://" not in url:
         return "sqlite"
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
+    name = url.split("://", 1)[0].lower()
+    if name in ("postgres", "postgresql"):
         return "postgresql"
-    if scheme != "sqlite":
+    if name != "sqlite":
         raise ConfigError(
-            f"unknown store URL scheme {scheme!r} in STEPTRACE_STORE: use a file path, "
+            f"unknown store URL scheme {name!r} in STEPTRACE_STORE: use a file path, "
             "sqlite:///path or postgresql://user@host/database"
         )
-    return scheme
+    return name
 
 
 def load_postgres() -> ModuleType:
@@ -47,6 +47,7 @@ def load_postgres() -> ModuleType:
 
 
 def describe(url: str) -> str:
+    """The store's URL for messages (a PostgreSQL password masked)."""
     if scheme(url) == "postgresql":
         return str(load_postgres().safe_url(url))
     return url
