@@ -217,3 +217,23 @@ def test_a_distribution_over_runs_with_many_calls_each(store_url: str) -> None:
         d = store.distribution("pick", "v", last=2)
     assert (d["runs"], d["occurrences"]) == (2, 20)
     assert {v["value"]: v["count"] for v in d["values"]} == {0: 8, 1: 6, 2: 6}
+
+
+def test_the_password_stays_out_of_what_the_store_shows(
+    new_postgres_database: Callable[[], str],
+) -> None:
+    url = new_postgres_database().replace("//postgres@", "//postgres:pw-s3cret@")
+    assert "pw-s3cret" in url
+    st.configure(store=url)
+
+    @st.workflow
+    def wf() -> int:
+        return 7
+
+    wf()
+    with st.Store.open(url) as store:
+        assert "pw-s3cret" not in store.url and "***" in store.url
+        assert [r.output for r in store.runs()] == [7]  # this process's write, flushed
+        with pytest.raises(st.RunNotFound) as missing:
+            store.run("nope")
+        assert "pw-s3cret" not in str(missing.value)

@@ -54,7 +54,9 @@ class PostgresStore(Store):
     _tiebreak = "s.ctid"
 
     def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
-        self.url = url
+        self.url = pg.safe_url(url)
+        """What messages show: the URL with its password masked."""
+        self._dsn = url
         self._pool_pg = pool
         self._main: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
@@ -96,7 +98,7 @@ class PostgresStore(Store):
         with self._lock:
             conn = self._main
             if conn is None or conn.closed:
-                conn = self._main = pg.connect(self.url)
+                conn = self._main = pg.connect(self._dsn)
             try:
                 rows: list[tuple[Any, ...]] = conn.execute(
                     pg.placeholders(sql), list(params)
@@ -114,7 +116,7 @@ class PostgresStore(Store):
         with self._lock:
             conn = self._main
             if conn is None or conn.closed:
-                conn = self._main = pg.connect(self.url)
+                conn = self._main = pg.connect(self._dsn)
             try:
                 with conn.pipeline():
                     cursors = [
@@ -174,7 +176,7 @@ class PostgresStore(Store):
             conn = self._readonly_pg
             if conn is None or conn.closed:
                 conn = self._readonly_pg = pg.connect(
-                    self.url, options="-c default_transaction_read_only=on"
+                    self._dsn, options="-c default_transaction_read_only=on"
                 )
             try:
                 conn.execute("BEGIN READ ONLY")

@@ -107,8 +107,9 @@ def same_store(a: str, b: str) -> bool:
     """Whether two store URLs name the same store."""
     if scheme(a) != scheme(b):
         return False
-    if scheme(a) == "postgresql":
-        return a == b
+    if scheme(a) == "postgresql":  # a PostgresStore's url has its password masked
+        safe_url = load_postgres().safe_url
+        return bool(safe_url(a) == safe_url(b))
     return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
         sqlite_backend.path_from_url(b)
     )
