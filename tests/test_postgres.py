@@ -237,3 +237,15 @@ def test_the_password_stays_out_of_what_the_store_shows(
         with pytest.raises(st.RunNotFound) as missing:
             store.run("nope")
         assert "pw-s3cret" not in str(missing.value)
+
+
+def test_timestamps_are_the_text_sqlite_stores() -> None:
+    import random
+
+    from steptrace.store import postgres, sqlite
+
+    rng = random.Random(3)
+    stamps = [0, 999, 1_000_000_000, 1_764_000_000_123_456_789]
+    stamps += [rng.randrange(0, 4_000_000_000_000_000_000) for _ in range(2000)]
+    for ns in stamps:
+        assert postgres.iso_from_ns(ns) == sqlite.iso_from_ns(ns), ns
