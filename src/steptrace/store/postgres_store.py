@@ -1,8 +1,9 @@
-"""``Store`` over PostgreSQL: the same questions, the same answers, from a pool.
+"""``Store`` over PostgreSQL: the same questions, the same answers.
 
 Query modules write SQL once (``?`` placeholders, a ``Dialect`` for what differs);
-``PostgresStore`` runs it on connections from a psycopg pool, shared by threads, so
-the independent halves of a large question run at the same time. ``sql`` runs the
+``PostgresStore`` runs it on a connection of its own, and the independent halves of
+a large question side by side on connections from a psycopg pool (opened when first
+needed). ``sql`` runs the
 user's statement alone (extended protocol: one statement) in a ``READ ONLY``
 transaction under a statement timeout, and rolls the transaction back, so even a
 ``SET`` it contains does not outlive it.
@@ -53,11 +54,11 @@ class PostgresStore(Store):
     dialect: Dialect = POSTGRESQL
     _tiebreak = "s.ctid"
 
-    def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, url: str) -> None:
         self.url = pg.safe_url(url)
         """What messages show: the URL with its password masked."""
         self._dsn = url
-        self._pool_pg = pool
+        self._pool_pg: ConnectionPool[Any] | None = None
         self._main: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._readonly_pg: psycopg.Connection[Any] | None = None
@@ -79,16 +80,27 @@ class PostgresStore(Store):
             from steptrace.store.writer import store_open_error
 
             raise ConfigError(store_open_error(url, exc)) from exc
-        pool: ConnectionPool[Any] = ConnectionPool(
-            pg._libpq_url(url),
-            min_size=1,
-            max_size=POOL_MAX,
-            kwargs={"autocommit": True, "application_name": "steptrace"},
-            configure=pg.configure,
-            open=True,
-            name="steptrace",
-        )
-        return cls(url, pool)
+        return cls(url)
+
+    def _main_conn(self) -> psycopg.Connection[Any]:
+        """The store's own connection (hold ``_lock``), reopened after a failure."""
+        if self._main is None or self._main.closed:
+            self._main = pg.connect(self._dsn)
+        return self._main
+
+    def _parallel_pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool_pg is None:
+                self._pool_pg = ConnectionPool(
+                    pg._libpq_url(self._dsn),
+                    min_size=1,
+                    max_size=POOL_MAX,
+                    kwargs={"autocommit": True, "application_name": "steptrace"},
+                    configure=pg.configure,
+                    open=True,
+                    name="steptrace",
+                )
+            return self._pool_pg
 
     # -- plumbing -----------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -96,9 +108,7 @@ class PostgresStore(Store):
         query); the pool serves the queries run side by side."""
         self._same_process_flush()
         with self._lock:
-            conn = self._main
-            if conn is None or conn.closed:
-                conn = self._main = pg.connect(self._dsn)
+            conn = self._main_conn()
             try:
                 rows: list[tuple[Any, ...]] = conn.execute(
                     pg.placeholders(sql), list(params)
@@ -114,9 +124,7 @@ class PostgresStore(Store):
         """The queries in one pipeline: one round trip for all of them."""
         self._same_process_flush()
         with self._lock:
-            conn = self._main
-            if conn is None or conn.closed:
-                conn = self._main = pg.connect(self._dsn)
+            conn = self._main_conn()
             try:
                 with conn.pipeline():
                     cursors = [
@@ -129,7 +137,8 @@ class PostgresStore(Store):
                 raise
 
     def _execute(self, sql: str) -> None:
-        with self._pool_pg.connection() as conn:
+        with self._lock:
+            conn = self._main_conn()
             conn.execute(sql.encode())
 
     def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
@@ -157,8 +166,10 @@ class PostgresStore(Store):
                 self._executor = ThreadPoolExecutor(POOL_MAX, thread_name_prefix="steptrace-pg")
             executor = self._executor
 
+        pool = self._parallel_pool()
+
         def one(sql: str, params: Sequence[Any]) -> T:
-            with self._pool_pg.connection() as conn:
+            with pool.connection() as conn:
                 return transform(conn.execute(pg.placeholders(sql), list(params)).fetchall())
 
         futures = [executor.submit(one, sql, params) for sql, params in queries]
@@ -205,4 +216,5 @@ class PostgresStore(Store):
             self._readonly_pg.close()
         if self._main is not None:
             self._main.close()
-        self._pool_pg.close()
+        if self._pool_pg is not None:
+            self._pool_pg.close()
