@@ -190,13 +190,6 @@ class Recorded:
     """``triage`` run ids by plan index."""
     other_ids: list[str]
 
-    @property
-    def path(self) -> Path:
-        """The SQLite file (tests of SQLite's own behaviour skip the other backends)."""
-        if self.backend != "sqlite":
-            pytest.skip(f"SQLite-specific (the {self.backend} run covers the rest)")
-        return Path(self.url)
-
 
 def new_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A fresh store for a module of the backend ``request.param`` names."""

@@ -236,9 +236,11 @@ def test_runs_filters(data: Recorded) -> None:
 
 
 def test_index(data: Recorded, tmp_path: Path) -> None:
-    copy = tmp_path / "copy.db"
-    with sqlite3.connect(data.path) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
+    copy: Path | str = data.url  # PostgreSQL: index the module's store, then drop it
+    if data.backend == "sqlite":
+        copy = tmp_path / "copy.db"
+        with sqlite3.connect(data.url) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
     before = cli_json("dist", "classify", "classification", store=copy)
     made = cli("index", "classify", "classification", store=copy).stdout
     assert "is indexed (field_" in made

@@ -140,18 +140,27 @@ def _plan(store: st.Store, sql: str, params: list[Any]) -> list[str]:
     return [row[3] for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
-def test_distribution_walks_an_index_newest_first(store: st.Store, data: Recorded) -> None:
-    assert data.path  # SQLite's query plans
-    for workflow in (None, "triage"):
-        sql, params = distribution_sql(SQLITE, "classify", "meta.label", workflow)
-        plan = _plan(store, sql, params)
-        assert "spans_steps_name_started (name=?)" in plan[0], plan
-        assert not any("TEMP B-TREE" in p or p.startswith("SCAN") for p in plan), plan
+@pytest.fixture(scope="module")
+def sqlite_data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The known runs in a SQLite file, for SQLite's own query plans (PostgreSQL's
+    field index is tested in test_postgres.py)."""
+    return record(tmp_path_factory.mktemp("sqlite-known") / "known.db")
 
 
-def test_a_field_index_gives_the_same_answer_and_is_used(data: Recorded, tmp_path: Path) -> None:
+def test_distribution_walks_an_index_newest_first(sqlite_data: Recorded) -> None:
+    with st.Store.open(sqlite_data.url) as store:
+        for workflow in (None, "triage"):
+            sql, params = distribution_sql(SQLITE, "classify", "meta.label", workflow)
+            plan = _plan(store, sql, params)
+            assert "spans_steps_name_started (name=?)" in plan[0], plan
+            assert not any("TEMP B-TREE" in p or p.startswith("SCAN") for p in plan), plan
+
+
+def test_a_field_index_gives_the_same_answer_and_is_used(
+    sqlite_data: Recorded, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.db"
-    with sqlite3.connect(data.path) as src, sqlite3.connect(copy) as dst:
+    with sqlite3.connect(sqlite_data.url) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
     with st.Store.open(str(copy)) as store:
         before = store.distribution("classify", "classification")
@@ -464,7 +473,7 @@ def _fingerprint(data: Recorded) -> str:
             ):
                 digest.update(repr(row).encode())
             return digest.hexdigest()
-    conn = sqlite3.connect(data.path)
+    conn = sqlite3.connect(data.url)
     try:
         digest = hashlib.sha256()
         for table in ("runs", "spans", "llm_calls", "logs", "_migrations", "sqlite_master"):
