@@ -14,6 +14,12 @@ thread, redaction or OpenTelemetry. Values are made deterministic by a seed, so
 every build holds the same data (~2.5 minutes on 2 cores).
 
     python bench/query.py [--runs 100000] [--repeat 100] [--rebuild] [--analyze]
+    python bench/query.py --postgres [--pg-url URL] [--runs 100000] [--repeat 100]
+
+With ``--postgres`` the same data is loaded (through ``PostgresWriter.write``, the
+same 500-run batches) into PostgreSQL — a throwaway server started for the bench
+(Debian's ``postgresql`` package, fsync on), or a new database on ``--pg-url`` — then
+``VACUUM (ANALYZE)`` (what autovacuum would do), and the same questions are asked.
 """
 
 from __future__ import annotations
@@ -212,7 +218,8 @@ def _runs(n_runs: int, seed: int) -> Iterator[tuple[RunState, list[SpanRecord]]]
 
 
 def build(path: str, n_runs: int, seed: int = 7) -> None:
-    """The bulk loader: ``SQLiteWriter.write`` in batches of 500 runs."""
+    """The bulk loader: the backend's ``write`` (``SQLiteWriter`` or ``PostgresWriter``)
+    in batches of 500 runs."""
     started = time.perf_counter()
     writer = open_writer(path)
     batch_runs: list[RunState] = []
@@ -246,6 +253,8 @@ def _median_ms(fn: Callable[[int], Any], repeat: int, warmup: int) -> tuple[floa
 def _checkpoint(path: str) -> None:
     """Move what the last write left in the WAL into the database file (reads of pages in
     the WAL are not memory-mapped)."""
+    if "://" in path:
+        return
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -280,7 +289,12 @@ def main() -> None:
     parser.add_argument(
         "--analyze", action="store_true", help="run ANALYZE first (plans must not change)"
     )
+    parser.add_argument("--postgres", action="store_true", help="ask PostgreSQL instead")
+    parser.add_argument("--pg-url", help="a server to create the database in (with --postgres)")
     args = parser.parse_args()
+    if args.postgres:
+        _postgres(args)
+        return
     os.makedirs(DATA_DIR, exist_ok=True)
     path = os.path.join(DATA_DIR, f"query-{args.runs}.db")
     if args.rebuild or not os.path.exists(path):
@@ -288,6 +302,56 @@ def main() -> None:
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
         build(path, args.runs)
+    _questions(path, args)
+    _sizes(path)
+
+
+def _postgres(args: argparse.Namespace) -> None:
+    import urllib.parse
+
+    import psycopg
+
+    server = None
+    admin = args.pg_url
+    if admin is None:
+        import sys
+
+        sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+        import pg_server
+
+        server = pg_server.start(durable=True)
+        admin = server.url
+    name = f"steptrace_query_{args.runs}"
+    url = urllib.parse.urlunsplit(urllib.parse.urlsplit(admin)._replace(path=f"/{name}"))
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            if args.rebuild or exists.fetchone() is None:
+                conn.execute(f"DROP DATABASE IF EXISTS {name}")
+                conn.execute(f"CREATE DATABASE {name}")
+                build(url, args.runs)
+                started = time.perf_counter()
+                with psycopg.connect(url, autocommit=True) as db:
+                    db.execute("VACUUM (ANALYZE)")
+                print(f"VACUUM (ANALYZE) in {time.perf_counter() - started:.0f} s", flush=True)
+        _questions(url, args)
+        with psycopg.connect(url) as db:
+            row = db.execute(
+                "SELECT pg_database_size(current_database()), "
+                "(SELECT count(*) FROM spans WHERE step_key IS NOT NULL)"
+            ).fetchone()
+            assert row is not None
+            size, steps = row
+        print(
+            f"\nstore: {size / 1e9:.2f} GB for {steps:,} step records "
+            f"({size / steps:,.0f} B per step record)"
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _questions(path: str, args: argparse.Namespace) -> None:
     with Store.open(path) as store:  # applies this version's migrations to an older store
         if args.analyze:
             store._query("ANALYZE")
@@ -346,7 +410,6 @@ def main() -> None:
         for label, (median, p90), target in rows:
             goal = f"≤ {target} ms" if target else ""
             print(f"| {label.strip()} | {median:.2f} ms | {p90:.2f} ms | {goal} |")
-    _sizes(path)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,20 @@ cd "$(dirname "$0")/.."
 if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
 fi
-# The web UI's browser tests drive Debian's Chromium (Playwright's own browser
-# download is not used).
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the suite needs: Chromium for the web UI's browser tests (Playwright's
+# own browser download is not used), PostgreSQL for the store tests on PostgreSQL (a
+# throwaway server the suite starts; or STEPTRACE_TEST_POSTGRES_URL, when given).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ -z "${STEPTRACE_TEST_POSTGRES_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing chromium (for the web UI's browser tests)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "== installing ${missing[*]} (Debian packages the tests need)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: /usr/bin/chromium is missing (apt-get install chromium); browser tests will skip"
+    echo "note: missing ${missing[*]}: sudo apt-get install -y ${missing[*]} (their tests are skipped)" >&2
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -2,20 +2,28 @@
 
 Every test gets a fresh SQLite store in its own ``tmp_path`` (through
 ``STEPTRACE_STORE``), default configuration before and after it, and an empty
-in-memory span exporter. The OpenTelemetry SDK is the real one: one
+in-memory span exporter. Tests that take ``store_url`` (or the query tests' ``data``)
+run once per backend: SQLite, and PostgreSQL in a fresh database of a throwaway
+server this session starts (``pg_server.py``; or of ``STEPTRACE_TEST_POSTGRES_URL``).
+Without PostgreSQL those runs are skipped with the reason, except in CI (``CI`` set),
+where they fail. The OpenTelemetry SDK is the real one: one
 ``TracerProvider`` exporting to memory is installed for the whole session, the
 way an application installs its provider once.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pg_server
 import pytest
-from helpers import span_hex
+from helpers import is_postgres, raw_sql, span_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -73,9 +81,13 @@ def exported(span_exporter: InMemorySpanExporter) -> Callable[[], dict[str, Read
 
 @pytest.fixture
 def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
-    """Run SQL against the test's store file with a plain sqlite3 connection."""
+    """Run SQL against the test's store with the engine's own driver: a plain sqlite3
+    connection to the file, or psycopg when the test runs on PostgreSQL."""
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        configured = os.environ.get("STEPTRACE_STORE", "")
+        if is_postgres(configured):
+            return raw_sql(configured, sql, params)
         conn = sqlite3.connect(store_path)
         try:
             return list(conn.execute(sql, params))
@@ -83,3 +95,64 @@ def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
             conn.close()
 
     return query
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server the tests may create databases in."""
+    given = os.environ.get("STEPTRACE_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    try:
+        server = pg_server.start()
+    except pg_server.PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and did not start: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Creates an empty database on the session's server; returns its URL."""
+    import psycopg
+
+    created: list[str] = []
+    prefix = f"steptrace_test_{os.getpid()}_"
+
+    def create() -> str:
+        name = f"{prefix}{next(_database_numbers)}"
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")
+        created.append(name)
+        parts = urllib.parse.urlsplit(postgres_server)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+    yield create
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(
+    request: pytest.FixtureRequest, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """This test's store, once per backend (also set as ``STEPTRACE_STORE``)."""
+    if request.param == "sqlite":
+        return str(store_path)
+    url: str = request.getfixturevalue("new_postgres_database")()
+    monkeypatch.setenv("STEPTRACE_STORE", url)
+    return url

@@ -38,9 +38,11 @@ def parse_ts(text: str) -> datetime:
 def run_python(
     code: str, store: Path, *, returncode: int = 0, timeout_s: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter writing to ``store``; fails the test unless it
-    exits with ``returncode``."""
-    env = dict(os.environ, STEPTRACE_STORE=str(store))
+    """Run ``code`` in a fresh interpreter writing to ``store`` (the test's PostgreSQL
+    store instead when the test runs on that backend); fails the test unless it exits
+    with ``returncode``."""
+    configured = os.environ.get("STEPTRACE_STORE", "")
+    env = dict(os.environ, STEPTRACE_STORE=configured if is_postgres(configured) else str(store))
     for name in list(env):
         if name.startswith("OTEL_"):
             del env[name]
@@ -55,6 +57,31 @@ def run_python(
     )
     assert proc.returncode == returncode, proc.stderr
     return proc
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def raw_sql(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run SQL on a store with the engine's own driver (not steptrace): ``?``
+    placeholders; for PostgreSQL they become ``%s`` and JSONB comes back as its text,
+    as SQLite gives it."""
+    if is_postgres(url):
+        import psycopg
+        from psycopg.types.string import TextLoader
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.adapters.register_loader("jsonb", TextLoader)
+            cursor = conn.execute(sql.replace("?", "%s").encode(), params or None)
+            return list(cursor.fetchall()) if cursor.description else []
+    import sqlite3
+
+    conn = sqlite3.connect(url, isolation_level=None)
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
 
 
 @contextmanager

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import steptrace as st
 import steptrace.config
 
@@ -181,23 +183,35 @@ def _drafter(messages: Sequence[dict[str, Any]], **params: Any) -> st.llm.Reply:
 
 @dataclass(frozen=True)
 class Recorded:
-    path: Path
+    url: str
+    """The store: a SQLite file's path or a PostgreSQL URL."""
+    backend: str
     run_ids: list[str]
     """``triage`` run ids by plan index."""
     other_ids: list[str]
 
 
-def record(path: Path) -> Recorded:
-    """Record the runs into a fresh store at ``path`` and close the writer."""
+def new_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh store for a module of the backend ``request.param`` names."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("known") / "known.db")
+    url: str = request.getfixturevalue("new_postgres_database")()
+    return url
+
+
+def record(url: str | Path) -> Recorded:
+    """Record the runs into a fresh store at ``url`` and close the writer."""
+    url = str(url)
     _attempts.clear()
     steptrace.config.reset()
-    st.configure(store=str(path))
+    st.configure(store=url)
     st.llm.script(DRAFTER, _drafter)
     other_ids = [st.run(other, i).run_id for i in range(N_OTHER)]
     run_ids = [st.run(triage, i).run_id for i in range(N_RUNS)]
     assert st.flush()
     steptrace.config.reset()
-    return Recorded(path, run_ids, other_ids)
+    backend = "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
+    return Recorded(url, backend, run_ids, other_ids)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -14,6 +14,8 @@ from helpers import parse_ts, run_python
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 RUN_KEYS = {
     "run_id",
     "workflow",

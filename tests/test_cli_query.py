@@ -17,20 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, record
+from conftest import BACKENDS
+from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, record
 
 import steptrace as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(tmp_path_factory.mktemp("cli-query") / "known.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return record(new_store(request, tmp_path_factory))
 
 
 def cli(
-    *args: str, store: Path, stdin: str | None = None, returncode: int = 0
+    *args: str, store: Path | str, stdin: str | None = None, returncode: int = 0
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
     env["COLUMNS"] = "200"
@@ -48,7 +49,7 @@ def cli(
     return proc
 
 
-def cli_json(*args: str, store: Path) -> Any:
+def cli_json(*args: str, store: Path | str) -> Any:
     return json.loads(cli(*args, "--json", store=store).stdout)
 
 
@@ -66,8 +67,8 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> N
 
 
 def test_dist(data: Recorded) -> None:
-    got = cli_json("dist", "classify", "classification", "-w", "triage", store=data.path)
-    with st.Store.open(str(data.path)) as store:
+    got = cli_json("dist", "classify", "classification", "-w", "triage", store=data.url)
+    with st.Store.open(data.url) as store:
         assert got == same(store.distribution("classify", "classification", workflow="triage"))
     labels = Counter(p.label for p in PLANS if not p.failed)
     assert {v["value"]: v["count"] for v in got["values"]} == dict(labels)
@@ -75,30 +76,30 @@ def test_dist(data: Recorded) -> None:
     assert got["values"][0] == {"value": "billing", "count": billing, "share": billing / N_RUNS}
     assert (got["runs"], got["missing"]) == (N_RUNS, len(FAILED))
 
-    last = cli_json("dist", "classify", "confidence", "--last", "4", store=data.path)
+    last = cli_json("dist", "classify", "confidence", "--last", "4", store=data.url)
     assert last["runs"] == 4
     assert last["numeric"]["max"] == PLANS[-1].confidence
 
-    text = cli("dist", "classify", "classification", "-w", "triage", store=data.path).stdout
+    text = cli("dist", "classify", "classification", "-w", "triage", store=data.url).stdout
     assert "classify.classification" in text and f"last {N_RUNS} runs" in text
     line = next(line for line in text.splitlines() if line.startswith("billing"))
     assert f"{billing / N_RUNS:.1%}" in line and "█" in line
     assert "(missing)" in text
 
-    one_line_error(cli("dist", "classify", "a..b", store=data.path, returncode=1), "bad field path")
+    one_line_error(cli("dist", "classify", "a..b", store=data.url, returncode=1), "bad field path")
 
 
 def test_stats(data: Recorded) -> None:
-    got = cli_json("stats", "triage", store=data.path)
-    with st.Store.open(str(data.path)) as store:
+    got = cli_json("stats", "triage", store=data.url)
+    with st.Store.open(data.url) as store:
         assert got == same(store.step_stats("triage"))
     rows = {s["step"]: s for s in got}
     assert rows["classify"]["failed"] == len(FAILED) and rows["classify"]["count"] == N_RUNS
     assert rows["draft"]["input_tokens"] == sum(p.input_tokens for p in PLANS if not p.failed)
-    everything = cli_json("stats", "--last", "1000", store=data.path)
+    everything = cli_json("stats", "--last", "1000", store=data.url)
     assert {s["step"]: s["count"] for s in everything}["classify"] == N_RUNS + N_OTHER
 
-    text = cli("stats", "triage", store=data.path).stdout
+    text = cli("stats", "triage", store=data.url).stdout
     lines = {
         line.split()[0]: line
         for line in text.splitlines()[2:]
@@ -111,12 +112,12 @@ def test_stats(data: Recorded) -> None:
 
 def test_diff(data: Recorded) -> None:
     a, b = data.run_ids[2], data.run_ids[3]
-    got = cli_json("diff", a[:10], b, store=data.path)
-    with st.Store.open(str(data.path)) as store:
+    got = cli_json("diff", a[:10], b, store=data.url)
+    with st.Store.open(data.url) as store:
         assert got == same(store.diff(a, b))
     assert [s["key"] for s in got["steps"]] == PLANS[3].steps()
 
-    text = cli("diff", a, b, store=data.path).stdout
+    text = cli("diff", a, b, store=data.url).stdout
     assert "~ classify#0" in text
     assert "output.classification: billing → refund" in text
     assert "+ enrich#1" in text and "only in b" in text
@@ -125,12 +126,12 @@ def test_diff(data: Recorded) -> None:
 
 
 def test_compare(data: Recorded) -> None:
-    got = cli_json("compare", data.run_ids[ODD], "--baseline", "50", store=data.path)
-    with st.Store.open(str(data.path)) as store:
+    got = cli_json("compare", data.run_ids[ODD], "--baseline", "50", store=data.url)
+    with st.Store.open(data.url) as store:
         assert got == same(store.compare(data.run_ids[ODD], baseline=50))
     kinds = {f["kind"] for f in got["findings"]}
     assert {"missing_step", "extra_step", "slow", "cost"} <= kinds
-    text = cli("compare", data.run_ids[7], store=data.path).stdout
+    text = cli("compare", data.run_ids[7], store=data.url).stdout
     assert "new_value" in text and 'output.classification = "legal"' in text
     assert f"against {sum(not p.failed for p in PLANS) - 1} successful run(s)" in text
 
@@ -140,7 +141,7 @@ def test_sql(data: Recorded) -> None:
         "SELECT name, count(*) AS n FROM steps WHERE is_final_attempt = 1 "
         "GROUP BY name ORDER BY name"
     )
-    got = cli_json("sql", query, store=data.path)
+    got = cli_json("sql", query, store=data.url)
     want = Counter(k.split("#")[0] for p in PLANS for k in p.steps()) + Counter(
         {"classify": N_OTHER}
     )
@@ -149,24 +150,27 @@ def test_sql(data: Recorded) -> None:
         "sql",
         "-",
         "--json",
-        store=data.path,
+        store=data.url,
         stdin="SELECT output FROM steps WHERE name = 'classify' AND workflow = 'triage' "
         "AND is_final_attempt = 1 ORDER BY started_at",
     )
     assert [r["output"] for r in json.loads(outputs.stdout)] == [p.output for p in PLANS]
-    text = cli("sql", "SELECT workflow, count(*) AS n FROM runs GROUP BY 1", store=data.path)
+    text = cli("sql", "SELECT workflow, count(*) AS n FROM runs GROUP BY 1", store=data.url)
     assert "triage" in text.stdout and str(N_RUNS) in text.stdout and "2 row(s)" in text.stdout
 
 
 def test_sql_cannot_change_the_store(data: Recorded) -> None:
-    before = sqlite3.connect(data.path).execute("SELECT count(*) FROM runs").fetchone()
+    count = "SELECT count(*) AS n FROM runs"
+    with st.Store.open(data.url) as store:
+        before = store.sql(count)
     for statement in ("DELETE FROM runs", "DROP TABLE spans", "PRAGMA query_only = 0"):
-        one_line_error(cli("sql", statement, store=data.path, returncode=1), "SQL error")
-    assert sqlite3.connect(data.path).execute("SELECT count(*) FROM runs").fetchone() == before
+        one_line_error(cli("sql", statement, store=data.url, returncode=1), "SQL error")
+    with st.Store.open(data.url) as store:
+        assert store.sql(count) == before == [{"n": N_RUNS + N_OTHER}]
 
 
 def test_export(data: Recorded, tmp_path: Path) -> None:
-    lines = cli("export", "--table", "runs", "-w", "triage", store=data.path).stdout
+    lines = cli("export", "--table", "runs", "-w", "triage", store=data.url).stdout
     runs = [json.loads(line) for line in lines.splitlines()]
     assert [r["run_id"] for r in runs] == list(reversed(data.run_ids))
     assert runs[0]["output"] == {"label": PLANS[-1].label}
@@ -182,7 +186,7 @@ def test_export(data: Recorded, tmp_path: Path) -> None:
         "classify.attempts > 1",
         "-o",
         str(path),
-        store=data.path,
+        store=data.url,
     )
     retried = [p for p in PLANS if p.classify_attempts > 1]
     n = sum(p.classify_attempts for p in retried)
@@ -193,17 +197,17 @@ def test_export(data: Recorded, tmp_path: Path) -> None:
 
     pq = pytest.importorskip("pyarrow.parquet")
     parquet = tmp_path / "llm.parquet"
-    cli("export", "-f", "parquet", "-t", "llm", "-o", str(parquet), store=data.path)
+    cli("export", "-f", "parquet", "-t", "llm", "-o", str(parquet), store=data.url)
     assert pq.read_table(parquet).num_rows == sum(not p.failed for p in PLANS)
-    one_line_error(cli("export", "-f", "parquet", store=data.path, returncode=1), "needs --output")
-    one_line_error(cli("export", "-t", "bogus", store=data.path, returncode=1), "unknown table")
-    csv_text = cli("export", "-f", "csv", "-t", "runs", "-n", "1", store=data.path).stdout
+    one_line_error(cli("export", "-f", "parquet", store=data.url, returncode=1), "needs --output")
+    one_line_error(cli("export", "-t", "bogus", store=data.url, returncode=1), "unknown table")
+    csv_text = cli("export", "-f", "csv", "-t", "runs", "-n", "1", store=data.url).stdout
     assert list(csv.reader(io.StringIO(csv_text)))[1][0] == data.run_ids[-1]
 
 
 def test_runs_filters(data: Recorded) -> None:
     refunds = cli_json(
-        "runs", "--where", "classify.output.classification = refund", "-n", "100", store=data.path
+        "runs", "--where", "classify.output.classification = refund", "-n", "100", store=data.url
     )
     assert [r["run_id"] for r in refunds] == [
         data.run_ids[p.i] for p in reversed(PLANS) if not p.failed and p.label == "refund"
@@ -216,25 +220,27 @@ def test_runs_filters(data: Recorded) -> None:
         "run.status = succeeded",
         "--since",
         "1h",
-        store=data.path,
+        store=data.url,
     )
     assert len(both) == sum(p.classify_attempts > 1 and not p.failed for p in PLANS)
-    nightly = cli_json("runs", "--tag", "nightly", store=data.path)
+    nightly = cli_json("runs", "--tag", "nightly", store=data.url)
     assert [r["run_id"] for r in nightly] == list(reversed(data.other_ids))
-    page = cli_json("runs", "-n", "3", "--offset", "3", store=data.path)
+    page = cli_json("runs", "-n", "3", "--offset", "3", store=data.url)
     assert [r["run_id"] for r in page] == list(reversed(data.run_ids))[3:6]
     one_line_error(
-        cli("runs", "--where", "classify.output.x", store=data.path, returncode=1), "no operator"
+        cli("runs", "--where", "classify.output.x", store=data.url, returncode=1), "no operator"
     )
-    one_line_error(cli("runs", "--until", "someday", store=data.path, returncode=1), "not a time")
-    empty = cli("runs", "--where", "run.output.label = nope", store=data.path).stdout
+    one_line_error(cli("runs", "--until", "someday", store=data.url, returncode=1), "not a time")
+    empty = cli("runs", "--where", "run.output.label = nope", store=data.url).stdout
     assert "no matching runs" in empty
 
 
 def test_index(data: Recorded, tmp_path: Path) -> None:
-    copy = tmp_path / "copy.db"
-    with sqlite3.connect(data.path) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
+    copy: Path | str = data.url  # PostgreSQL: index the module's store, then drop it
+    if data.backend == "sqlite":
+        copy = tmp_path / "copy.db"
+        with sqlite3.connect(data.url) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
     before = cli_json("dist", "classify", "classification", store=copy)
     made = cli("index", "classify", "classification", store=copy).stdout
     assert "is indexed (field_" in made

@@ -10,9 +10,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from helpers import parent_hex
 
 import steptrace as st
+
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 
 
 def test_asyncio_gather_steps_have_the_right_parent_and_their_own_input() -> None:

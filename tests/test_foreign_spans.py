@@ -12,6 +12,8 @@ from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 _seen: list[dict[str, str]] = []
 
 

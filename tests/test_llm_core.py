@@ -9,6 +9,8 @@ import pytest
 import steptrace as st
 from steptrace.llm import Reply, ToolCall, Usage
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 
 def _weather_script() -> None:
     st.llm.script(

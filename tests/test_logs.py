@@ -17,6 +17,8 @@ from helpers import parse_ts, run_python
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 
 @pytest.fixture
 def user_logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:

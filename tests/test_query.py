@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, percentile, record
+from conftest import BACKENDS
+from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, percentile, record
 
 import steptrace as st
 from steptrace import stats
@@ -25,14 +26,14 @@ from steptrace.store.dialect import SQLITE
 from steptrace.where import QueryError
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(tmp_path_factory.mktemp("query") / "known.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return record(new_store(request, tmp_path_factory))
 
 
 @pytest.fixture
 def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(str(data.path)) as s:
+    with st.Store.open(data.url) as s:
         yield s
 
 
@@ -139,17 +140,27 @@ def _plan(store: st.Store, sql: str, params: list[Any]) -> list[str]:
     return [row[3] for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
-def test_distribution_walks_an_index_newest_first(store: st.Store) -> None:
-    for workflow in (None, "triage"):
-        sql, params = distribution_sql(SQLITE, "classify", "meta.label", workflow)
-        plan = _plan(store, sql, params)
-        assert "spans_steps_name_started (name=?)" in plan[0], plan
-        assert not any("TEMP B-TREE" in p or p.startswith("SCAN") for p in plan), plan
+@pytest.fixture(scope="module")
+def sqlite_data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The known runs in a SQLite file, for SQLite's own query plans (PostgreSQL's
+    field index is tested in test_postgres.py)."""
+    return record(tmp_path_factory.mktemp("sqlite-known") / "known.db")
 
 
-def test_a_field_index_gives_the_same_answer_and_is_used(data: Recorded, tmp_path: Path) -> None:
+def test_distribution_walks_an_index_newest_first(sqlite_data: Recorded) -> None:
+    with st.Store.open(sqlite_data.url) as store:
+        for workflow in (None, "triage"):
+            sql, params = distribution_sql(SQLITE, "classify", "meta.label", workflow)
+            plan = _plan(store, sql, params)
+            assert "spans_steps_name_started (name=?)" in plan[0], plan
+            assert not any("TEMP B-TREE" in p or p.startswith("SCAN") for p in plan), plan
+
+
+def test_a_field_index_gives_the_same_answer_and_is_used(
+    sqlite_data: Recorded, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.db"
-    with sqlite3.connect(data.path) as src, sqlite3.connect(copy) as dst:
+    with sqlite3.connect(sqlite_data.url) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
     with st.Store.open(str(copy)) as store:
         before = store.distribution("classify", "classification")
@@ -447,8 +458,22 @@ def test_sql_over_the_documented_tables_and_views(store: st.Store, data: Recorde
     assert store.sql("SELECT count(*) AS n FROM spans WHERE kind = 'llm'") == [{"n": len(alive)}]
 
 
-def _fingerprint(path: Path) -> str:
-    conn = sqlite3.connect(path)
+def _fingerprint(data: Recorded) -> str:
+    if data.backend == "postgresql":
+        import psycopg
+
+        with psycopg.connect(data.url) as pg:
+            digest = hashlib.sha256()
+            for table in ("runs", "spans", "llm_calls", "logs", "_migrations"):
+                for row in pg.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
+                    digest.update(repr(row).encode())
+            for row in pg.execute(
+                "SELECT relname, relkind FROM pg_class WHERE relnamespace = "
+                "'public'::regnamespace ORDER BY 1"
+            ):
+                digest.update(repr(row).encode())
+            return digest.hexdigest()
+    conn = sqlite3.connect(data.url)
     try:
         digest = hashlib.sha256()
         for table in ("runs", "spans", "llm_calls", "logs", "_migrations", "sqlite_master"):
@@ -485,30 +510,38 @@ def _fingerprint(path: Path) -> str:
     ],
 )
 def test_sql_cannot_change_the_store(data: Recorded, statement: str) -> None:
-    before = _fingerprint(data.path)
-    with st.Store.open(str(data.path)) as store:
+    before = _fingerprint(data)
+    with st.Store.open(data.url) as store:
         with pytest.raises(QueryError):
             store.sql(statement)
         assert store.sql("SELECT count(*) AS n FROM runs") == [{"n": N_RUNS + N_OTHER}]
-    assert _fingerprint(data.path) == before
+    assert _fingerprint(data) == before
 
 
 def test_sql_cannot_write_through_an_attached_or_new_file(data: Recorded, tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     copy = tmp_path / "vacuumed.db"
-    with st.Store.open(str(data.path)) as store:
+    with st.Store.open(data.url) as store:
         for statement in (f"ATTACH '{other}' AS o", f"VACUUM INTO '{copy}'"):
             with pytest.raises(QueryError):
                 store.sql(statement)
     assert not other.exists() and not copy.exists()
 
 
-def test_sql_reports_mistakes_as_query_errors(store: st.Store) -> None:
-    with pytest.raises(QueryError, match="no such table"):
+def test_sql_reports_mistakes_as_query_errors(store: st.Store, data: Recorded) -> None:
+    with pytest.raises(QueryError, match=r"no such table|does not exist"):
         store.sql("SELECT * FROM nowhere")
     with pytest.raises(QueryError, match="syntax"):
         store.sql("SELEC 1")
-    assert store.sql("PRAGMA table_info(runs)")[0]["name"] == "run_id"
+    if data.backend == "sqlite":
+        assert store.sql("PRAGMA table_info(runs)")[0]["name"] == "run_id"
+    else:
+        columns = store.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            ["runs"],
+        )
+        assert columns[0]["column_name"] == "run_id"
 
 
 def test_sql_reads_this_process_s_own_writes() -> None:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded, record
+from conftest import BACKENDS
+from query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.diff import json_diff, line_diff, merged_order
@@ -26,14 +27,14 @@ KINDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(tmp_path_factory.mktemp("diff") / "known.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return record(new_store(request, tmp_path_factory))
 
 
 @pytest.fixture
 def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(str(data.path)) as s:
+    with st.Store.open(data.url) as s:
         yield s
 
 

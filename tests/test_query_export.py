@@ -10,21 +10,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from query_data import N_OTHER, N_RUNS, PLANS, Recorded, record
+from conftest import BACKENDS
+from query_data import N_OTHER, N_RUNS, PLANS, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.export import TABLES
 from steptrace.where import QueryError
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(tmp_path_factory.mktemp("export") / "known.db")
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return record(new_store(request, tmp_path_factory))
 
 
 @pytest.fixture
 def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(str(data.path)) as s:
+    with st.Store.open(data.url) as s:
         yield s
 
 

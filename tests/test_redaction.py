@@ -8,15 +8,19 @@ quote) contains them literally.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import is_postgres, raw_sql
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import steptrace as st
 from steptrace.record import counters
+
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 
 REDACTED = "[REDACTED]"
 OPENAI_KEY = "sk-" + "proj" + "Q7x9" * 10
@@ -74,8 +78,18 @@ def _exported_attribute_text(exporter: InMemorySpanExporter) -> str:
 
 
 def _store_bytes(store_path: Path) -> bytes:
-    """Every byte SQLite wrote for the store: the file, its WAL and shared memory."""
+    """Every byte SQLite wrote for the store: the file, its WAL and shared memory; on
+    PostgreSQL, every row of every table as text."""
     st.flush()
+    configured = os.environ.get("STEPTRACE_STORE", "")
+    if is_postgres(configured):
+        rows = [
+            row
+            for table in ("runs", "spans", "llm_calls", "logs")
+            for row in raw_sql(configured, f"SELECT t::text FROM {table} t")
+        ]
+        assert rows
+        return "\n".join(str(r[0]) for r in rows).encode()
     files = sorted(store_path.parent.glob(store_path.name + "*"))
     assert store_path in files
     return b"".join(f.read_bytes() for f in files)
@@ -191,7 +205,7 @@ def test_secrets_never_reach_exported_span_attributes(
         assert secret not in text, secret
 
 
-def test_secrets_never_reach_the_sqlite_file(warning_logs: None, store_path: Path) -> None:
+def test_secrets_never_reach_the_stored_bytes(warning_logs: None, store_path: Path) -> None:
     wf = _secret_workflow()
     wf("ada", password=PASSWORD)
     raw = _store_bytes(store_path)

@@ -15,6 +15,8 @@ from helpers import parse_ts
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 
 class Label(pydantic.BaseModel):
     label: str

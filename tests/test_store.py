@@ -414,7 +414,7 @@ def test_store_migrated_by_a_newer_steptrace_is_refused(store_path: Path) -> Non
     [
         ("mysql://localhost/steptrace", "unknown store URL scheme 'mysql'"),
         ("redis://localhost:6379/0", "unknown store URL scheme 'redis'"),
-        ("postgresql://localhost/steptrace", "PostgreSQL"),
+        ("postgresql://127.0.0.1:1/steptrace", "cannot open the PostgreSQL store"),
     ],
 )
 def test_unusable_store_url_raises_config_error(

@@ -8,6 +8,8 @@ import pytest
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 structlog = pytest.importorskip("structlog")
 
 

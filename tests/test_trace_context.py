@@ -8,6 +8,8 @@ import pytest
 
 import steptrace as st
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"

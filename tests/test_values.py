@@ -19,6 +19,8 @@ import pytest
 import steptrace as st
 from steptrace.record import counters
 
+pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+
 MARKER = "__steptrace__"
 
 

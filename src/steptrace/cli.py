@@ -656,6 +656,9 @@ _register_otel_commands(app)
 from steptrace.cli_ui import register as _register_ui_commands  # noqa: E402
 
 _register_ui_commands(app)
+from steptrace.cli_store import register as _register_store_commands  # noqa: E402
+
+_register_store_commands(app)
 
 
 # --- entry point --------------------------------------------------------------------

@@ -92,10 +92,28 @@ class Config:
     """A step called outside any workflow runs untraced unless this is on, in which
     case it is recorded as a one-step run named after the step."""
 
+    auto_migrate: bool | None = None
+    """Apply pending schema migrations when a store is first opened; ``None`` reads
+    ``STEPTRACE_AUTO_MIGRATE`` (``0``/``false``/``no``/``off`` turn it off), default on.
+    Off: a store whose schema is behind is refused until ``steptrace migrate`` runs."""
+
     def store_url(self) -> str:
         return self.store or os.environ.get("STEPTRACE_STORE") or DEFAULT_STORE_PATH
 
+    def auto_migrate_enabled(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        value = os.environ.get("STEPTRACE_AUTO_MIGRATE", "").strip().lower()
+        return value not in ("0", "false", "no", "off")
+
     def validate(self) -> Config:
+        if self.store and "://" in self.store:
+            scheme = self.store.split("://", 1)[0].lower()
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ConfigError(
+                    f"unknown store URL scheme {scheme!r}: use a file path, sqlite:///path "
+                    "or postgresql://user@host/database"
+                )
         if self.max_value_bytes < 256:
             raise ConfigError(f"max_value_bytes={self.max_value_bytes} is too small: use >= 256")
         if self.export_value_bytes < 64:
@@ -144,6 +162,7 @@ def configure(
     capture_foreign_spans: bool | None = None,
     openinference: bool | None = None,
     record_steps_outside_workflow: bool | None = None,
+    auto_migrate: bool | None = None,
     otel_sdk: bool = False,
     otlp_endpoint: str | None = None,
     otlp_protocol: str | None = None,
@@ -192,6 +211,8 @@ def configure(
         changes["capture_foreign_spans"] = capture_foreign_spans
     if record_steps_outside_workflow is not None:
         changes["record_steps_outside_workflow"] = record_steps_outside_workflow
+    if auto_migrate is not None:
+        changes["auto_migrate"] = auto_migrate
     new = dataclasses.replace(current, **changes).validate()
     if otel_sdk or otlp_endpoint is not None or otlp_protocol is not None:
         from steptrace.otlp import configure_sdk

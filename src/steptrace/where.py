@@ -228,7 +228,7 @@ def _json_sql(pred: Predicate, column: str, d: Dialect) -> tuple[str, list[Any]]
         name = "null" if value is None else ("true" if value else "false")
         return (f"{kind} = '{name}'" if op == "=" else f"{present} AND {kind} <> '{name}'"), []
     if isinstance(value, list | dict):
-        eq = f"{kind} IN ('object', 'array') AND {d.json_at(column, path)} = ?"
+        eq = f"{kind} IN ('object', 'array') AND {d.json_equals(column, path)}"
         return (eq if op == "=" else f"{present} AND NOT ({eq})"), [orjson.dumps(value).decode()]
     if op in ("~", "!~"):
         found = d.contains(scalar, "?")
@@ -264,7 +264,7 @@ def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> tuple[str,
         f"EXISTS (SELECT 1 FROM spans p WHERE p.run_id = {runs}.run_id AND p.name = ? "
         "AND p.step_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM spans q "
         "WHERE q.run_id = p.run_id AND q.step_key = p.step_key AND q.attempt > p.attempt "
-        f"AND q.step_key IS NOT NULL) AND ({cond}))"
+        f"AND q.step_key IS NOT NULL) AND ({cond}){d.per_outer_row})"
     )
     return sql, [pred.step, *params]
 

@@ -19,12 +19,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
-from steptrace.config import ConfigError, get_config
+from steptrace.config import get_config
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
-from steptrace.store.migrations import SchemaTooNew
 from steptrace.store.model import RunRecord, SpanView, loads
+from steptrace.store.schema import check_schema as _check_schema
+from steptrace.store.schema import load_postgres, migrate_store, same_store
+from steptrace.store.schema import prepare_schema as _prepare_schema
+from steptrace.store.schema import scheme as _scheme
 from steptrace.where import QueryError, RunFilter
 
 T = TypeVar("T")
@@ -45,34 +48,29 @@ class WriterBackend(Protocol):
     def close(self) -> None: ...
 
 
-def _scheme(url: str) -> str:
-    if "://" not in url:
-        return "sqlite"
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("postgres", "postgresql"):
-        raise ConfigError(
-            "the PostgreSQL store is not available in this version of steptrace; "
-            "use a SQLite path or sqlite:/// URL for STEPTRACE_STORE"
-        )
-    if scheme != "sqlite":
-        raise ConfigError(
-            f"unknown store URL scheme {scheme!r} in {url!r}: use a file path or sqlite:///path"
-        )
-    return scheme
-
-
 def open_writer(url: str) -> WriterBackend:
     """Open (creating and migrating if needed) the store at ``url`` for writing."""
-    _scheme(url)
-    path = sqlite_backend.path_from_url(url)
-    conn = sqlite_backend.connect(path)
-    try:
-        sqlite_backend.migrate(conn)
-    except SchemaTooNew as exc:
-        raise ConfigError(str(exc)) from exc
-    finally:
-        conn.close()
-    return sqlite_backend.SQLiteWriter(path)
+    scheme = _scheme(url)
+    _prepare_schema(url)
+    if scheme == "postgresql":
+        writer: WriterBackend = load_postgres().PostgresWriter(url)
+        return writer
+    return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
+
+
+_SPANS_OF_RUN = (
+    "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
+    "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
+    "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
+    "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
+    "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
+    "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
+    "WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
+)
+_LOGS_OF_RUN = (
+    "SELECT span_id, ts, level, logger, message, exception FROM logs "
+    "WHERE run_id = ? ORDER BY span_id, seq"
+)
 
 
 def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
@@ -80,13 +78,22 @@ def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
     store. Uses its own short connection: reports also come at exit, after the writer
     has closed."""
     from steptrace.config import get_config
+    from steptrace.store.schema import load_postgres, prepare_schema
 
     url = url or get_config().store_url()
-    _scheme(url)
+    prepare_schema(url)
+    columns = ", ".join(row)
+    if _scheme(url) == "postgresql":
+        pg = load_postgres()
+        marks = ", ".join("%s" for _ in row)
+        with pg.connect(url) as pg_conn:
+            pg_conn.execute(
+                f"INSERT INTO otel_export ({columns}) VALUES ({marks})".encode(),
+                list(row.values()),
+            )
+        return
     conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
     try:
-        sqlite_backend.migrate(conn)
-        columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         conn.execute(f"INSERT INTO otel_export ({columns}) VALUES ({marks})", list(row.values()))
     finally:
@@ -122,39 +129,38 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def take_runs(
+    fetchmany: Callable[[int], Sequence[tuple[Any, ...]]], runs: int
+) -> list[tuple[Any, ...]]:
+    """Rows (first column: a run id) up to the first row of the ``runs + 1``-th run: at
+    least one row a run, so ``runs`` rows are fetched at once, then a few at a time,
+    and the query computes few rows past the stopping point."""
+    seen: set[Any] = set()
+    out: list[tuple[Any, ...]] = []
+    size = runs
+    while chunk := fetchmany(size):
+        for row in chunk:
+            if row[0] not in seen:
+                if len(seen) == runs:
+                    return out
+                seen.add(row[0])
+            out.append(row)
+        size = 16
+    return out
+
+
 class _Reader:
     """What the query modules use of a ``Store`` (``steptrace.query.Reader``)."""
 
-    dialect: Dialect = SQLITE
-
     def __init__(self, store: Store) -> None:
         self._store = store
+        self.dialect: Dialect = store.dialect
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._store._query(sql, params)
 
     def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
-        store = self._store
-        store._same_process_flush()
-        seen: set[Any] = set()
-        out: list[tuple[Any, ...]] = []
-        with store._lock:
-            cursor = store._conn.execute(sql, params)
-            try:
-                # At least one row a run: take ``runs`` rows at once, then a few at a
-                # time, so the query computes few rows past the stopping point.
-                size = runs
-                while chunk := cursor.fetchmany(size):
-                    for row in chunk:
-                        if row[0] not in seen:
-                            if len(seen) == runs:
-                                return out
-                            seen.add(row[0])
-                        out.append(row)
-                    size = 16
-                return out
-            finally:
-                cursor.close()
+        return self._store._rows_of_runs(sql, params, runs)
 
     def rows_many(
         self,
@@ -216,7 +222,13 @@ class Store:
     """Read access to a store. ``Store.open()`` opens the configured one.
 
     One ``Store`` may be shared by threads; its queries take turns on one connection.
+    ``Store.open`` of a ``postgresql://`` URL gives a ``PostgresStore``, which answers the
+    same questions with the same results.
     """
+
+    dialect: Dialect = SQLITE
+    _tiebreak = "s.rowid"
+    """Orders spans that started in the same microsecond: in the order they were written."""
 
     def __init__(self, url: str, conn: sqlite3.Connection) -> None:
         self.url = url
@@ -232,14 +244,21 @@ class Store:
         ``./.steptrace/steptrace.db``) for queries. Creates it if needed, and applies
         the migrations of this version to a store an older one wrote."""
         url = url or get_config().store_url()
-        _scheme(url)
+        if _scheme(url) == "postgresql":
+            load_postgres()  # says what to install when psycopg is missing
+            from steptrace.store.postgres_store import PostgresStore
+
+            return PostgresStore.connect(url)
         path = sqlite_backend.path_from_url(url)
         if not os.path.exists(path):
             open_writer(url).close()
         conn = sqlite_backend.connect(path)
         if sqlite_backend.has_pending(conn):
             try:
-                sqlite_backend.migrate(conn)
+                if get_config().auto_migrate_enabled():
+                    sqlite_backend.migrate(conn)
+                else:
+                    _check_schema(url, sqlite_backend.applied(conn))
             except BaseException:
                 conn.close()
                 raise
@@ -251,15 +270,29 @@ class Store:
         from steptrace.store import writer
 
         sink = writer.current_sink()
-        if sink is not None and os.path.abspath(
-            sqlite_backend.path_from_url(sink.url)
-        ) == os.path.abspath(sqlite_backend.path_from_url(self.url)):
+        if sink is not None and same_store(sink.url, self.url):
             sink.flush()
+
+    def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
+        self._same_process_flush()
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            try:
+                return take_runs(cursor.fetchmany, runs)
+            finally:
+                cursor.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self._same_process_flush()
         with self._lock:
             return list(self._conn.execute(sql, params))
+
+    def _query_batch(
+        self, queries: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """The rows of each of a few small queries (PostgreSQL sends them in one round
+        trip)."""
+        return [self._query(sql, params) for sql, params in queries]
 
     def _query_many(
         self,
@@ -316,7 +349,7 @@ class Store:
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
         (see ``steptrace.where``). Raises ``QueryError`` for a malformed filter."""
-        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(SQLITE)
+        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
         clause = f"WHERE {' AND '.join(conds)} " if conds else ""
         rows = self._query(
             f"SELECT {_RUN_COLUMNS} FROM runs {clause}"
@@ -342,25 +375,22 @@ class Store:
 
     def run(self, run_id: str) -> RunRecord:
         """The run with this id (or unambiguous id prefix), with all its spans."""
-        full = self.resolve(run_id)
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full])
+
+        def read(full: str) -> list[list[tuple[Any, ...]]]:
+            return self._query_batch(
+                [
+                    (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full]),
+                    (_SPANS_OF_RUN.format(tiebreak=self._tiebreak), [full]),
+                    (_LOGS_OF_RUN, [full]),
+                ]
+            )
+
+        rows, span_rows, log_rows = read(run_id)
+        if not rows:  # a prefix
+            rows, span_rows, log_rows = read(self.resolve(run_id))
         run = _run_from_row(rows[0])
-        span_rows = self._query(
-            "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
-            "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
-            "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
-            "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
-            "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
-            "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
-            "WHERE s.run_id = ? ORDER BY s.started_at, s.rowid",
-            [full],
-        )
         logs: dict[str, list[dict[str, Any]]] = {}
-        for span_id, ts, level, logger, message, exc_text in self._query(
-            "SELECT span_id, ts, level, logger, message, exception FROM logs "
-            "WHERE run_id = ? ORDER BY span_id, seq",
-            [full],
-        ):
+        for span_id, ts, level, logger, message, exc_text in log_rows:
             logs.setdefault(span_id, []).append(
                 {"ts": ts, "level": level, "logger": logger, "message": message}
                 | ({"exception": exc_text} if exc_text else {})
@@ -468,19 +498,26 @@ class Store:
         Building it reads the whole spans table once."""
         from steptrace.query import field_index_sql
 
-        name, sql = field_index_sql(SQLITE, step, field)
-        self._query(sql)
+        name, sql = field_index_sql(self.dialect, step, field)
+        self._execute(sql)
         return name
+
+    def _execute(self, sql: str) -> None:
+        """A statement that changes the schema (an index), not a query."""
+        self._query(sql)
+
+    def _index_exists(self, name: str) -> bool:
+        return bool(
+            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
+        )
 
     def drop_field_index(self, step: str, field: str) -> bool:
         """Drop the index ``index_field(step, field)`` made; False if there was none."""
         from steptrace.query import field_index_name
 
         name = field_index_name(step, field)
-        existed = bool(
-            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
-        )
-        self._query(f"DROP INDEX IF EXISTS {name}")
+        existed = self._index_exists(name)
+        self._execute(f"DROP INDEX IF EXISTS {name}")
         return existed
 
     # -- SQL --------------------------------------------------------------------------
@@ -489,23 +526,30 @@ class Store:
             self._readonly = sqlite_backend.connect_readonly(sqlite_backend.path_from_url(self.url))
         return self._readonly
 
-    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
-        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
-        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
-        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
-        transactions and setting pragmas are refused too. Raises ``QueryError``."""
-        from steptrace.export import JSON_COLUMNS, decode_json
-
-        self._same_process_flush()
+    def _sql_rows(
+        self, query: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
             conn = self._readonly_conn()
             try:
                 cursor = conn.execute(query, params)
                 names = [d[0] for d in cursor.description or ()]
-                rows = cursor.fetchall()
+                return names, cursor.fetchall()
             except (sqlite3.Error, sqlite3.Warning, OverflowError) as exc:
                 raise QueryError(f"SQL error: {exc}") from None
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
+        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
+        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
+        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
+        transactions and setting pragmas are refused too. (PostgreSQL: each statement
+        runs alone in a ``READ ONLY`` transaction that is rolled back, under a statement
+        timeout.) Raises ``QueryError``."""
+        from steptrace.export import JSON_COLUMNS, decode_json
+
+        self._same_process_flush()
+        names, rows = self._sql_rows(query, params)
         decode = [n in JSON_COLUMNS for n in names]
         return [
             {
@@ -579,5 +623,6 @@ __all__ = [
     "SpanView",
     "Store",
     "WriterBackend",
+    "migrate_store",
     "open_writer",
 ]

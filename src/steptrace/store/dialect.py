@@ -42,6 +42,14 @@ class Dialect:
             return column
         return f"{column} -> {self.json_path(path)}"
 
+    def json_equals(self, column: str, path: JsonPath, placeholder: str = "?") -> str:
+        """True when the JSON value at ``path`` equals the JSON text ``placeholder``
+        (compact JSON, as orjson writes it)."""
+        if self.name == "postgresql":
+            value = f"({column} #> {self.json_path(path)})" if path else column
+            return f"{value} = CAST({placeholder} AS jsonb)"
+        return f"{self.json_at(column, path)} = {placeholder}"
+
     def json_scalar_at(self, column: str, path: JsonPath) -> str:
         """The value at ``path`` as an SQL scalar (text or number), for comparisons."""
         if self.name == "postgresql":
@@ -113,6 +121,13 @@ class Dialect:
         """A join that keeps the left table as the outer loop (SQLite's planner otherwise
         sometimes drives a "last N runs" query from the wrong index)."""
         return "JOIN" if self.name == "postgresql" else "CROSS JOIN"
+
+    @property
+    def per_outer_row(self) -> str:
+        """Ends an ``EXISTS`` subquery that must be checked run by run, newest first, until
+        a page is full: PostgreSQL otherwise turns it into a join over every matching
+        span (an ``OFFSET`` keeps it a subplan); SQLite always checks it per row."""
+        return " OFFSET 0" if self.name == "postgresql" else ""
 
     def unindexed(self, expr: str) -> str:
         """``expr``, marked so the planner does not pick an index for this term."""

@@ -23,19 +23,25 @@ def _json(dialect: str) -> str:
     return "JSONB" if dialect == "postgresql" else "TEXT"
 
 
+def _text(dialect: str) -> str:
+    """Text compared byte by byte, as SQLite does: ids, names and ISO timestamps sort
+    (and index) the same on both engines, whatever the database's locale."""
+    return 'TEXT COLLATE "C"' if dialect == "postgresql" else "TEXT"
+
+
 def _initial(dialect: str) -> list[str]:
-    j = _json(dialect)
+    j, t = _json(dialect), _text(dialect)
     return [
         f"""CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            workflow TEXT NOT NULL,
-            status TEXT NOT NULL,
-            trace_id TEXT NOT NULL,
-            span_id TEXT NOT NULL,
-            parent_trace_id TEXT,
-            parent_span_id TEXT,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,
+            run_id {t} PRIMARY KEY,
+            workflow {t} NOT NULL,
+            status {t} NOT NULL,
+            trace_id {t} NOT NULL,
+            span_id {t} NOT NULL,
+            parent_trace_id {t},
+            parent_span_id {t},
+            started_at {t} NOT NULL,
+            ended_at {t},
             duration_ms DOUBLE PRECISION,
             input {j},
             output {j},
@@ -47,30 +53,30 @@ def _initial(dialect: str) -> list[str]:
         "CREATE INDEX runs_status_started ON runs (status, started_at)",
         "CREATE INDEX runs_trace ON runs (trace_id)",
         f"""CREATE TABLE spans (
-            span_id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            parent_span_id TEXT,
-            kind TEXT NOT NULL,
-            name TEXT NOT NULL,
-            step_key TEXT,
+            span_id {t} PRIMARY KEY,
+            run_id {t} NOT NULL,
+            parent_span_id {t},
+            kind {t} NOT NULL,
+            name {t} NOT NULL,
+            step_key {t},
             attempt INTEGER,
-            status TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,
+            status {t} NOT NULL,
+            started_at {t} NOT NULL,
+            ended_at {t},
             duration_ms DOUBLE PRECISION,
             input {j},
             output {j},
             error {j},
             attributes {j},
-            input_hash TEXT
+            input_hash {t}
         )""",
         "CREATE INDEX spans_run ON spans (run_id, started_at)",
         "CREATE INDEX spans_name_run ON spans (name, run_id)",
         f"""CREATE TABLE llm_calls (
-            span_id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            model TEXT NOT NULL,
+            span_id {t} PRIMARY KEY,
+            run_id {t} NOT NULL,
+            provider {t} NOT NULL,
+            model {t} NOT NULL,
             input_tokens INTEGER,
             output_tokens INTEGER,
             cost_usd DOUBLE PRECISION,
@@ -78,14 +84,14 @@ def _initial(dialect: str) -> list[str]:
         )""",
         "CREATE INDEX llm_calls_run ON llm_calls (run_id)",
         f"""CREATE TABLE logs (
-            run_id TEXT NOT NULL,
-            span_id TEXT NOT NULL,
+            run_id {t} NOT NULL,
+            span_id {t} NOT NULL,
             seq INTEGER NOT NULL,
-            ts TEXT NOT NULL,
-            level TEXT NOT NULL,
-            logger TEXT NOT NULL,
-            message TEXT NOT NULL,
-            exception TEXT,
+            ts {t} NOT NULL,
+            level {t} NOT NULL,
+            logger {t} NOT NULL,
+            message {t} NOT NULL,
+            exception {t},
             attributes {j}
         )""",
         "CREATE INDEX logs_span ON logs (run_id, span_id, seq)",
@@ -93,12 +99,12 @@ def _initial(dialect: str) -> list[str]:
 
 
 def _llm_details(dialect: str) -> list[str]:
-    j = _json(dialect)
+    j, t = _json(dialect), _text(dialect)
     columns = [
         ("cached_input_tokens", "INTEGER"),
         ("reasoning_tokens", "INTEGER"),
-        ("finish_reason", "TEXT"),
-        ("response_model", "TEXT"),
+        ("finish_reason", t),
+        ("response_model", t),
         ("time_to_first_chunk_ms", "DOUBLE PRECISION"),
         ("tool_calls", j),
         ("incomplete", "INTEGER NOT NULL DEFAULT 0"),
@@ -127,7 +133,7 @@ def _query(dialect: str) -> list[str]:
         "CREATE INDEX spans_steps_name_started ON spans "
         "(name, started_at, run_id, step_key, attempt, kind, status, duration_ms) "
         "WHERE step_key IS NOT NULL",
-        "ALTER TABLE llm_calls ADD COLUMN parent_span_id TEXT",
+        f"ALTER TABLE llm_calls ADD COLUMN parent_span_id {_text(dialect)}",
         "UPDATE llm_calls SET parent_span_id = "
         "(SELECT s.parent_span_id FROM spans s WHERE s.span_id = llm_calls.span_id)",
         "DROP INDEX llm_calls_run",
@@ -161,17 +167,18 @@ def _query(dialect: str) -> list[str]:
 def _export_drops(dialect: str) -> list[str]:
     """``otel_export``: one row per report of spans the OTLP export dropped (written once
     per interval by a process whose export lost spans, and at its exit)."""
+    t = _text(dialect)
     return [
-        """CREATE TABLE otel_export (
-            reported_at TEXT NOT NULL,
-            process TEXT NOT NULL,
-            target TEXT NOT NULL,
+        f"""CREATE TABLE otel_export (
+            reported_at {t} NOT NULL,
+            process {t} NOT NULL,
+            target {t} NOT NULL,
             interval_s DOUBLE PRECISION NOT NULL,
             exported INTEGER NOT NULL,
             dropped_queue_full INTEGER NOT NULL,
             dropped_failed INTEGER NOT NULL,
             dropped_at_exit INTEGER NOT NULL,
-            last_error TEXT
+            last_error {t}
         )""",
         "CREATE INDEX otel_export_reported ON otel_export (reported_at)",
     ]

@@ -139,6 +139,14 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     return conn
 
 
+def applied(conn: sqlite3.Connection) -> list[str] | None:
+    """Names of the migrations recorded in the database; None for a blank one."""
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+    except sqlite3.OperationalError:  # no _migrations table
+        return None
+
+
 def has_pending(conn: sqlite3.Connection) -> bool:
     """Whether ``migrate`` has something to do (read without taking the write lock).
     A store migrated by a newer steptrace has nothing this version could apply."""

@@ -1,0 +1,99 @@
+"""The commands that look after the store itself: ``migrate`` (apply pending schema
+migrations) and ``prune`` (retention), registered on the ``steptrace`` app by
+``register(app)``. Both act on the configured store (``--store`` or
+``STEPTRACE_STORE``) and take ``--json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from steptrace.cli import CLIError, _console, _print_json
+from steptrace.config import get_config
+from steptrace.store.migrations import MIGRATIONS
+from steptrace.where import QueryError
+
+_JSON_HELP = "Print JSON."
+
+
+def migrate_command(
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """Apply the schema migrations the store lacks (creating it if needed); says which
+    were applied, or that the schema is current."""
+    from steptrace.store.schema import describe, migrate_store
+
+    url = get_config().store_url()
+    applied = migrate_store(url)
+    if as_json:
+        _print_json({"store": describe(url), "applied": applied, "current": MIGRATIONS[-1].name})
+        return
+    console = _console()
+    if applied:
+        for name in applied:
+            console.print(f"applied {name}")
+        console.print(f"{describe(url)}: schema is now at {MIGRATIONS[-1].name}")
+    else:
+        console.print(f"{describe(url)}: schema is current ({MIGRATIONS[-1].name})")
+
+
+def prune_command(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Delete runs that started before this long ago (30d, 12h, 2w) or an "
+            "ISO-8601 time.",
+        ),
+    ],
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
+    ] = None,
+    keep_failed: Annotated[
+        bool, typer.Option("--keep-failed", help="Keep failed runs, however old.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Runs deleted per transaction.")
+    ] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """Delete old runs with their spans, LLM calls and logs, a batch of runs per
+    transaction (writers in other processes keep going)."""
+    from steptrace.store.retention import prune
+
+    try:
+        result = prune(
+            get_config().store_url(),
+            older_than,
+            workflow=workflow,
+            keep_failed=keep_failed,
+            dry_run=dry_run,
+            batch_runs=batch,
+        )
+    except QueryError as exc:
+        raise CLIError(f"--older-than: {exc}") from None
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    scope = f" of {workflow}" if workflow else ""
+    kept = ", failed runs kept" if keep_failed else ""
+    details: list[Any] = [
+        f"{verb} {result.runs:,} runs{scope} started before {result.cutoff}{kept}, with "
+        f"{result.spans:,} spans, {result.llm_calls:,} LLM calls and {result.logs:,} log records"
+    ]
+    if not dry_run and result.batches:
+        details.append(f" in {result.batches} transaction(s)")
+    _console().print("".join(details))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the ``steptrace`` app."""
+    app.command("migrate")(migrate_command)
+    app.command("prune")(prune_command)

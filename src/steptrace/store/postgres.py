@@ -1,0 +1,417 @@
+"""The PostgreSQL backend: psycopg 3, one COPY per table per batch, JSONB columns.
+
+Imported only for a ``postgresql://`` store (psycopg is the ``steptrace[postgres]``
+extra). ``connect`` opens a connection that reads JSON and JSONB as JSON text and
+NUMERIC as float, so query code sees what it sees from SQLite; ``migrate`` applies
+the shared named migrations under an advisory lock (many processes may start at
+once); ``PostgresWriter`` is the background writer's backend: a batch is one
+transaction of one COPY per table (runs through a staging table and a merge, since
+a run is written when it starts and again when it ends), so a busy process pays a
+few round trips per batch, not one per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg
+import psycopg.errors
+from psycopg.adapt import Buffer, Loader
+from psycopg.types.string import TextLoader
+
+from steptrace.record import RunState, SpanRecord
+from steptrace.store.migrations import pending
+
+log = logging.getLogger("steptrace")
+
+SCHEMES = ("postgresql", "postgres")
+CONNECT_TIMEOUT_S = 10
+RECONNECT_FOR_S = 60.0
+"""How long a batch is retried (reconnecting) while the server is unreachable before it
+is given up, reported and counted as dropped."""
+_MIGRATION_LOCK = 0x5374657074726163
+"""The advisory lock key that serialises migrations across processes ("Steptrac")."""
+
+
+def is_url(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0].lower() in SCHEMES
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _libpq_url(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+class _NumberLoader(Loader):
+    """NUMERIC (what ``sum`` of integers and ``avg`` give) as int when it is whole, else
+    float: the numbers SQLite gives for the same query."""
+
+    def load(self, data: Buffer) -> int | float:
+        text = bytes(data)
+        if text.lstrip(b"-").isdigit():
+            return int(text)
+        return float(text)
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """JSON and JSONB arrive as JSON text and NUMERIC as int or float, as from SQLite."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
+    conn.adapters.register_loader("numeric", _NumberLoader)
+
+
+def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(
+        _libpq_url(url),
+        autocommit=autocommit,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="steptrace",
+        **kwargs,
+    )
+    configure(conn)
+    return conn
+
+
+@functools.lru_cache(maxsize=512)
+def placeholders(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (outside quotes) and
+    every other ``%`` doubled, so one query text serves both engines."""
+    out: list[str] = []
+    quote = ""
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")
+        elif quote:
+            out.append(ch)
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+def applied(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """Names of the migrations recorded in the database; None for a blank one."""
+    row = conn.execute("SELECT to_regclass('_migrations')").fetchone()
+    if row is None or row[0] is None:
+        return None
+    return [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[str]:
+    """Apply pending migrations in one transaction, holding an advisory lock so that
+    processes starting together migrate once; returns the names applied. Raises
+    ``SchemaTooNew`` for a database migrated by a newer steptrace. A current schema is
+    only read (a role without DDL rights can open it)."""
+    done = applied(conn)
+    if done is not None and not pending(done):
+        return []
+    done_now: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations "
+            "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        for migration in pending(applied(conn) or []):
+            for statement in migration.sql("postgresql"):
+                conn.execute(statement.encode())
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)",
+                [migration.name, iso_from_ns(time.time_ns())],
+            )
+            done_now.append(migration.name)
+    return done_now
+
+
+# --- the writer ---------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id, "
+    "started_at, ended_at, duration_ms, input, output, error, tags"
+)
+_SPAN_COLUMNS = (
+    "span_id, run_id, parent_span_id, kind, name, step_key, attempt, status, started_at, "
+    "ended_at, duration_ms, input, output, error, attributes, input_hash"
+)
+_LLM_COLUMNS = (
+    "span_id, run_id, provider, model, input_tokens, output_tokens, cost_usd, params, "
+    "cached_input_tokens, reasoning_tokens, finish_reason, response_model, "
+    "time_to_first_chunk_ms, tool_calls, incomplete, parent_span_id"
+)
+_LOG_COLUMNS = "run_id, span_id, seq, ts, level, logger, message, exception"
+
+
+def _set_all(columns: str, key: str) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns.split(", ") if c != key)
+
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS _st_runs (LIKE runs) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS _st_spans (LIKE spans) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS _st_llm (LIKE llm_calls) ON COMMIT DELETE ROWS",
+)
+# The same upsert as SQLite's: a run is written when it starts and again when it ends;
+# a span or LLM call written twice keeps its last version.
+_RUN_MERGE = f"""
+INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_RUN_COLUMNS} FROM _st_runs
+ON CONFLICT (run_id) DO UPDATE SET
+  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
+  output = excluded.output, error = excluded.error,
+  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
+"""
+_SPAN_MERGE = f"""
+INSERT INTO spans ({_SPAN_COLUMNS}) SELECT {_SPAN_COLUMNS} FROM _st_spans
+ON CONFLICT (span_id) DO UPDATE SET {_set_all(_SPAN_COLUMNS, "span_id")}
+"""
+_LLM_MERGE = f"""
+INSERT INTO llm_calls ({_LLM_COLUMNS}) SELECT {_LLM_COLUMNS} FROM _st_llm
+ON CONFLICT (span_id) DO UPDATE SET {_set_all(_LLM_COLUMNS, "span_id")}
+"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_from_ns(ns: int) -> str:
+    """``sqlite.iso_from_ns``, the whole seconds formatted once per second: a batch's
+    timestamps fall in a few seconds, and formatting is a tenth of the writer's work."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{_second_text(seconds)}.{rest // 1000:06d}Z"
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL characters."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
+
+
+def _json(value: bytes | None) -> str | None:
+    """An encoded JSON value for a JSONB column: JSONB refuses ``\\u0000`` in strings, so
+    such values are re-encoded with U+FFFD in its place (the rest is kept)."""
+    if value is None:
+        return None
+    if b"\\u0000" in value:
+        value = orjson.dumps(_no_nul(orjson.loads(value)))
+    return value.decode()
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows, Rows, Rows, Rows]:
+    """The batch's rows for runs, spans, LLM calls and logs, in column order. A run met
+    twice (started and ended in the same batch) is one row, as the upsert would leave
+    it; likewise a span."""
+    by_run: dict[str, tuple[Any, ...]] = {}
+    logs: Rows = []
+    for r in runs:
+        row = (
+            r.run_id,
+            r.workflow,
+            r.status,
+            r.trace_id,
+            r.span_id,
+            r.parent_trace_id,
+            r.parent_span_id,
+            iso_from_ns(r.start_ns),
+            None if r.end_ns is None else iso_from_ns(r.end_ns),
+            None if r.end_ns is None else (r.end_ns - r.start_ns) / 1e6,
+            _json(r.input),
+            _json(r.output),
+            _json(r.error),
+            _json(r.tags),
+        )
+        before = by_run.get(r.run_id)
+        if before is not None:  # as the upsert would merge the two
+            row = (
+                *before[:2],
+                row[2],
+                *before[3:8],
+                row[8],
+                row[9],
+                row[10] if row[10] is not None else before[10],
+                row[11],
+                row[12],
+                row[13] if row[13] is not None else before[13],
+            )
+        by_run[r.run_id] = row
+        if r.logs and r.end_ns is not None:
+            logs.extend(_log_rows(r.run_id, r.span_id, r.logs))
+    by_span: dict[str, tuple[Any, ...]] = {}
+    by_llm: dict[str, tuple[Any, ...]] = {}
+    for s in spans:
+        by_span[s.span_id] = (
+            s.span_id,
+            s.run_id,
+            s.parent_span_id,
+            s.kind,
+            _text(s.name),
+            _text(s.key),
+            s.attempt,
+            s.status,
+            iso_from_ns(s.start_ns),
+            iso_from_ns(s.end_ns),
+            (s.end_ns - s.start_ns) / 1e6,
+            _json(s.input),
+            _json(s.output),
+            _json(s.error),
+            _json(s.attributes),
+            s.input_hash,
+        )
+        llm = s.llm
+        if llm is not None:
+            by_llm[s.span_id] = (
+                s.span_id,
+                s.run_id,
+                _text(llm.provider),
+                _text(llm.model),
+                llm.input_tokens,
+                llm.output_tokens,
+                llm.cost_usd,
+                _json(llm.params),
+                llm.cached_input_tokens,
+                llm.reasoning_tokens,
+                _text(llm.finish_reason),
+                _text(llm.response_model),
+                llm.time_to_first_chunk_ms,
+                _json(llm.tool_calls),
+                int(llm.incomplete),
+                s.parent_span_id,
+            )
+        if s.logs:
+            logs.extend(_log_rows(s.run_id, s.span_id, s.logs))
+    return list(by_run.values()), list(by_span.values()), list(by_llm.values()), logs
+
+
+def _log_rows(
+    run_id: str, span_id: str, entries: list[tuple[int, str, str, str, str | None]]
+) -> Rows:
+    return [
+        (run_id, span_id, seq, iso_from_ns(ts), level, _text(logger), _text(msg), _text(exc))
+        for seq, (ts, level, logger, msg, exc) in enumerate(entries)
+    ]
+
+
+class PostgresWriter:
+    """Writes each batch in one transaction: COPY, and for runs (written at start and
+    end) a merge from a staging table with ``INSERT … SELECT … ON CONFLICT``. A lost
+    connection is reopened and the batch retried for ``RECONNECT_FOR_S`` before the
+    error goes to the caller."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: psycopg.Connection[Any] | None = None
+        self._open()
+
+    def _open(self) -> psycopg.Connection[Any]:
+        conn = connect(self.url, autocommit=False)
+        with conn.transaction():
+            for statement in _STAGING:
+                conn.execute(statement)
+        self.conn = conn
+        return conn
+
+    def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
+        batch = prepare(runs, spans)
+        deadline = time.monotonic() + RECONNECT_FOR_S
+        delay = 0.1
+        while True:
+            try:
+                conn = self.conn if self.conn is not None and not self.conn.closed else None
+                self._write_once(conn or self._open(), *batch)
+                return
+            except psycopg.OperationalError as exc:
+                if self.conn is not None and not self.conn.closed and not _is_connection(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "steptrace: the PostgreSQL store %s is unreachable (%s); retrying",
+                    safe_url(self.url),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                )
+                self._close_quietly()
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _write_once(
+        self, conn: psycopg.Connection[Any], runs: Rows, spans: Rows, llm: Rows, logs: Rows
+    ) -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            if runs:
+                _copy(cur, "_st_runs", _RUN_COLUMNS, runs)
+                cur.execute(_RUN_MERGE)
+            if spans or llm:
+                try:
+                    # Spans and LLM calls are new but for rare re-writes: COPY them
+                    # straight into their tables (half the work of staging them),
+                    # and only on a duplicate key take the merging path.
+                    with conn.transaction():
+                        _copy(cur, "spans", _SPAN_COLUMNS, spans)
+                        _copy(cur, "llm_calls", _LLM_COLUMNS, llm)
+                except psycopg.errors.UniqueViolation:
+                    for rows, staging, columns, merge in (
+                        (spans, "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
+                        (llm, "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
+                    ):
+                        if rows:
+                            _copy(cur, staging, columns, rows)
+                            cur.execute(merge)
+            _copy(cur, "logs", _LOG_COLUMNS, logs)
+
+    def _close_quietly(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        self._close_quietly()
+
+
+def _copy(cur: psycopg.Cursor[Any], table: str, columns: str, rows: Rows) -> None:
+    if rows:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def _is_connection(exc: psycopg.OperationalError) -> bool:
+    """A lost or refused connection (worth reconnecting), not an SQL-level failure."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state.startswith("57P")

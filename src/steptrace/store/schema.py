@@ -1,0 +1,115 @@
+"""Which engine a store URL names, and its schema's version: migrate it, or check it.
+
+``scheme(url)`` picks the backend (a path or ``sqlite:///`` URL: SQLite;
+``postgresql://``: PostgreSQL, whose module is loaded only then, so psycopg stays an
+optional dependency). ``migrate_store`` applies pending migrations; ``prepare_schema``
+is what opening a store does: migrate (``auto_migrate``, the default) or refuse a
+schema that is behind with a message to run ``steptrace migrate``.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from steptrace.config import ConfigError, get_config
+from steptrace.store import sqlite as sqlite_backend
+from steptrace.store.migrations import SchemaTooNew, pending
+
+
+def scheme(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``; ``ConfigError`` for anything else."""
+    if "://" not in url:
+        return "sqlite"
+    name = url.split("://", 1)[0].lower()
+    if name in ("postgres", "postgresql"):
+        return "postgresql"
+    if name != "sqlite":
+        raise ConfigError(
+            f"unknown store URL scheme {name!r} in STEPTRACE_STORE: use a file path, "
+            "sqlite:///path or postgresql://user@host/database"
+        )
+    return name
+
+
+def load_postgres() -> ModuleType:
+    """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
+    try:
+        import psycopg_pool  # noqa: F401  (PostgresStore's pool)
+
+        from steptrace.store import postgres
+    except ImportError as exc:
+        raise ConfigError(
+            f"a postgresql:// store needs psycopg 3 and psycopg-pool ({exc}): "
+            "pip install 'steptrace[postgres]'"
+        ) from exc
+    return postgres
+
+
+def describe(url: str) -> str:
+    """The store's URL for messages (a PostgreSQL password masked)."""
+    if scheme(url) == "postgresql":
+        return str(load_postgres().safe_url(url))
+    return url
+
+
+def check_schema(url: str, applied: list[str] | None) -> None:
+    """With automatic migration off: ``ConfigError`` unless the schema is current."""
+    try:
+        todo = pending(applied or [])
+    except SchemaTooNew as exc:
+        raise ConfigError(f"{describe(url)}: {exc}") from exc
+    if todo:
+        raise ConfigError(
+            f"the store {describe(url)} needs migrations this steptrace has "
+            f"({', '.join(m.name for m in todo)}) and automatic migration is off "
+            "(STEPTRACE_AUTO_MIGRATE=0 or configure(auto_migrate=False)): run "
+            "`steptrace migrate` (with the same STEPTRACE_STORE)"
+        )
+
+
+def migrate_store(url: str) -> list[str]:
+    """Apply the migrations the store at ``url`` lacks (creating it if needed); returns
+    their names (empty when the schema is current). Raises ``ConfigError`` for a store a
+    newer steptrace migrated, or one that cannot be opened."""
+    try:
+        if scheme(url) == "postgresql":
+            pg = load_postgres()
+            with pg.connect(url) as conn:
+                return list(pg.migrate(conn))
+        conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
+        try:
+            return sqlite_backend.migrate(conn)
+        finally:
+            conn.close()
+    except SchemaTooNew as exc:
+        raise ConfigError(f"{describe(url)}: {exc}") from exc
+
+
+def prepare_schema(url: str) -> None:
+    """Migrate the store on first use, or (automatic migration off) check it is current."""
+    if get_config().auto_migrate_enabled():
+        migrate_store(url)
+        return
+    if scheme(url) == "postgresql":
+        pg = load_postgres()
+        with pg.connect(url) as conn:
+            check_schema(url, pg.applied(conn))
+        return
+    conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
+    try:
+        check_schema(url, sqlite_backend.applied(conn))
+    finally:
+        conn.close()
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two store URLs name the same store."""
+    if scheme(a) != scheme(b):
+        return False
+    if scheme(a) == "postgresql":  # a PostgresStore's url has its password masked
+        safe_url = load_postgres().safe_url
+        return bool(safe_url(a) == safe_url(b))
+    return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
+        sqlite_backend.path_from_url(b)
+    )
