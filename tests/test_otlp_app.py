@@ -185,9 +185,7 @@ def test_a_slow_collector_does_not_hold_up_workflows(tmp_path: Path) -> None:
     assert report["dropped_at_exit"] > 0
 
 
-def test_a_full_queue_drops_and_counts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, store_path: Path
-) -> None:
+def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture, store_url: str) -> None:
     with http_collector(delay_s=0.3) as collector:
         queue = ExportQueue(
             OTLPSpanExporter(endpoint=f"{collector.url}/v1/traces"),
@@ -211,8 +209,10 @@ def test_a_full_queue_drops_and_counts(
     assert totals.exported + totals.dropped == 500
     assert totals.exported == len(collector.spans())
     assert any("spans were not exported" in r.getMessage() for r in caplog.records)
-    reports = export_reports(store_path)
+    with st.Store.open(store_url) as store:  # reported to the configured store, either engine
+        reports = store.sql("SELECT * FROM otel_export")
     assert reports and sum(r["dropped_queue_full"] for r in reports) == totals.queue_full
+    assert all(r["target"] == collector.url for r in reports)
 
 
 def test_an_unknown_protocol_fails_at_configure() -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import run_python
 
 import steptrace as st
 
@@ -90,7 +89,7 @@ def free_port() -> int:
 class UIServer:
     url: str
     port: int
-    store: Path
+    store: Path | str
     process: subprocess.Popen[str]
 
     def stop(self) -> str:
@@ -103,7 +102,7 @@ class UIServer:
         return out
 
 
-def start_ui(store: Path, *args: str, env: dict[str, str] | None = None) -> UIServer:
+def start_ui(store: Path | str, *args: str, env: dict[str, str] | None = None) -> UIServer:
     """``steptrace ui --store STORE --port P --no-open ARGS…`` in a subprocess, once it
     answers."""
     port = free_port()
@@ -131,13 +130,20 @@ def start_ui(store: Path, *args: str, env: dict[str, str] | None = None) -> UISe
     return UIServer(url, port, store, process)
 
 
-@pytest.fixture(scope="session")
-def ui_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with the demo's runs (``steptrace demo --runs 30``) and one run of
-    ``xss_probe``, whose inputs, outputs, prompts, logs and errors are markup."""
-    path = tmp_path_factory.mktemp("ui") / "steptrace.db"
+def fill_store(store: Path | str) -> None:
+    """The demo's runs (``steptrace demo --runs 30``) and one run of ``xss_probe``,
+    whose inputs, outputs, prompts, logs and errors are markup."""
     proc = subprocess.run(
-        [sys.executable, "-m", "steptrace", "--store", str(path), "demo", "--runs", str(DEMO_RUNS)],
+        [
+            sys.executable,
+            "-m",
+            "steptrace",
+            "--store",
+            str(store),
+            "demo",
+            "--runs",
+            str(DEMO_RUNS),
+        ],
         env=env_without_otel(),
         capture_output=True,
         text=True,
@@ -145,7 +151,22 @@ def ui_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    run_python(XSS_WORKFLOW, path)
+    probe = subprocess.run(
+        [sys.executable, "-c", XSS_WORKFLOW],
+        env=dict(env_without_otel(), STEPTRACE_STORE=str(store)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+
+
+@pytest.fixture(scope="session")
+def ui_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store filled by ``fill_store``."""
+    path = tmp_path_factory.mktemp("ui") / "steptrace.db"
+    fill_store(path)
     return path
 
 
@@ -156,16 +177,30 @@ def ui_server(ui_store: Path) -> Iterator[UIServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def api_server(request: pytest.FixtureRequest) -> Iterator[UIServer]:
+    """The UI over the same kind of data on each backend: the session's SQLite server,
+    or one over a PostgreSQL database filled the same way."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("ui_server")
+        return
+    url: str = request.getfixturevalue("new_postgres_database")()
+    fill_store(url)
+    server = start_ui(url, "--trace-url", "http://jaeger.invalid:16686/trace/{trace_id}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def api(ui_server: UIServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ui_server.url, timeout=10) as client:
+def api(api_server: UIServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_server.url, timeout=10) as client:
         yield client
 
 
 @pytest.fixture
-def store(ui_store: Path) -> Iterator[st.Store]:
+def store(api_server: UIServer) -> Iterator[st.Store]:
     """The UI's store, read through the public API to compute expected answers."""
-    with st.Store.open(str(ui_store)) as s:
+    with st.Store.open(str(api_server.store)) as s:
         yield s
 
 
