@@ -198,8 +198,16 @@ def api(api_server: UIServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def store(api_server: UIServer) -> Iterator[st.Store]:
-    """The UI's store, read through the public API to compute expected answers."""
+def store(ui_store: Path) -> Iterator[st.Store]:
+    """The SQLite UI's store (the browser tests' server), read through the public API
+    to compute expected answers."""
+    with st.Store.open(str(ui_store)) as s:
+        yield s
+
+
+@pytest.fixture
+def api_store(api_server: UIServer) -> Iterator[st.Store]:
+    """The store behind ``api`` (either backend), read through the public API."""
     with st.Store.open(str(api_server.store)) as s:
         yield s
 

@@ -18,6 +18,12 @@ import steptrace as st
 from steptrace.ui import check_bind, is_loopback
 
 
+@pytest.fixture
+def store(api_store: st.Store) -> st.Store:
+    """Here the store is the one behind ``api``: SQLite and PostgreSQL."""
+    return api_store
+
+
 def test_runs_page_is_newest_first_with_totals(api: httpx.Client, store: st.Store) -> None:
     body = api.get("/api/v1/runs", params={"limit": 10}).json()
     expected = store.runs(last=10)
