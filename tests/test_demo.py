@@ -167,6 +167,16 @@ def test_the_suggested_commands_work(demo: tuple[Any, Path]) -> None:
     failed = sum(r.status == "failed" for r in load_runs(store))
     assert sum("✗ failed" in line for line in listed.stdout.splitlines()) == failed
 
+    ask = next(i for i, line in enumerate(lines) if line.startswith("Ask across runs"))
+    dist_cmd, stats_cmd, ui_cmd = (shlex.split(line) for line in lines[ask + 1 : ask + 4])
+    assert ui_cmd[-1] == "ui"  # starts a server: its tests are in tests/ui
+    dist = subprocess.run(dist_cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert dist.returncode == 0, dist.stderr
+    assert "classify.category" in dist.stdout and "%" in dist.stdout
+    stats = subprocess.run(stats_cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    assert "classify" in stats.stdout and "check_policy" in stats.stdout
+
 
 def _story(store: Path) -> list[Any]:
     """A run without its ids and timings: what the demo did, to compare across processes."""

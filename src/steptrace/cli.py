@@ -175,6 +175,9 @@ def demo(
     console.print("  " + shlex.join([*command, "show", prefix]), soft_wrap=True, markup=False)
     listing = [*command, "runs", *(["--status", "failed"] if failed else [])]
     console.print("  " + shlex.join(listing), soft_wrap=True, markup=False)
+    console.print(Text("\nAsk across runs, or browse them:", style="bold"))
+    for question in (["dist", "classify", "category"], ["stats", "triage"], ["ui"]):
+        console.print("  " + shlex.join([*command, *question]), soft_wrap=True, markup=False)
 
 
 def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
