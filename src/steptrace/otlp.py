@@ -158,6 +158,8 @@ class ExportQueue(SpanProcessor):
             "STEPTRACE_EXPORT_REPORT_INTERVAL_S", 60
         )
         self.exit_timeout_s = exit_timeout_s or _env_number("STEPTRACE_EXPORT_EXIT_TIMEOUT_S", 5)
+        self.provider: Any = None
+        """The provider it was added to by ``configure_sdk`` (None when added by hand)."""
         self.totals = ExportCounts()
         self._window = ExportCounts()
         self._queue: collections.deque[Any] = collections.deque()
@@ -189,6 +191,10 @@ class ExportQueue(SpanProcessor):
         queue.append(span)
         if len(queue) >= self.max_batch_size:
             self._wake.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         if self._stopping or not self._thread.is_alive():
@@ -411,7 +417,12 @@ def configure_sdk(
 
 
 def _add_queue(provider: Any, exporter: Any, protocol: str, endpoint: str | None) -> None:
-    queue = ExportQueue(exporter, target=_describe_target(exporter, protocol, endpoint))
+    target = _describe_target(exporter, protocol, endpoint)
+    for queue in _queues:
+        if queue.provider is provider and queue.target == target and not queue.stopped:
+            return  # configured twice with the same endpoint: export once
+    queue = ExportQueue(exporter, target=target)
+    queue.provider = provider
     _queues.append(queue)
     provider.add_span_processor(queue)
 
