@@ -24,7 +24,7 @@ from steptrace.config import ConfigError, get_config
 from steptrace.store import Store, take_runs
 from steptrace.store import postgres as pg
 from steptrace.store.dialect import POSTGRESQL, Dialect
-from steptrace.store.schema import check_schema, migrate_store
+from steptrace.store.schema import check_schema, migrate_store, open_error
 from steptrace.where import QueryError
 
 T = TypeVar("T")
@@ -77,9 +77,7 @@ class PostgresStore(Store):
                 with pg.connect(url) as conn:
                     check_schema(url, pg.applied(conn))
         except psycopg.Error as exc:
-            from steptrace.store.writer import store_open_error
-
-            raise ConfigError(store_open_error(url, exc)) from exc
+            raise ConfigError(open_error(url, exc)) from exc
         return cls(url)
 
     def _main_conn(self) -> psycopg.Connection[Any]:

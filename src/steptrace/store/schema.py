@@ -53,6 +53,21 @@ def describe(url: str) -> str:
     return url
 
 
+def open_error(url: str, exc: BaseException) -> str:
+    """What to tell the user when the store at ``url`` cannot be opened."""
+    if scheme(url) == "postgresql":
+        detail = " ".join(str(exc).split())
+        return (
+            f"cannot open the PostgreSQL store {describe(url)}: {detail}. Check that the "
+            "server is running and that STEPTRACE_STORE (or configure(store=...)) names the "
+            "right host, port, user and database"
+        )
+    return (
+        f"cannot open the steptrace store {url!r}: {exc}. Set STEPTRACE_STORE "
+        "(or configure(store=...)) to a writable path or a sqlite:/// URL"
+    )
+
+
 def check_schema(url: str, applied: list[str] | None) -> None:
     """With automatic migration off: ``ConfigError`` unless the schema is current."""
     try:

@@ -313,6 +313,8 @@ def get_sink() -> Sink:
     with _sink_lock:
         if _sink is None:
             url = get_config().store_url()
+            from steptrace.store.schema import open_error
+
             try:
                 _sink = Sink(url)
                 # Registered now, not at import: atexit runs hooks last-in first-out, so
@@ -323,25 +325,8 @@ def get_sink() -> Sink:
             except ConfigError:
                 raise
             except Exception as exc:
-                raise ConfigError(store_open_error(url, exc)) from exc
+                raise ConfigError(open_error(url, exc)) from exc
         return _sink
-
-
-def store_open_error(url: str, exc: BaseException) -> str:
-    """What to tell the user when the store at ``url`` cannot be opened."""
-    if url.split("://", 1)[0].lower() in ("postgresql", "postgres"):
-        from steptrace.store.postgres import safe_url
-
-        detail = " ".join(str(exc).split())
-        return (
-            f"cannot open the PostgreSQL store {safe_url(url)}: {detail}. Check that the "
-            "server is running and that STEPTRACE_STORE (or configure(store=...)) names the "
-            "right host, port, user and database"
-        )
-    return (
-        f"cannot open the steptrace store {url!r}: {exc}. Set STEPTRACE_STORE "
-        "(or configure(store=...)) to a writable path or a sqlite:/// URL"
-    )
 
 
 def current_sink() -> Sink | None:
