@@ -426,6 +426,16 @@ class PostgresWriter:
                     _copy(cur, staging, columns, rows)
                     cur.execute(merge)
 
+    def in_transaction(self) -> bool:
+        """A transaction is open on the connection (only ever seen from a signal handler
+        that interrupted a write on the same thread)."""
+        conn = self.conn
+        return (
+            conn is not None
+            and not conn.closed
+            and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        )
+
     def cancel(self) -> None:
         """Break off the call in progress (from another thread): the connection's socket
         is shut down, so a server that stopped answering cannot hold the caller."""

@@ -406,6 +406,11 @@ class SQLiteWriter:
                 conn.execute("ROLLBACK")
             raise
 
+    def in_transaction(self) -> bool:
+        """A transaction is open on the connection (only ever seen from a signal handler
+        that interrupted a write on the same thread)."""
+        return self.conn.in_transaction
+
     def cancel(self) -> None:
         """Abort the statement in progress (from another thread)."""
         self.conn.interrupt()

@@ -137,7 +137,8 @@ class Sink:
         self._pop_lock = threading.RLock()
         self._store_lock = threading.RLock()
         self._journal_lock = threading.RLock()
-        self._inflight: list[threading.Event] = []
+        self._inflight: dict[threading.Event, tuple[int, list[Record]]] = {}
+        """Batches being committed: the thread committing each, and its records."""
         self._wake = threading.Event()
         self._watchdog = Watchdog()
         self._closed = False
@@ -204,12 +205,15 @@ class Sink:
         """Make every record queued before this call durable: in the store, else in the
         spill journal. Waits at most about ``timeout_s``; True when done in time."""
         deadline = time.monotonic() + timeout_s
+        me = threading.get_ident()
         with self._pop_lock:
             items = self._take()
-            prior = list(self._inflight)
+            # Batches taken before ours may hold our records: wait for them, except those
+            # of this very thread (a signal handler running on top of a commit).
+            prior = [event for event, (tid, _) in self._inflight.items() if tid != me]
             done = threading.Event()
             if items:
-                self._inflight.append(done)
+                self._inflight[done] = (me, items)
         if items:
             try:
                 self._commit_items(items, deadline)
@@ -219,10 +223,10 @@ class Sink:
                 log.debug("steptrace: commit failed", exc_info=True)
             finally:
                 with self._pop_lock:
-                    self._inflight.remove(done)
+                    self._inflight.pop(done, None)
                 done.set()
         in_time = True
-        for event in prior:  # batches taken before ours may hold our records
+        for event in prior:
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 in_time = False
         if not in_time:
@@ -266,7 +270,7 @@ class Sink:
             log.warning("steptrace: failed to end OpenTelemetry spans", exc_info=True)
 
     def _store_or_spill(self, records: list[Record], deadline: float) -> None:
-        if self.store_ok and self._backend_ready():
+        if self.store_ok and self._backend_ready() and not self.backend.in_transaction():
             wait = max(0.0, min(STORE_LOCK_WAIT_S, deadline - time.monotonic()))
             if self._store_lock.acquire(timeout=wait):
                 try:
@@ -317,14 +321,19 @@ class Sink:
         if error is None:
             self._count_written(len(records), replay)
             return True
-        if _is_busy(error) or not self._probe():
+        if _is_store_fault(error) or not self._probe():
             self._enter_spill("cannot write to the store", error)
             if spill:
                 self._spill(records)
             return False
         if len(records) == 1:
-            self._quarantine(records[0], error, replay)
-            return True
+            if self._quarantine(records[0], error, replay):
+                return True
+            # Not even its stand-in could be written: the store is at fault after all.
+            self._enter_spill("cannot write to the store", error)
+            if spill:
+                self._spill(records)
+            return False
         mid = len(records) // 2
         for part in (records[:mid], records[mid:]):
             if spill and time.monotonic() > deadline:
@@ -339,15 +348,13 @@ class Sink:
         else:
             self.health.add(written=n)
 
-    def _quarantine(self, rec: Record, error: BaseException, replay: bool) -> None:
-        stand_in = quarantined(rec, error)
-        pending = -1 if replay else 0
-        if self._write([stand_in]) is None:
-            self.health.add(quarantined=1, pending=pending)
-            self.health.fault(f"the store refused a record of run {rec.run_id}", error)
-        else:
-            self.health.add(lost=1, pending=pending)
-            self.health.fault(f"lost a record of run {rec.run_id} the store refused", error)
+    def _quarantine(self, rec: Record, error: BaseException, replay: bool) -> bool:
+        """Store a stand-in for a record the store refused; False when even that fails."""
+        if self._write([quarantined(rec, error)]) is not None:
+            return False
+        self.health.add(quarantined=1, pending=-1 if replay else 0)
+        self.health.fault(f"the store refused a record of run {rec.run_id}", error)
+        return True
 
     # -- the spill journal ---------------------------------------------------------------
     def _spill(self, records: Sequence[Record]) -> None:
@@ -582,6 +589,32 @@ class Sink:
         )
         return out
 
+    def close_on_signal(self) -> None:
+        """``close`` from a signal handler on the main thread, which may have stopped in
+        the middle of a commit of its own: that batch is written again (writes are
+        idempotent), nothing waits for the interrupted frame, and the process is about
+        to end, so the writer thread is not joined."""
+        if self._closed:
+            return
+        self._closed = True
+        me = threading.get_ident()
+        with self._pop_lock:
+            items = self._take()
+            stuck = [rec for tid, batch in self._inflight.values() if tid == me for rec in batch]
+            others = [event for event, (tid, _) in self._inflight.items() if tid != me]
+        records = [*stuck, *items]
+        if records:
+            with contextlib.suppress(Exception):
+                self._commit_items(records, time.monotonic() + 2.0)
+        for event in others:
+            event.wait(1.0)
+        if self.store_ok and self._backend_ready() and not self.backend.in_transaction():
+            with self._store_lock, contextlib.suppress(Exception):
+                self._call(lambda: self.backend.execute(liveness.end(self.owner, time.time_ns())))
+        line = self.health.exit_line(self.journal.path)
+        if line is not None:
+            log.warning("%s", line)
+
     def close(self, timeout_s: float = _EXIT_FLUSH_TIMEOUT_S) -> None:
         """Commit what is queued, try the journal once more, mark this process's unfinished
         runs interrupted, and report. Records put after this are committed as they come."""
@@ -621,6 +654,39 @@ class Sink:
         if backend is not None:
             with contextlib.suppress(Exception):
                 backend.close()
+
+
+_STORE_FAULTS = (
+    "locked",
+    "busy",
+    "full",
+    "disk",
+    "i/o",
+    "readonly",
+    "read-only",
+    "unable to open",
+    "interrupted",
+    "no such table",
+    "not a database",
+    "malformed",
+    "out of memory",
+    "deleted or replaced",
+)
+
+
+def _is_store_fault(exc: BaseException) -> bool:
+    """An error that says the store cannot take writes now (whatever the records): it is
+    spilled to without probing. Others are probed: a store that takes a small write
+    refused the batch itself."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "OperationalError" in names and "psycopg" in type(exc).__module__:
+        return True  # connection lost, server shutting down, disk full, timeouts
+    if "StoreMoved" in names or isinstance(exc, OSError):
+        return True
+    if "OperationalError" not in names:
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in _STORE_FAULTS) and "malformed json" not in text
 
 
 def _is_busy(exc: BaseException | None) -> bool:
@@ -898,7 +964,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         return
     if previous == signal.SIG_IGN:
         return
-    _flush_at_exit()
+    sink = _sink
+    if sink is not None:
+        with contextlib.suppress(Exception):
+            sink.close_on_signal()
     _flush_tracer_provider()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
