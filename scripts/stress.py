@@ -10,8 +10,9 @@ trials (default 20): a workload process killed at a random moment, its store che
 hung 30 s, the store directory deleted, a full disk (needs root for ``mount``).
 
 Prints a table per part and exits 1 when anything was lost. It tests the ``src/`` of
-the checkout it lives in, touches only loopback and temporary directories, and stops
-by itself (``--deadline-s``, default one hour, on top of each step's own timeouts).
+the checkout it lives in (or the ``src`` directory ``STEPTRACE_SRC`` names), touches
+only loopback and temporary directories, and stops by itself (``--deadline-s``,
+default one hour, on top of each step's own timeouts).
 
     .venv/bin/python scripts/stress.py                 # everything (about 15 minutes)
     .venv/bin/python scripts/stress.py --only kill --trials 50 --engines sqlite
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+SRC = Path(os.environ.get("STEPTRACE_SRC") or ROOT / "src")
+sys.path[:0] = [str(SRC), str(ROOT / "tests")]
 
 import fault_scenarios  # noqa: E402
 import kill_trials  # noqa: E402
@@ -124,6 +126,8 @@ def kill_part(
                 "left_running": 0,
                 "missing_steps": 0,
                 "bad_exit": 0,
+                "slow_exit": 0,
+                "max_exit_s": 0.0,
                 "interrupted": 0,
                 "seconds": 0.0,
             }
@@ -148,6 +152,9 @@ def kill_part(
                 row["left_running"] += len(result.left_running)
                 row["missing_steps"] += len(result.missing_steps)
                 row["bad_exit"] += result.exit_status != result.expected_status
+                exit_s = result.exit_s if result.exit_s is not None else float("inf")
+                row["slow_exit"] += exit_s > kill_trials.MAX_EXIT_S
+                row["max_exit_s"] = round(max(row["max_exit_s"], exit_s), 2)
                 row["interrupted"] += result.statuses.get("interrupted", 0)
                 if not result.ok:
                     failures.append(result.explain())

@@ -40,9 +40,9 @@ RECOVERY_S = 15.0
 """How long a scenario waits, once the fault is lifted, for the records to arrive."""
 SPANS_PER_RUN = 3
 LOGS_PER_RUN = 1
-RECORDS_PER_RUN = 1 + SPANS_PER_RUN
-"""What ``st.health()`` counts, assumed: one record per run row and per span row (a
-span's log records travel with it). See ``account_problems``."""
+RECORDS_PER_RUN = 2 + SPANS_PER_RUN
+"""What ``st.health()`` counts per run: its start row, its end row and one record per
+span (a span's log records travel with it). See ``account_problems``."""
 HEALTH_KEYS = frozenset(
     {
         "written",
@@ -60,6 +60,8 @@ HEALTH_KEYS = frozenset(
     }
 )
 COUNTERS = ("written", "spilled", "replayed", "quarantined", "lost", "sanitized")
+OPTIONAL_COUNTERS = ("recorded", "pending")
+"""Counters ``st.health()`` may give beyond the contract's; checked when present."""
 
 
 class FaultUnavailable(RuntimeError):
@@ -181,7 +183,15 @@ def _delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[
     """The counters' growth over the scenario (a counter may predate it in the process)."""
     after = after or {}
     before = before or {}
-    return {k: int(after.get(k) or 0) - int(before.get(k) or 0) for k in COUNTERS}
+    return {
+        k: int(after.get(k) or 0) - int(before.get(k) or 0) for k in (*COUNTERS, *OPTIONAL_COUNTERS)
+    }
+
+
+def _pending(before: dict[str, Any] | None, after: dict[str, Any]) -> int:
+    """Records waiting in the spill journal."""
+    d = _delta(before, after)
+    return d["pending"] if "pending" in after else d["spilled"] - d["replayed"]
 
 
 def account_problems(
@@ -194,14 +204,14 @@ def account_problems(
 ) -> list[str]:
     """What is wrong with ``st.health()`` once the scenario is over.
 
-    Assumptions about the contract's units (one place to change them): counts are in
-    records, one record per run row and per span row (``RECORDS_PER_RUN``); ``written``
-    counts every record that reached the store by any route (replayed ones too);
-    ``spilled - replayed`` is what waits in the journal, ``queued`` what waits in
-    memory. So ``written + lost + quarantined + (spilled - replayed) + queued`` is
-    every record this process recorded, and after recovery (``settled``) ``written`` is
-    all of them. Nothing may be lost, quarantined or sanitized: the values are clean and
-    every fault is one the journal rides out.
+    The units (one place to change them): counts are in records, ``RECORDS_PER_RUN``
+    per run; ``written`` counts every record that reached the store by any route
+    (``replayed`` ones too); ``pending`` (or, where absent, ``spilled - replayed``) is
+    what waits in the journal, ``queued`` what waits in memory. So ``written + lost +
+    quarantined + pending + queued`` is every record this process recorded (and equals
+    ``recorded`` where health gives it); after recovery (``settled``) ``written`` is
+    all of them. Nothing may be lost, quarantined or sanitized: the values are clean
+    and every fault is one the journal rides out.
     """
     if after is None:
         return ["st.health() is missing"]
@@ -211,7 +221,9 @@ def account_problems(
         found.append(f"st.health() lacks {sorted(absent)}")
         return found
     d = _delta(before, after)
-    pending = d["spilled"] - d["replayed"]
+    pending = _pending(before, after)
+    if "recorded" in after and d["recorded"] != recorded:
+        found.append(f"health says {d['recorded']} records were recorded, not {recorded}")
     total = d["written"] + d["lost"] + d["quarantined"] + pending + int(after["queued"])
     if total != recorded:
         found.append(
@@ -414,10 +426,8 @@ def settle(result: FaultResult, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         h = health()
-        pending = h is not None and (
-            int(h.get("queued") or 0)
-            or _delta(result.health_before, h)["spilled"]
-            != _delta(result.health_before, h)["replayed"]
+        pending = h is not None and bool(
+            int(h.get("queued") or 0) or _pending(result.health_before, h)
         )
         if not pending or time.monotonic() > deadline:
             break

@@ -34,6 +34,11 @@ SPANS_PER_RUN = 5
 LOGS_PER_RUN = 2
 STEP_NAMES = ("parse", "think", "lookup", "finish")
 
+MAX_EXIT_S = 5.0
+"""How long a process may take to end after the signal: SIGTERM writes what is
+recorded, as a normal exit does, and that must not stall (``docker stop`` waits 10 s
+before it sends SIGKILL)."""
+
 VARIANTS = ("plain", "durable", "threads", "handler")
 """plain: one thread; durable: ``@st.workflow(durable=True)``; threads: four threads
 calling the workflow at once; handler: the application installed its own SIGTERM
@@ -152,12 +157,16 @@ class TrialResult:
     missing_steps: list[str] = field(default_factory=list)
     """``run_id/name`` of steps printed after they returned (durable) but not stored."""
     duplicate_spans: int = 0
+    exit_s: float | None = None
+    """From the signal to the end of the process."""
     stderr: str = ""
 
     @property
     def ok(self) -> bool:
         return (
             self.exit_status == self.expected_status
+            and self.exit_s is not None
+            and self.exit_s <= MAX_EXIT_S
             and not self.missing
             and not self.incomplete
             and not self.left_running
@@ -169,13 +178,18 @@ class TrialResult:
     def explain(self) -> str:
         return (
             f"{self.engine}/{self.variant}/{self.signal_name}: exit status {self.exit_status} "
-            f"(expected {self.expected_status}); {len(self.printed_runs)} runs printed, "
+            f"(expected {self.expected_status}) {_seconds(self.exit_s)} after the signal "
+            f"(at most {MAX_EXIT_S} s); {len(self.printed_runs)} runs printed, "
             f"{self.stored_runs} stored {self.statuses}; missing {self.missing[:5]} "
             f"({len(self.missing)}); incomplete {self.incomplete[:5]} ({len(self.incomplete)}); "
             f"left running {self.left_running[:5]}; bad status {self.bad_status[:5]}; "
             f"missing steps {self.missing_steps[:5]} ({len(self.missing_steps)}); "
             f"duplicate spans {self.duplicate_spans}\nstderr: {self.stderr[-3000:]}"
         )
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
 
 
 def workload_env(store_url: str, spill_dir: Path) -> dict[str, str]:
@@ -220,6 +234,7 @@ def run_trial(
     lines: list[str] = []
     errors: list[str] = []
     first = threading.Event()
+    exit_s: float | None = None
     with subprocess.Popen(
         [sys.executable, str(script), variant, str(rng.randrange(1 << 30))],
         cwd=workdir,
@@ -236,10 +251,12 @@ def run_trial(
             if not first.wait(30.0):
                 errors.append("[the workload printed no run in 30 s]\n")
             time.sleep(rng.uniform(0.0, max_delay_s))
+            signalled = time.monotonic()
             if proc.poll() is None:
                 proc.send_signal(sig)
             try:
                 proc.wait(timeout=20.0)
+                exit_s = time.monotonic() - signalled
             except subprocess.TimeoutExpired:
                 errors.append(f"[the workload did not end within 20 s of {sig.name}: killed]\n")
         finally:
@@ -259,6 +276,7 @@ def run_trial(
         expected_status=expected_status,
     )
     result.stderr = "".join(errors)
+    result.exit_s = exit_s
     return result
 
 

@@ -2,7 +2,7 @@
 
 Each test runs ``STEPTRACE_KILL_TRIALS`` trials (default 3; ``scripts/stress.py`` runs
 20 and more) on each engine. A trial starts a workload process that loops calling a
-workflow (four steps, an LLM call, two log records, small random sleeps) and prints
+workflow (three steps, a tool, an LLM call, two log records, small random sleeps) and prints
 each run's id once the call has returned; at a random moment the test sends the signal,
 waits for the process to end and opens the store as any reader would
 (``Store.open(url)``). It then holds that:
@@ -13,7 +13,8 @@ waits for the process to end and opens the store as any reader would
   process is dead; the reader on the same host sees it at once);
 - the process ended the way it would have without steptrace: by the signal (exit
   status ``-SIGKILL``/``-SIGTERM``), or with the application's own SIGTERM handler's
-  ``SystemExit(3)`` when it has one.
+  ``SystemExit(3)`` when it has one; and within 5 s of the signal (writing what was
+  recorded must not stall the exit).
 
 The signal comes at a random moment after the first run returned, so over many trials
 it lands in every phase: inside a step, between steps, during a commit, between runs.
