@@ -269,6 +269,7 @@ def run_trial(
     result = check_store(
         store_url,
         lines,
+        spill_dir=workdir / "spill",
         engine=engine,
         variant=variant,
         sig=sig,
@@ -284,18 +285,30 @@ def check_store(
     store_url: str,
     lines: list[str],
     *,
+    spill_dir: Path,
     engine: str,
     variant: str,
     sig: signal.Signals,
     exit_status: int | None,
     expected_status: int,
 ) -> TrialResult:
-    """Compare what the workload printed with what ``Store.open(url)`` shows."""
+    """Compare what the workload printed with what ``Store.open(url)`` shows, opened as
+    the next steptrace process on that machine would open it (with the same spill
+    directory, so what the killed process had spilled is written to the store first)."""
     printed = [line.split()[1] for line in lines if line.startswith("run ")]
     printed_steps = {
         (parts[1], parts[2]) for parts in (line.split() for line in lines) if parts[0] == "step"
     }
-    with st.Store.open(store_url) as store:
+    saved = os.environ.get("STEPTRACE_SPILL_DIR")
+    os.environ["STEPTRACE_SPILL_DIR"] = str(spill_dir)
+    try:
+        store = st.Store.open(store_url)
+    finally:
+        if saved is None:
+            os.environ.pop("STEPTRACE_SPILL_DIR", None)
+        else:
+            os.environ["STEPTRACE_SPILL_DIR"] = saved
+    with store:
         runs = {r.run_id: r for r in store.runs(last=10_000_000)}
         spans = Counter[str]()
         for row in store.sql("SELECT run_id, count(*) AS n FROM spans GROUP BY run_id"):

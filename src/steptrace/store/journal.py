@@ -71,9 +71,14 @@ def _fields(record: Any, names: Sequence[str]) -> list[Any]:
     return [_value(getattr(record, n)) if n in _JSON_FIELDS else getattr(record, n) for n in names]
 
 
-def encode_batch(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> bytes:
-    """One frame's payload: the batch's records, values embedded as JSON."""
-    doc = {
+def encode_batch(
+    runs: Sequence[RunState], spans: Sequence[SpanRecord], *, copy: bool = False
+) -> bytes:
+    """One frame's payload: the batch's records, values embedded as JSON. ``copy``
+    marks records also on their way to the store by another path (not counted again
+    when replayed)."""
+    doc: dict[str, Any] = {
+        "copy": copy,
         "runs": [[_fields(r, _RUN_FIELDS), r.logs] for r in runs],
         "spans": [
             [
@@ -100,7 +105,8 @@ def _logs(entries: list[Any] | None) -> list[tuple[int, str, str, str, str | Non
     return None if entries is None else [(e[0], e[1], e[2], e[3], e[4]) for e in entries]
 
 
-def decode_batch(payload: bytes) -> tuple[list[RunState], list[SpanRecord]]:
+def decode_batch(payload: bytes) -> tuple[list[RunState], list[SpanRecord], bool]:
+    """``(runs, spans, copy)`` of a frame."""
     doc = orjson.loads(payload)
     runs = []
     for fields, logs in doc["runs"]:
@@ -114,7 +120,7 @@ def decode_batch(payload: bytes) -> tuple[list[RunState], list[SpanRecord]]:
         if llm is not None:
             span.llm = LLMUsage(**_restore(llm, _LLM_FIELDS))
         spans.append(span)
-    return runs, spans
+    return runs, spans, bool(doc.get("copy"))
 
 
 def frame(payload: bytes) -> bytes:

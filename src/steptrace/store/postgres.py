@@ -436,6 +436,10 @@ class PostgresWriter:
             and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         )
 
+    def abandon(self) -> None:
+        """Give up the connection a write interrupted by a signal left mid-command."""
+        self.reconnect()
+
     def cancel(self) -> None:
         """Break off the call in progress (from another thread): the connection's socket
         is shut down, so a server that stopped answering cannot hold the caller."""

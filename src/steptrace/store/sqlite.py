@@ -356,7 +356,7 @@ def _ident(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-WRITE_BUSY_MS = 700
+WRITE_BUSY_MS = 500
 """How long one write waits for another process's lock before the sink spills the batch
 (and writes it later): a workflow call never waits on a locked file for long."""
 
@@ -410,6 +410,11 @@ class SQLiteWriter:
         """A transaction is open on the connection (only ever seen from a signal handler
         that interrupted a write on the same thread)."""
         return self.conn.in_transaction
+
+    def abandon(self) -> None:
+        """Give up the transaction a write interrupted by a signal left open."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def cancel(self) -> None:
         """Abort the statement in progress (from another thread)."""

@@ -51,12 +51,12 @@ Record = RunState | SpanRecord
 
 COMMIT_WAIT_S = 1.0
 """The longest a workflow call waits for its records to be durable."""
-STORE_CALL_S = 0.8
+STORE_CALL_S = 0.6
 """A store call not back by then is broken off and its batch spilled."""
 QUIET_SPILL_S = 5.0
 """A store that is only busy (another process holds SQLite's write lock) is spilled to
 without a warning unless it stays so for this long."""
-STORE_LOCK_WAIT_S = 0.25
+STORE_LOCK_WAIT_S = 0.5
 """How long a committer waits for another's store call before it spills instead."""
 BATCH_MAX = 5000
 BATCH_MAX_BYTES = 8 * 1024 * 1024
@@ -203,35 +203,62 @@ class Sink:
     # -- commit ---------------------------------------------------------------------
     def commit(self, timeout_s: float = COMMIT_WAIT_S) -> bool:
         """Make every record queued before this call durable: in the store, else in the
-        spill journal. Waits at most about ``timeout_s``; True when done in time."""
+        spill journal. Waits at most about ``timeout_s``; True when done in time.
+
+        Batches become durable in the order they were taken from the queue: a batch
+        waits for those taken before it (they may hold earlier records of the same
+        runs) before it is written, so a run's end row is never stored ahead of its
+        spans. A batch that is not durable in time is appended to the journal by the
+        waiter itself."""
         deadline = time.monotonic() + timeout_s
         me = threading.get_ident()
         with self._pop_lock:
             items = self._take()
-            # Batches taken before ours may hold our records: wait for them, except those
-            # of this very thread (a signal handler running on top of a commit).
-            prior = [event for event, (tid, _) in self._inflight.items() if tid != me]
+            # Not those of this very thread: a signal handler running on top of a commit.
+            prior = [
+                (event, batch) for event, (tid, batch) in self._inflight.items() if tid != me
+            ]
             done = threading.Event()
             if items:
                 self._inflight[done] = (me, items)
-        if items:
-            try:
+        in_time = True
+        try:
+            if items:
+                self._finish(items)
+            for event, batch in prior:
+                if not event.wait(max(0.0, deadline - time.monotonic())):
+                    in_time = False
+                    self._spill_late(batch)
+            if items:
                 self._commit_items(items, deadline)
-            except Exception as exc:  # a bug must not lose the batch silently
-                self.health.add(lost=len(items))
-                self.health.fault("failed to write a batch", exc)
-                log.debug("steptrace: commit failed", exc_info=True)
-            finally:
+        except Exception as exc:  # a bug must not lose the batch silently
+            self.health.add(lost=len(items))
+            self.health.fault("failed to write a batch", exc)
+            log.debug("steptrace: commit failed", exc_info=True)
+        finally:
+            if items:
                 with self._pop_lock:
                     self._inflight.pop(done, None)
                 done.set()
-        in_time = True
-        for event in prior:
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                in_time = False
         if not in_time:
             self.health.add(late_commits=1)
         return in_time
+
+    def _spill_late(self, batch: list[Record]) -> None:
+        """Another thread's batch, which holds records of ours, is not durable in time:
+        append it to the journal from here (if it reaches the store as well, the store
+        keeps one copy: writes are idempotent)."""
+        try:
+            span_end.finish_values(batch)  # idempotent: redacts what is still raw
+            payload = journal_files.encode_batch(
+                [r for r in batch if isinstance(r, RunState)],
+                [r for r in batch if isinstance(r, SpanRecord)],
+                copy=True,
+            )
+            with self._journal_lock:
+                self.journal.append(payload)
+        except Exception as exc:
+            self.health.fault("a commit took too long and could not be spilled", exc)
 
     async def acommit(self) -> bool:
         """``commit`` for a coroutine: the event loop is not blocked while it waits."""
@@ -255,13 +282,16 @@ class Sink:
             self.queued_bytes -= size
         return items
 
-    def _commit_items(self, items: list[Record], deadline: float) -> None:
+    def _finish(self, items: list[Record]) -> None:
         try:
             span_end.finish_values(items)
         except Exception as exc:  # redaction failed: store nothing unredacted
             self.health.fault("failed to redact a batch", exc)
             for rec in items:
                 _blank_values(rec)
+
+    def _commit_items(self, items: list[Record], deadline: float) -> None:
+        """Write finished records (store or journal), then end their OTel spans."""
         for chunk in _chunks(items):
             self._store_or_spill(chunk, deadline)
         try:
@@ -270,11 +300,13 @@ class Sink:
             log.warning("steptrace: failed to end OpenTelemetry spans", exc_info=True)
 
     def _store_or_spill(self, records: list[Record], deadline: float) -> None:
-        if self.store_ok and self._backend_ready() and not self.backend.in_transaction():
+        if self.store_ok and self._backend_ready() and time.monotonic() < deadline:
             wait = max(0.0, min(STORE_LOCK_WAIT_S, deadline - time.monotonic()))
             if self._store_lock.acquire(timeout=wait):
                 try:
-                    if self.store_ok:
+                    # A transaction open while this thread holds the store lock is its
+                    # own, interrupted by a signal handler now running: leave it be.
+                    if self.store_ok and not self.backend.in_transaction():
                         self._write_parts(records, deadline, spill=True)
                         return
                 finally:
@@ -312,14 +344,21 @@ class Sink:
         return True
 
     def _write_parts(
-        self, records: list[Record], deadline: float, *, spill: bool, replay: bool = False
+        self,
+        records: list[Record],
+        deadline: float,
+        *,
+        spill: bool,
+        replay: bool = False,
+        count: bool = True,
     ) -> bool:
         """Write ``records``; on a refusal, split them and quarantine the one the store
         refuses. Returns False when the store failed (the rest spilled, or with
         ``spill=False`` left to the caller)."""
         error = self._write(records)
         if error is None:
-            self._count_written(len(records), replay)
+            if count:
+                self._count_written(len(records), replay)
             return True
         if _is_store_fault(error) or not self._probe():
             self._enter_spill("cannot write to the store", error)
@@ -338,7 +377,10 @@ class Sink:
         for part in (records[:mid], records[mid:]):
             if spill and time.monotonic() > deadline:
                 self._spill(part)
-            elif not self._write_parts(part, deadline, spill=spill, replay=replay) and not spill:
+            elif (
+                not self._write_parts(part, deadline, spill=spill, replay=replay, count=count)
+                and not spill
+            ):
                 return False
         return True
 
@@ -435,9 +477,12 @@ class Sink:
                 self._retry_later(exc)
                 return
             for offset, payload in self.journal.unreplayed():
-                runs, spans = journal_files.decode_batch(payload)
+                runs, spans, copy = journal_files.decode_batch(payload)
                 records: list[Record] = [*runs, *spans]
-                if not self._write_parts(records, time.monotonic() + 60, spill=False, replay=True):
+                replay = not copy  # a copy's records were counted on their other path
+                if not self._write_parts(
+                    records, time.monotonic() + 60, spill=False, replay=replay, count=not copy
+                ):
                     self._retry_later(None)
                     return
                 self.journal.replayed_to = offset
@@ -465,7 +510,10 @@ class Sink:
         elif not self._backend_ready():
             self._call(self.backend.reconnect)
         if not self._probe():
+            reconnect = getattr(self.backend, "reconnect", None)
             try:  # why did it fail? A moved SQLite file is reopened where it should be
+                if reconnect is not None:  # a connection left unusable: open a new one
+                    self._call(reconnect)
                 self.backend.execute(liveness.heartbeat(self.owner, time.time_ns()))
             except StoreMoved:
                 old, self.backend = self.backend, None
@@ -524,7 +572,7 @@ class Sink:
                 with self._store_lock:
                     n = 0
                     for _, payload in journal_files.read_frames(fd):
-                        runs, spans = journal_files.decode_batch(payload)
+                        runs, spans, _ = journal_files.decode_batch(payload)
                         records: list[Record] = [*runs, *spans]
                         if not self._write_parts(records, time.monotonic() + 60, spill=False):
                             return
@@ -603,8 +651,14 @@ class Sink:
             stuck = [rec for tid, batch in self._inflight.values() if tid == me for rec in batch]
             others = [event for event, (tid, _) in self._inflight.items() if tid != me]
         records = [*stuck, *items]
+        if self._backend_ready() and self.backend.in_transaction():
+            # The interrupted frame will never resume (the process ends after this): drop
+            # its half-done transaction so that this one can use the store.
+            with contextlib.suppress(Exception):
+                self._call(self.backend.abandon)
         if records:
             with contextlib.suppress(Exception):
+                self._finish(records)
                 self._commit_items(records, time.monotonic() + 2.0)
         for event in others:
             event.wait(1.0)
@@ -742,6 +796,12 @@ def quarantined(rec: Record, error: BaseException) -> Record:
             rec.llm,
             provider=safe(rec.llm.provider),
             model=safe(rec.llm.model),
+            input_tokens=None,
+            output_tokens=None,
+            cost_usd=None,
+            cached_input_tokens=None,
+            reasoning_tokens=None,
+            time_to_first_chunk_ms=None,
             finish_reason=None,
             response_model=None,
             params=None,
