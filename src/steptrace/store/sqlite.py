@@ -160,7 +160,12 @@ def has_pending(conn: sqlite3.Connection) -> bool:
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply pending migrations in one transaction each; returns the names applied."""
+    """Apply pending migrations in one transaction each; returns the names applied. A
+    current schema is only read (no write lock is taken: another process may hold it)."""
+    if not has_pending(conn):
+        done = applied(conn) or []
+        pending(done)  # raises SchemaTooNew for a store a newer steptrace migrated
+        return []
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
     )

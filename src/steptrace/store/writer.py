@@ -215,9 +215,7 @@ class Sink:
         with self._pop_lock:
             items = self._take()
             # Not those of this very thread: a signal handler running on top of a commit.
-            prior = [
-                (event, batch) for event, (tid, batch) in self._inflight.items() if tid != me
-            ]
+            prior = [(event, batch) for event, (tid, batch) in self._inflight.items() if tid != me]
             done = threading.Event()
             if items:
                 self._inflight[done] = (me, items)
