@@ -512,3 +512,49 @@ def _spill_env_restored() -> Iterator[None]:
     yield
     if saved is not None:
         os.environ["STEPTRACE_SPILL_DIR"] = saved
+
+
+DAEMON = """
+import threading, time
+import steptrace as st
+
+@st.step
+def work(i):
+    time.sleep(0.001)
+    return i
+
+@st.workflow
+def wf(i):
+    return work(i)
+
+def loop():
+    i = 0
+    while True:
+        print(st.run(wf, i).run_id, flush=True)
+        i += 1
+
+threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.5)  # then the main thread ends while the daemon thread is mid-run
+"""
+
+
+def test_runs_finishing_in_daemon_threads_at_exit_are_not_dropped(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Every run a daemon thread saw return (even during interpreter shutdown, after
+    the exit flush) is in the store, or in the journal the next reader writes to it;
+    none is left ``running``."""
+    spill = tmp_path / "daemon-spill"
+    env = dict(os.environ, STEPTRACE_STORE=store_url, STEPTRACE_SPILL_DIR=str(spill))
+    proc = subprocess.run(
+        [sys.executable, "-c", DAEMON], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout.split()
+    assert len(printed) > 10
+    os.environ["STEPTRACE_SPILL_DIR"] = str(spill)
+    st.store.writer._recovered_at.clear()
+    with st.Store.open(store_url) as store:
+        runs = {r.run_id: r.status for r in store.runs(last=100_000)}
+    assert all(runs.get(run_id) == "succeeded" for run_id in printed)
+    assert "running" not in runs.values()

@@ -56,6 +56,8 @@ class WriterBackend(Protocol):
 
     def abandon(self) -> None: ...
 
+    def checkpoint(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -252,6 +254,8 @@ class Store:
 
     def __init__(self, url: str, conn: sqlite3.Connection) -> None:
         self.url = url
+        self._dsn = url
+        """The URL to connect with (``url`` is what messages show)."""
         self._conn = conn
         self._lock = threading.Lock()
         self._readonly: sqlite3.Connection | None = None
@@ -297,8 +301,11 @@ class Store:
 
     # -- plumbing -----------------------------------------------------------------
     def _same_process_flush(self) -> None:
+        """Before a query: what this process recorded is written, and (every few
+        seconds) runs of processes that died are marked interrupted."""
         from steptrace.store import writer
 
+        writer.recover(self._dsn)
         sink = writer.current_sink()
         if sink is not None and same_store(sink.url, self.url):
             sink.flush(timeout_s=5.0)

@@ -436,6 +436,9 @@ class PostgresWriter:
             and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         )
 
+    def checkpoint(self) -> None:
+        """Nothing to do: the server checkpoints."""
+
     def abandon(self) -> None:
         """Give up the connection a write interrupted by a signal left mid-command."""
         self.reconnect()

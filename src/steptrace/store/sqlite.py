@@ -314,8 +314,18 @@ def _batch(
     span_flat: list[Any] = []
     llm_flat: list[Any] = []
     log_flat: list[Any] = []
+    # A run that started and ended in this batch needs only its end row (the upsert
+    # would merge the two; one row is half the work).
+    ended = {r.run_id for r in runs if r.status != "running"} if len(runs) > 1 else ()
+    started: dict[str, RunState] = {}
     for r in runs:
-        run_flat.extend((_RUN_META(r), r.input, r.output, r.error, r.tags))
+        if r.status == "running" and r.run_id in ended:
+            started[r.run_id] = r
+            continue
+        first = started.get(r.run_id)
+        run_input = r.input if r.input is not None or first is None else first.input
+        tags = r.tags if r.tags is not None or first is None else first.tags
+        run_flat.extend((_RUN_META(r), run_input, r.output, r.error, tags))
         if r.logs and r.end_ns is not None:
             for seq, entry in enumerate(r.logs):
                 log_flat.extend((r.run_id, r.span_id, seq, *entry))
@@ -362,6 +372,8 @@ def _ident(path: str) -> tuple[int, int] | None:
 
 
 WRITE_BUSY_MS = 500
+CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+"""SQLite's own default (1,000 pages of 4 KiB)."""
 """How long one write waits for another process's lock before the sink spills the batch
 (and writes it later): a workflow call never waits on a locked file for long."""
 
@@ -376,7 +388,26 @@ class SQLiteWriter:
         self.path = path
         self.conn = connect(path)
         self.conn.execute(f"PRAGMA busy_timeout={WRITE_BUSY_MS}")
+        # Checkpoints (copying the WAL into the database, with an fsync) are done by the
+        # sink's background thread (``checkpoint``), not by the commit that happens to
+        # cross the threshold on a workflow's thread.
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self.ident = _ident(path)
+        self._checkpointer: sqlite3.Connection | None = None
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database when it has grown past SQLite's usual
+        threshold (PASSIVE: never waits for readers or writers)."""
+        try:
+            wal_bytes = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if wal_bytes < CHECKPOINT_WAL_BYTES:
+            return
+        if self._checkpointer is None:
+            self._checkpointer = connect(self.path)
+            self._checkpointer.execute("PRAGMA busy_timeout=0")
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
         docs = [
@@ -427,6 +458,8 @@ class SQLiteWriter:
 
     def close(self) -> None:
         self.conn.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
 
 _STATEMENTS = (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT)

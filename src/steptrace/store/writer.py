@@ -67,6 +67,7 @@ _WAKE_BACKLOG = 2000
 _INTERVAL_S = 0.1
 _RETRY_S = (0.5, 1.0, 2.0, 5.0)
 _ORPHANS_EVERY_S = 60.0
+_END_BACKLOG = 64
 _EXIT_FLUSH_TIMEOUT_S = 30.0
 _RECORD_OVERHEAD = 256
 
@@ -137,6 +138,8 @@ class Sink:
         self._pop_lock = threading.RLock()
         self._store_lock = threading.RLock()
         self._journal_lock = threading.RLock()
+        self._ending: collections.deque[list[Record]] = collections.deque()
+        """Committed batches whose OTel spans are not ended yet."""
         self._inflight: dict[threading.Event, tuple[int, list[Record]]] = {}
         """Batches being committed: the thread committing each, and its records."""
         self._wake = threading.Event()
@@ -185,6 +188,7 @@ class Sink:
         queue.append(item)
         if self._closed:
             self.commit()  # after exit began: write (or spill) it now, never drop it
+            self.end_spans()
             return
         if len(queue) > _WAKE_BACKLOG or self.queued_bytes > QUEUE_MAX_BYTES // 4:
             self._wake.set()
@@ -292,10 +296,24 @@ class Sink:
         """Write finished records (store or journal), then end their OTel spans."""
         for chunk in _chunks(items):
             self._store_or_spill(chunk, deadline)
-        try:
-            span_end.end_spans(items)
-        except Exception:  # the export path must not cost the records
-            log.warning("steptrace: failed to end OpenTelemetry spans", exc_info=True)
+        # The records are durable; their OTel spans are ended off the caller's path.
+        self._ending.append(items)
+        if len(self._ending) > _END_BACKLOG:
+            self._wake.set()
+
+    def end_spans(self) -> None:
+        """End the OTel spans of the records committed so far (their value attributes
+        set from the redacted values)."""
+        ending = self._ending
+        while ending:
+            try:
+                batch = ending.popleft()
+            except IndexError:
+                return
+            try:
+                span_end.end_spans(batch)
+            except Exception:  # the export path must not cost the records
+                log.warning("steptrace: failed to end OpenTelemetry spans", exc_info=True)
 
     def _store_or_spill(self, records: list[Record], deadline: float) -> None:
         if self.store_ok and self._backend_ready() and time.monotonic() < deadline:
@@ -443,6 +461,10 @@ class Sink:
     def _tick(self) -> None:
         if self.queue:
             self.commit()
+        self.end_spans()
+        if self.store_ok and self._backend_ready():
+            with contextlib.suppress(Exception):
+                self.backend.checkpoint()
         now = time.monotonic()
         if (not self.store_ok or self.journal.pending_bytes) and now >= self._next_recover:
             self._recover()
@@ -615,6 +637,7 @@ class Sink:
         deadline = time.monotonic() + timeout_s
         if not self.commit(timeout_s):
             return False
+        self.end_spans()
         while self.journal.pending_bytes and not self._closed:
             if time.monotonic() >= deadline:
                 return False
@@ -658,6 +681,8 @@ class Sink:
             with contextlib.suppress(Exception):
                 self._finish(records)
                 self._commit_items(records, time.monotonic() + 2.0)
+        with contextlib.suppress(Exception):
+            self.end_spans()
         for event in others:
             event.wait(1.0)
         if self.store_ok and self._backend_ready() and not self.backend.in_transaction():
@@ -687,6 +712,7 @@ class Sink:
                 break
             time.sleep(0.05)
         self.commit(timeout_s=1.0)  # what daemon threads recorded meanwhile
+        self.end_spans()
         if self.store_ok and self._backend_ready():
             with self._store_lock, contextlib.suppress(Exception):
                 self._call(lambda: self.backend.execute(liveness.end(self.owner, time.time_ns())))

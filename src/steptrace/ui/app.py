@@ -72,7 +72,7 @@ class _Runs:
                 self._cache.move_to_end(full)
                 return run
         run = self._store.run(full)
-        if run.status != "running":
+        if run.status not in ("running", "interrupted"):  # an interrupted run may yet end
             with self._lock:
                 self._cache[full] = run
                 while len(self._cache) > _RUN_CACHE_SIZE:
