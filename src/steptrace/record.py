@@ -69,8 +69,9 @@ counters = Counters()
 
 
 def storable(text: str) -> str:
-    """``text`` as every engine can store it: lone surrogates (text decoded with
-    ``surrogateescape``: file names, argv, subprocess output) and NUL become U+FFFD.
+    """``text`` as every engine can store it: each lone surrogate (text decoded with
+    ``surrogateescape``: file names, argv, subprocess output) and each NUL becomes one
+    U+FFFD; a high and low surrogate side by side are joined into their character.
     Counted in ``counters.sanitized``."""
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
@@ -79,7 +80,7 @@ def storable(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         counters.add("sanitized")
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
 
 
@@ -87,6 +88,20 @@ def storable_or_none(text: str | None) -> str | None:
     if text is None or (text.isascii() and "\x00" not in text):
         return text
     return storable(text)
+
+
+NAME_MAX_BYTES = 1000
+"""Names (workflow, step, tool, model…) are indexed: PostgreSQL refuses an index entry
+over 2,704 bytes, so a longer name is cut (at a character boundary, with "…")."""
+
+
+def storable_name(text: str) -> str:
+    text = storable_or_none(text) or ""
+    if len(text) * 4 <= NAME_MAX_BYTES or len(text.encode()) <= NAME_MAX_BYTES:
+        return text
+    counters.add("sanitized")
+    cut = text.encode()[: NAME_MAX_BYTES - 3].decode("utf-8", "ignore")
+    return cut + "…"
 
 
 def _storable_logs(logs: list[tuple[int, str, str, str, str | None]]) -> None:
@@ -105,17 +120,21 @@ def make_storable(rec: RunState | SpanRecord) -> None:
     """Make every text field of a record storable, in place (the write path's boundary:
     no text from user code or a provider can make a batch fail)."""
     if isinstance(rec, SpanRecord):
-        rec.name = storable_or_none(rec.name) or ""
-        rec.key = storable_or_none(rec.key)
-        rec.kind = storable_or_none(rec.kind) or "other"
+        rec.name = storable_name(rec.name)
+        rec.key = None if rec.key is None else storable_name(rec.key)
+        rec.kind = storable_name(rec.kind) or "other"
         llm = rec.llm
         if llm is not None:
-            llm.provider = storable_or_none(llm.provider) or ""
-            llm.model = storable_or_none(llm.model) or ""
-            llm.finish_reason = storable_or_none(llm.finish_reason)
-            llm.response_model = storable_or_none(llm.response_model)
+            llm.provider = storable_name(llm.provider)
+            llm.model = storable_name(llm.model)
+            llm.finish_reason = (
+                None if llm.finish_reason is None else storable_name(llm.finish_reason)
+            )
+            llm.response_model = (
+                None if llm.response_model is None else storable_name(llm.response_model)
+            )
     else:
-        rec.workflow = storable_or_none(rec.workflow) or ""
+        rec.workflow = storable_name(rec.workflow)
     if rec.logs:
         _storable_logs(rec.logs)
 
@@ -415,7 +434,7 @@ def reset_processors() -> None:
 
 def encode(value: Any) -> bytes:
     """The stored JSON of ``value``: serialised, redacted, capped. Never raises."""
-    data = to_json(value)
+    data = _no_nul(to_json(value))
     for process in pipeline().processors:
         data = process(data)
     return data
@@ -432,7 +451,26 @@ def finish_values(values: list[bytes]) -> list[bytes]:
             for v, suspect in zip(values, redactor.suspects(values), strict=True)
         ]
     cap = pipe.cap
-    return [cap(v) for v in values]
+    return [cap(_no_nul(v)) for v in values]
+
+
+def _no_nul(data: bytes) -> bytes:
+    """A JSON value without NUL in its strings (U+FFFD instead, counted): PostgreSQL's
+    JSONB cannot hold one, so no engine stores one and both read back alike."""
+    if b"\\u0000" not in data:
+        return data
+    counters.add("sanitized")
+    return orjson.dumps(_replace_nul(orjson.loads(data)), option=_OPTS)
+
+
+def _replace_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_replace_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
+    return value
 
 
 def redact_text(text: str) -> str:

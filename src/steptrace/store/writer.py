@@ -376,7 +376,10 @@ class Sink:
             if count:
                 self._count_written(len(records), replay)
             return True
-        if _is_store_fault(error) or not self._probe():
+        # Only a lock held elsewhere is taken for a store fault without asking: any
+        # other error is put to a probe (a small write), which tells a store that is
+        # down, full or hung from a batch it refuses (a value out of an engine's range).
+        if _is_busy(error) or isinstance(error, OSError) or not self._probe():
             self._enter_spill("cannot write to the store", error)
             if spill:
                 self._spill(records)
@@ -732,39 +735,6 @@ class Sink:
         if backend is not None:
             with contextlib.suppress(Exception):
                 backend.close()
-
-
-_STORE_FAULTS = (
-    "locked",
-    "busy",
-    "full",
-    "disk",
-    "i/o",
-    "readonly",
-    "read-only",
-    "unable to open",
-    "interrupted",
-    "no such table",
-    "not a database",
-    "malformed",
-    "out of memory",
-    "deleted or replaced",
-)
-
-
-def _is_store_fault(exc: BaseException) -> bool:
-    """An error that says the store cannot take writes now (whatever the records): it is
-    spilled to without probing. Others are probed: a store that takes a small write
-    refused the batch itself."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    if "OperationalError" in names and "psycopg" in type(exc).__module__:
-        return True  # connection lost, server shutting down, disk full, timeouts
-    if "StoreMoved" in names or isinstance(exc, OSError):
-        return True
-    if "OperationalError" not in names:
-        return False
-    text = str(exc).lower()
-    return any(marker in text for marker in _STORE_FAULTS) and "malformed json" not in text
 
 
 def _is_busy(exc: BaseException | None) -> bool:
