@@ -60,6 +60,7 @@ def _fresh_steptrace(
     store_path: Path, monkeypatch: pytest.MonkeyPatch, _tracer_provider: TracerProvider
 ) -> Iterator[None]:
     monkeypatch.setenv("STEPTRACE_STORE", str(store_path))
+    monkeypatch.setenv("STEPTRACE_SPILL_DIR", str(store_path.parent / "spill"))
     steptrace.config.reset()
     _EXPORTER.clear()
     yield

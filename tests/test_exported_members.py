@@ -18,6 +18,7 @@ EXPECTED = [
     "current_run_id",
     "current_traceparent",
     "flush",
+    "health",
     "instrument",
     "last_run",
     "llm",

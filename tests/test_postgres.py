@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 import pg_server
@@ -54,7 +55,8 @@ def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(
         assert [r.output for r in results] == [3, 6, 9, 12, 15]
         assert all(r.status == "succeeded" and r.exception is None for r in results)
         st.flush(timeout_s=1.5)  # the writer tries, and reports
-        assert any("unreachable" in r.getMessage() for r in caplog.records), caplog.text
+        assert any("recording goes on into" in r.getMessage() for r in caplog.records), caplog.text
+        assert st.health()["pending"] > 0  # in the spill journal meanwhile
         own_server.resume()
         assert st.flush(timeout_s=30)
     rows = raw_sql(own_server.url, "SELECT count(*), count(DISTINCT run_id) FROM runs")
@@ -66,7 +68,12 @@ def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(
     assert not any("failed to write" in r.getMessage() for r in caplog.records)
 
 
-def test_an_unreachable_server_is_a_config_error_without_the_password() -> None:
+def test_an_unreachable_server_at_start_is_spilled_to_and_reported_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that is down when the first run starts may only be starting: the runs go
+    to the spill journal, the warning says so (password masked), and a reader that
+    cannot open the store gets a ConfigError saying what to check."""
     url = "postgresql://ada:hunter2secret@127.0.0.1:1/steptrace"
     st.configure(store=url)
 
@@ -74,13 +81,32 @@ def test_an_unreachable_server_is_a_config_error_without_the_password() -> None:
     def wf() -> int:
         return 1
 
-    with pytest.raises(st.ConfigError) as caught:
-        wf()
-    message = str(caught.value)
-    assert "cannot open the PostgreSQL store" in message
+    with caplog.at_level(logging.WARNING, logger="steptrace"):
+        assert wf() == 1
+    message = caplog.text
+    assert "cannot open the store" in message and "check STEPTRACE_STORE" in message
     assert "ada:***@127.0.0.1:1" in message and "hunter2secret" not in message
-    with pytest.raises(st.ConfigError, match="right host, port, user and database"):
+    health = st.health()
+    assert health["state"] == "spilling" and health["pending"] == 2 and health["lost"] == 0
+    with pytest.raises(st.ConfigError, match="right host, port, user and database") as caught:
         st.Store.open(url)
+    assert "hunter2secret" not in str(caught.value)
+
+
+def test_a_wrong_password_is_a_config_error_at_start(postgres_server: str) -> None:
+    """A mistake that will not pass by itself fails the first run loudly."""
+    parts = urllib.parse.urlsplit(postgres_server)
+    url = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"nobody_here:pw@{parts.netloc.split('@')[-1]}")
+    )
+    st.configure(store=url)
+
+    @st.workflow
+    def wf() -> int:
+        return 1
+
+    with pytest.raises(st.ConfigError, match="cannot open the PostgreSQL store"):
+        wf()
 
 
 def test_without_psycopg_a_postgresql_store_says_what_to_install() -> None:

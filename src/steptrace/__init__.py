@@ -8,7 +8,7 @@ from steptrace.runtime import current_run_id, current_traceparent
 from steptrace.spec import Backoff
 from steptrace.store import RunNotFound, Store
 from steptrace.store.model import RunRecord, SpanView
-from steptrace.store.writer import flush
+from steptrace.store.writer import flush, health
 
 __all__ = [
     "Backoff",
@@ -24,6 +24,7 @@ __all__ = [
     "current_run_id",
     "current_traceparent",
     "flush",
+    "health",
     "instrument",
     "last_run",
     "llm",

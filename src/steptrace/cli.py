@@ -65,6 +65,7 @@ class Status(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     running = "running"
+    interrupted = "interrupted"
 
 
 app = typer.Typer(
@@ -513,6 +514,7 @@ _MARKS = {
     "succeeded": ("✓", "green"),
     "failed": ("✗", "red"),
     "running": ("…", "yellow"),
+    "interrupted": ("⚠", "magenta"),
     "incomplete": ("◐", "yellow"),
 }
 

@@ -1,5 +1,6 @@
-"""The commands that look after the store itself: ``migrate`` (apply pending schema
-migrations) and ``prune`` (retention), registered on the ``steptrace`` app by
+"""The commands that look after the store itself: ``status`` (runs by status, spill
+journals, write-trouble reports), ``migrate`` (apply pending schema migrations) and
+``prune`` (retention), registered on the ``steptrace`` app by
 ``register(app)``. Both act on the configured store (``--store`` or
 ``STEPTRACE_STORE``) and take ``--json``.
 """
@@ -93,7 +94,77 @@ def prune_command(
     _console().print("".join(details))
 
 
+def status_command(
+    reports: Annotated[
+        int, typer.Option("--reports", min=0, help="How many recent write-trouble reports.")
+    ] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """The store's state: runs by status (interrupted ones included), the spill journals
+    waiting to be written, live writer processes, and recent reports of write trouble
+    (records spilled, quarantined or lost) from every process."""
+    import steptrace as st
+    from steptrace.store import journal
+    from steptrace.store.schema import describe
+
+    url = get_config().store_url()
+    with st.Store.open(url) as store:  # opening it sweeps interrupted runs, replays orphans
+        by_status = {
+            row["status"]: row["runs"]
+            for row in store.sql(
+                "SELECT status, count(*) AS runs FROM runs GROUP BY status ORDER BY status"
+            )
+        }
+        schema = [row["name"] for row in store.sql("SELECT name FROM _migrations")]
+        writers = store.sql(
+            "SELECT owner, heartbeat_at FROM owners WHERE ended_at IS NULL "
+            "ORDER BY heartbeat_at DESC"
+        )
+        recent = store.sql(
+            "SELECT * FROM store_health ORDER BY reported_at DESC LIMIT ?", [reports]
+        )
+    journals = journal.pending(journal.spill_dir(url))
+    status: dict[str, Any] = {
+        "store": describe(url),
+        "schema": max(schema) if schema else None,
+        "runs": by_status,
+        "writers": writers,
+        "journals": journals,
+        "reports": recent,
+        "health": st.health(),
+    }
+    if as_json:
+        _print_json(status)
+        return
+    console = _console()
+    console.print(f"store     {status['store']} (schema {status['schema']})")
+    counts = " · ".join(f"{name} {n:,}" for name, n in by_status.items()) or "none"
+    console.print(f"runs      {counts}")
+    console.print(f"writers   {len(writers)} live process(es)")
+    if journals:
+        total = sum(j["bytes"] for j in journals)
+        live = sum(1 for j in journals if j["live"])
+        console.print(
+            f"spill     {len(journals)} journal(s), {total:,} bytes waiting ({live} of live "
+            "processes: they write them when the store takes writes again)"
+        )
+    else:
+        console.print("spill     nothing waiting: every spilled record is in the store")
+    if recent:
+        console.print("reports   (newest first)")
+        for row in recent:
+            console.print(
+                f"  {row['reported_at'][:19]}  {row['process']}: {row['written']:,} written, "
+                f"{row['spilled']:,} spilled, {row['replayed']:,} replayed, "
+                f"{row['quarantined']:,} quarantined, {row['lost']:,} lost"
+                + (f" — {row['last_error']}" if row["last_error"] else "")
+            )
+    else:
+        console.print("reports   no write trouble reported")
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands to the ``steptrace`` app."""
+    app.command("status")(status_command)
     app.command("migrate")(migrate_command)
     app.command("prune")(prune_command)

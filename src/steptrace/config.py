@@ -92,6 +92,12 @@ class Config:
     """A step called outside any workflow runs untraced unless this is on, in which
     case it is recorded as a one-step run named after the step."""
 
+    durable: str | None = None
+    """When a run's records are committed: ``"run"`` (the default: before the workflow
+    call returns), ``"step"`` (before each step attempt returns: what resuming a crashed
+    run needs) or ``"off"`` (in the background, within ~100 ms: fire-and-forget).
+    ``None`` reads ``STEPTRACE_DURABLE``."""
+
     auto_migrate: bool | None = None
     """Apply pending schema migrations when a store is first opened; ``None`` reads
     ``STEPTRACE_AUTO_MIGRATE`` (``0``/``false``/``no``/``off`` turn it off), default on.
@@ -99,6 +105,12 @@ class Config:
 
     def store_url(self) -> str:
         return self.store or os.environ.get("STEPTRACE_STORE") or DEFAULT_STORE_PATH
+
+    def durability(self) -> str:
+        """The durability level in force: ``"run"``, ``"step"`` or ``"off"``."""
+        if self.durable is not None:
+            return self.durable
+        return durability_level(os.environ.get("STEPTRACE_DURABLE") or "run", "STEPTRACE_DURABLE")
 
     def auto_migrate_enabled(self) -> bool:
         if self.auto_migrate is not None:
@@ -114,6 +126,8 @@ class Config:
                     f"unknown store URL scheme {scheme!r}: use a file path, sqlite:///path "
                     "or postgresql://user@host/database"
                 )
+        if self.durable is not None:
+            durability_level(self.durable, "durable")
         if self.max_value_bytes < 256:
             raise ConfigError(f"max_value_bytes={self.max_value_bytes} is too small: use >= 256")
         if self.export_value_bytes < 64:
@@ -129,6 +143,25 @@ class Config:
                     "scope flags inline, e.g. (?i:bearer)"
                 ) from exc
         return self
+
+
+DURABILITY_LEVELS = ("run", "step", "off")
+
+
+def durability_level(value: object, name: str = "durable") -> str:
+    """``value`` as a durability level: ``True`` is ``"step"``, ``False`` is ``"off"``;
+    ``ConfigError`` for anything else than the levels."""
+    if value is True:
+        return "step"
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value.strip().lower() in DURABILITY_LEVELS:
+        return value.strip().lower()
+    raise ConfigError(
+        f"{name}={value!r} is not a durability level: use 'run' (the default: committed "
+        "when the workflow call returns), 'step' (each step committed before it returns; "
+        "also durable=True) or 'off' (fire-and-forget; also durable=False)"
+    )
 
 
 _lock = threading.Lock()
@@ -163,6 +196,7 @@ def configure(
     openinference: bool | None = None,
     record_steps_outside_workflow: bool | None = None,
     auto_migrate: bool | None = None,
+    durable: bool | str | None = None,
     otel_sdk: bool = False,
     otlp_endpoint: str | None = None,
     otlp_protocol: str | None = None,
@@ -213,6 +247,8 @@ def configure(
         changes["record_steps_outside_workflow"] = record_steps_outside_workflow
     if auto_migrate is not None:
         changes["auto_migrate"] = auto_migrate
+    if durable is not None:
+        changes["durable"] = durability_level(durable)
     new = dataclasses.replace(current, **changes).validate()
     if otel_sdk or otlp_endpoint is not None or otlp_protocol is not None:
         from steptrace.otlp import configure_sdk
@@ -236,6 +272,7 @@ def reset() -> None:
     from steptrace.store import writer
 
     writer.close_sink()
+    writer._reset_sigterm_for_tests()
     with _lock:
         _config = None
     record.reset_processors()

@@ -41,7 +41,7 @@ def _wrap(spec: Spec) -> Callable[..., Any]:
 def workflow(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None, tags: Sequence[str] = ()
+    *, name: str | None = None, tags: Sequence[str] = (), durable: bool | str | None = None
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -49,14 +49,19 @@ def workflow(
     *,
     name: str | None = None,
     tags: Sequence[str] = (),
+    durable: bool | str | None = None,
 ) -> Any:
     """Mark a function (sync or async) as a workflow: each top-level call is one run.
 
     Called inside another run, a workflow is recorded as a step of that run.
+    ``durable`` overrides the configured durability for its runs: ``True`` (or
+    ``"step"``) commits each step attempt before it returns, ``False`` (or ``"off"``)
+    records in the background, ``"run"`` (the default) commits the run before the call
+    returns.
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(Spec(f, "workflow", name, tags=tags))
+        return _wrap(Spec(f, "workflow", name, tags=tags, durable=durable))
 
     return decorate(fn) if fn is not None else decorate
 
@@ -179,12 +184,12 @@ async def arun(
     try:
         output = await spec.fn(*args, **kwargs)
     except Exception as exc:
-        scope.finish(error=exc)
+        await scope.afinish(error=exc)
         return RunResult(scope.run.state.run_id, "failed", None, exc)
     except BaseException as exc:
-        scope.finish(error=exc)
+        await scope.afinish(error=exc)
         raise
-    scope.finish(output)
+    await scope.afinish(output)
     return RunResult(scope.run.state.run_id, "succeeded", output, None)
 
 

@@ -43,13 +43,14 @@ _REPR_PREFIX = 200
 class Counters:
     """Process-wide counts of values that could not be stored as they were."""
 
-    __slots__ = ("_lock", "redacted", "truncated", "unserializable")
+    __slots__ = ("_lock", "redacted", "sanitized", "truncated", "unserializable")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.unserializable = 0
         self.truncated = 0
         self.redacted = 0
+        self.sanitized = 0
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -60,10 +61,63 @@ class Counters:
             "unserializable": self.unserializable,
             "truncated": self.truncated,
             "redacted": self.redacted,
+            "sanitized": self.sanitized,
         }
 
 
 counters = Counters()
+
+
+def storable(text: str) -> str:
+    """``text`` as every engine can store it: lone surrogates (text decoded with
+    ``surrogateescape``: file names, argv, subprocess output) and NUL become U+FFFD.
+    Counted in ``counters.sanitized``."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+        counters.add("sanitized")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        counters.add("sanitized")
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def storable_or_none(text: str | None) -> str | None:
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return storable(text)
+
+
+def _storable_logs(logs: list[tuple[int, str, str, str, str | None]]) -> None:
+    for i, (ts, level, logger, message, exc_text) in enumerate(logs):
+        fixed = (
+            storable_or_none(level),
+            storable_or_none(logger),
+            storable_or_none(message),
+            storable_or_none(exc_text),
+        )
+        if fixed != (level, logger, message, exc_text):
+            logs[i] = (ts, *fixed)  # type: ignore[assignment]
+
+
+def make_storable(rec: RunState | SpanRecord) -> None:
+    """Make every text field of a record storable, in place (the write path's boundary:
+    no text from user code or a provider can make a batch fail)."""
+    if isinstance(rec, SpanRecord):
+        rec.name = storable_or_none(rec.name) or ""
+        rec.key = storable_or_none(rec.key)
+        rec.kind = storable_or_none(rec.kind) or "other"
+        llm = rec.llm
+        if llm is not None:
+            llm.provider = storable_or_none(llm.provider) or ""
+            llm.model = storable_or_none(llm.model) or ""
+            llm.finish_reason = storable_or_none(llm.finish_reason)
+            llm.response_model = storable_or_none(llm.response_model)
+    else:
+        rec.workflow = storable_or_none(rec.workflow) or ""
+    if rec.logs:
+        _storable_logs(rec.logs)
 
 
 def _type_name(obj: object) -> str:
@@ -126,7 +180,9 @@ def _default(obj: Any) -> Any:
 def _jsonable(obj: Any, seen: set[int], depth: int) -> Any:
     """Slow, careful conversion used only when orjson refused the value (cycles, huge
     ints, a ``default`` that raised): replaces what cannot be stored, keeps the rest."""
-    if obj is None or isinstance(obj, bool | float | str):
+    if isinstance(obj, str):
+        return storable(obj)
+    if obj is None or isinstance(obj, bool | float):
         return obj
     if isinstance(obj, int):
         return obj if -(2**63) <= obj < 2**64 else str(obj)
@@ -143,7 +199,7 @@ def _jsonable(obj: Any, seen: set[int], depth: int) -> Any:
     try:
         if isinstance(obj, dict):
             return {
-                k if isinstance(k, str) else _safe_repr(k): _jsonable(v, seen, depth + 1)
+                storable(k if isinstance(k, str) else _safe_repr(k)): _jsonable(v, seen, depth + 1)
                 for k, v in obj.items()
             }
         if isinstance(obj, list | tuple | set | frozenset):
@@ -472,6 +528,8 @@ class RunState:
     output: bytes | None = None
     error: bytes | None = None
     tags: bytes | None = None
+    owner: str | None = None
+    """The process recording the run (``steptrace.store.owner``)."""
     logs: list[tuple[int, str, str, str, str | None]] | None = None
     """Log records written in the run outside any step (kept with the root span)."""
     raw: bool = False

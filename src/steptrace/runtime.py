@@ -54,11 +54,13 @@ from steptrace.telemetry import (
 class _Run:
     """The live state of one run."""
 
-    __slots__ = ("_counts", "_lock", "sink", "state", "tool_calls")
+    __slots__ = ("_counts", "_lock", "durable", "sink", "state", "tool_calls")
 
-    def __init__(self, state: RunState, sink: Sink) -> None:
+    def __init__(self, state: RunState, sink: Sink, durable: str) -> None:
         self.state = state
         self.sink = sink
+        self.durable = durable
+        """``"run"``, ``"step"`` or ``"off"``: when its records are committed."""
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self.tool_calls: list[Any] = []
@@ -305,6 +307,7 @@ def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             return _workflow_sync(spec, args, kwargs)
         return _untraced_sync(spec, args, kwargs)
     call = _Call(spec, parent, args, kwargs)
+    run = parent.run
     attempt = 1
     while True:
         call.begin(attempt)
@@ -312,6 +315,8 @@ def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             result = spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
+            if run.durable == "step":
+                run.sink.commit()
             delay = call.retry_delay(exc, attempt)
             if delay is None:
                 raise
@@ -319,13 +324,19 @@ def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             attempt += 1
             continue
         try:
-            return call.succeed(result)
+            value = call.succeed(result)
         except pydantic.ValidationError as exc:
+            if run.durable == "step":
+                run.sink.commit()
             delay = call.retry_delay(exc, attempt)
             if delay is None:
                 raise
             time.sleep(delay)
             attempt += 1
+            continue
+        if run.durable == "step":
+            run.sink.commit()
+        return value
 
 
 async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -335,6 +346,7 @@ async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             return await _workflow_async(spec, args, kwargs)
         return await _untraced_async(spec, args, kwargs)
     call = _Call(spec, parent, args, kwargs)
+    run = parent.run
     attempt = 1
     while True:
         call.begin(attempt)
@@ -342,6 +354,8 @@ async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             result = await spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
+            if run.durable == "step":
+                await run.sink.acommit()
             delay = call.retry_delay(exc, attempt)
             if delay is None:
                 raise
@@ -349,13 +363,19 @@ async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             attempt += 1
             continue
         try:
-            return call.succeed(result)
+            value = call.succeed(result)
         except pydantic.ValidationError as exc:
+            if run.durable == "step":
+                await run.sink.acommit()
             delay = call.retry_delay(exc, attempt)
             if delay is None:
                 raise
             await asyncio.sleep(delay)
             attempt += 1
+            continue
+        if run.durable == "step":
+            await run.sink.acommit()
+        return value
 
 
 def _untraced_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -424,12 +444,25 @@ class _RunScope:
         state.logs = []
         self.spec = spec
         self.otel = span
-        self.run = _Run(state, sink)
-        sink.put(_started(state))
+        self.run = _Run(state, sink, spec.durable or get_config().durability())
+        sink.begin_run(state)
         self.token = _frame.set(_Frame(self.run, span_id, state.logs))
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Record the run's end and, unless it is fire-and-forget, commit it: when this
+        returns, the run is in the store (or, while the store is down, the journal)."""
+        self._record_end(result, error)
+        if self.run.durable != "off":
+            self.run.sink.commit()
+
+    async def afinish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """``finish`` for an async workflow: the commit does not block the event loop."""
+        self._record_end(result, error)
+        if self.run.durable != "off":
+            await self.run.sink.acommit()
+
+    def _record_end(self, result: Any, error: BaseException | None) -> None:
         global _last_run_id
         otel_context.detach(self.otel_token)
         _frame.reset(self.token)
@@ -446,24 +479,8 @@ class _RunScope:
             "steptrace.workflow.name": state.workflow,
         }
         _defer_span(state, self.otel, attributes, error)
-        self.run.sink.put(state)
+        self.run.sink.end_run(state)
         _last_run_id = state.run_id
-
-
-def _started(state: RunState) -> RunState:
-    """A copy of the run's start row: the live state keeps changing until it ends."""
-    return RunState(
-        run_id=state.run_id,
-        workflow=state.workflow,
-        trace_id=state.trace_id,
-        span_id=state.span_id,
-        start_ns=state.start_ns,
-        parent_trace_id=state.parent_trace_id,
-        parent_span_id=state.parent_span_id,
-        input=state.input,
-        tags=state.tags,
-        raw=True,
-    )
 
 
 def _workflow_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -488,7 +505,7 @@ async def _workflow_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, A
         else:
             result = await _run_async(spec, args, kwargs)
     except BaseException as exc:
-        scope.finish(error=exc)
+        await scope.afinish(error=exc)
         raise
-    scope.finish(result)
+    await scope.afinish(result)
     return result

@@ -11,6 +11,7 @@ from typing import Any
 
 import pydantic
 
+from steptrace.config import durability_level
 from steptrace.record import SpanRecord
 
 
@@ -37,6 +38,7 @@ class Spec:
     __slots__ = (
         "adapter",
         "backoff",
+        "durable",
         "fn",
         "kind",
         "max_attempts",
@@ -60,6 +62,7 @@ class Spec:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         output: Any = None,
         tags: Sequence[str] = (),
+        durable: bool | str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries}: must be >= 0")
@@ -82,6 +85,7 @@ class Spec:
         # Calls that pass every parameter positionally skip Signature.bind (~3 us).
         self.positional_names = tuple(params) if plain and not self.skip_first else None
         self.tags = tuple(tags)
+        self.durable = None if durable is None else durability_level(durable)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults included."""

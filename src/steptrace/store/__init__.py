@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
-from steptrace.config import get_config
+from steptrace.config import ConfigError, get_config
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
@@ -41,9 +41,18 @@ if TYPE_CHECKING:
 
 
 class WriterBackend(Protocol):
-    """What the background writer needs of a backend."""
+    """What the sink needs of an engine: one attempt per call (the sink decides what a
+    failure means), ``cancel`` callable from another thread to break a call off."""
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None: ...
+
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def cancel(self) -> None: ...
+
+    def in_transaction(self) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -55,6 +64,15 @@ def open_writer(url: str) -> WriterBackend:
     if scheme == "postgresql":
         writer: WriterBackend = load_postgres().PostgresWriter(url)
         return writer
+    return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
+
+
+def open_engine(url: str) -> WriterBackend:
+    """A writing connection to a store that exists (no migration): for the sweep of
+    interrupted runs."""
+    if _scheme(url) == "postgresql":
+        engine: WriterBackend = load_postgres().PostgresWriter(url)
+        return engine
     return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
 
 
@@ -243,16 +261,25 @@ class Store:
         """Open the store at ``url`` (default: ``STEPTRACE_STORE``, else
         ``./.steptrace/steptrace.db``) for queries. Creates it if needed, and applies
         the migrations of this version to a store an older one wrote."""
+        from steptrace.store.writer import recover
+
         url = url or get_config().store_url()
         if _scheme(url) == "postgresql":
             load_postgres()  # says what to install when psycopg is missing
             from steptrace.store.postgres_store import PostgresStore
 
-            return PostgresStore.connect(url)
+            pg_store = PostgresStore.connect(url)
+            recover(url)
+            return pg_store
         path = sqlite_backend.path_from_url(url)
-        if not os.path.exists(path):
-            open_writer(url).close()
-        conn = sqlite_backend.connect(path)
+        try:
+            if not os.path.exists(path):
+                open_writer(url).close()
+            conn = sqlite_backend.connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            from steptrace.store.schema import open_error
+
+            raise ConfigError(open_error(url, exc)) from exc
         if sqlite_backend.has_pending(conn):
             try:
                 if get_config().auto_migrate_enabled():
@@ -263,6 +290,7 @@ class Store:
                 conn.close()
                 raise
         sqlite_backend.tune_for_reads(conn)
+        recover(url)
         return cls(url, conn)
 
     # -- plumbing -----------------------------------------------------------------
@@ -271,7 +299,7 @@ class Store:
 
         sink = writer.current_sink()
         if sink is not None and same_store(sink.url, self.url):
-            sink.flush()
+            sink.flush(timeout_s=5.0)
 
     def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
         self._same_process_flush()

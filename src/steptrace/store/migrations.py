@@ -184,11 +184,58 @@ def _export_drops(dialect: str) -> list[str]:
     ]
 
 
+def _durability(dialect: str) -> list[str]:
+    """What makes every write idempotent and a dead process visible: a run names the
+    process that owns it (``runs.owner``, a row of ``owners`` with its heartbeat); a
+    log record is unique by (run, span, seq), so a batch written twice (replayed from a
+    spill journal after an uncertain commit) stores it once; ``store_health`` holds one
+    row per report of a process whose writes were spilled, quarantined or lost."""
+    t = _text(dialect)
+    duplicates = (
+        "DELETE FROM logs WHERE ctid NOT IN "
+        "(SELECT min(ctid) FROM logs GROUP BY run_id, span_id, seq)"
+        if dialect == "postgresql"
+        else "DELETE FROM logs WHERE rowid NOT IN "
+        "(SELECT min(rowid) FROM logs GROUP BY run_id, span_id, seq)"
+    )
+    return [
+        f"ALTER TABLE runs ADD COLUMN owner {t}",
+        "CREATE INDEX runs_running_owner ON runs (owner) WHERE status = 'running'",
+        f"""CREATE TABLE owners (
+            owner {t} PRIMARY KEY,
+            host {t} NOT NULL,
+            pid INTEGER NOT NULL,
+            process_started_at {t},
+            started_at {t} NOT NULL,
+            heartbeat_at {t} NOT NULL,
+            ended_at {t}
+        )""",
+        duplicates,
+        "DROP INDEX logs_span",
+        "CREATE UNIQUE INDEX logs_span ON logs (run_id, span_id, seq)",
+        f"""CREATE TABLE store_health (
+            reported_at {t} NOT NULL,
+            process {t} NOT NULL,
+            store {t} NOT NULL,
+            interval_s DOUBLE PRECISION NOT NULL,
+            written INTEGER NOT NULL,
+            spilled INTEGER NOT NULL,
+            replayed INTEGER NOT NULL,
+            quarantined INTEGER NOT NULL,
+            lost INTEGER NOT NULL,
+            sanitized INTEGER NOT NULL,
+            last_error {t}
+        )""",
+        "CREATE INDEX store_health_reported ON store_health (reported_at)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_llm_details", _llm_details),
     Migration("0003_query", _query),
     Migration("0004_export_drops", _export_drops),
+    Migration("0005_durability", _durability),
 )
 
 

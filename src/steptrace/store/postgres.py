@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import socket
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -28,14 +30,12 @@ from psycopg.types.string import TextLoader
 
 from steptrace.record import RunState, SpanRecord
 from steptrace.store.migrations import pending
+from steptrace.store.sqlite import RUN_UPSERT_GUARD, RUN_UPSERT_SET
 
 log = logging.getLogger("steptrace")
 
 SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT_S = 10
-RECONNECT_FOR_S = 60.0
-"""How long a batch is retried (reconnecting) while the server is unreachable before it
-is given up, reported and counted as dropped."""
 _MIGRATION_LOCK = 0x5374657074726163
 """The advisory lock key that serialises migrations across processes ("Steptrac")."""
 
@@ -76,12 +76,9 @@ def configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
     conn = psycopg.connect(
-        _libpq_url(url),
-        autocommit=autocommit,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        application_name="steptrace",
-        **kwargs,
+        _libpq_url(url), autocommit=autocommit, application_name="steptrace", **kwargs
     )
     configure(conn)
     return conn
@@ -151,7 +148,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
 
 _RUN_COLUMNS = (
     "run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id, "
-    "started_at, ended_at, duration_ms, input, output, error, tags"
+    "started_at, ended_at, duration_ms, input, output, error, tags, owner"
 )
 _SPAN_COLUMNS = (
     "span_id, run_id, parent_span_id, kind, name, step_key, attempt, status, started_at, "
@@ -173,15 +170,17 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS _st_runs (LIKE runs) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS _st_spans (LIKE spans) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS _st_llm (LIKE llm_calls) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS _st_logs (LIKE logs) ON COMMIT DELETE ROWS",
 )
 # The same upsert as SQLite's: a run is written when it starts and again when it ends;
 # a span or LLM call written twice keeps its last version.
 _RUN_MERGE = f"""
 INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_RUN_COLUMNS} FROM _st_runs
-ON CONFLICT (run_id) DO UPDATE SET
-  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
-  output = excluded.output, error = excluded.error,
-  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
+ON CONFLICT (run_id) DO UPDATE SET {RUN_UPSERT_SET} {RUN_UPSERT_GUARD}
+"""
+_LOG_MERGE = f"""
+INSERT INTO logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM _st_logs
+ON CONFLICT (run_id, span_id, seq) DO NOTHING
 """
 _SPAN_MERGE = f"""
 INSERT INTO spans ({_SPAN_COLUMNS}) SELECT {_SPAN_COLUMNS} FROM _st_spans
@@ -255,9 +254,12 @@ def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows
             _json(r.output),
             _json(r.error),
             _json(r.tags),
+            r.owner,
         )
         before = by_run.get(r.run_id)
         if before is not None:  # as the upsert would merge the two
+            if row[2] == "running" and before[2] != "running":
+                continue
             row = (
                 *before[:2],
                 row[2],
@@ -268,6 +270,7 @@ def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows
                 row[11],
                 row[12],
                 row[13] if row[13] is not None else before[13],
+                row[14] if row[14] is not None else before[14],
             )
         by_run[r.run_id] = row
         if r.logs and r.end_ns is not None:
@@ -327,47 +330,77 @@ def _log_rows(
     ]
 
 
+WRITE_OPTIONS = (
+    "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 -c lock_timeout=5000"
+)
+"""Server-side bounds for the writer's session; the sink's watchdog bounds each call on
+the client side too (a server that stopped answering)."""
+
+
 class PostgresWriter:
-    """Writes each batch in one transaction: COPY, and for runs (written at start and
-    end) a merge from a staging table with ``INSERT … SELECT … ON CONFLICT``. A lost
-    connection is reopened and the batch retried for ``RECONNECT_FOR_S`` before the
-    error goes to the caller."""
+    """The sink's engine for PostgreSQL: a batch is one transaction of COPYs (runs, and
+    anything written before, through a staging table and ``INSERT … ON CONFLICT``). One
+    attempt per call: a lost connection fails the call and is reopened only by
+    ``reconnect()`` (the sink's background thread), never on a workflow's thread."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn: psycopg.Connection[Any] | None = None
-        self._open()
+        self.reconnect()
 
-    def _open(self) -> psycopg.Connection[Any]:
-        conn = connect(self.url, autocommit=False)
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def reconnect(self) -> None:
+        self._close_quietly()
+        conn = connect(
+            self.url,
+            autocommit=False,
+            connect_timeout=2,
+            options=WRITE_OPTIONS,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=5000,
+        )
         with conn.transaction():
             for statement in _STAGING:
                 conn.execute(statement)
         self.conn = conn
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise psycopg.OperationalError("not connected to the PostgreSQL store")
         return conn
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
         batch = prepare(runs, spans)
-        deadline = time.monotonic() + RECONNECT_FOR_S
-        delay = 0.1
-        while True:
-            try:
-                conn = self.conn if self.conn is not None and not self.conn.closed else None
-                self._write_once(conn or self._open(), *batch)
-                return
-            except psycopg.OperationalError as exc:
-                if self.conn is not None and not self.conn.closed and not _is_connection(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise
-                log.warning(
-                    "steptrace: the PostgreSQL store %s is unreachable (%s); retrying",
-                    safe_url(self.url),
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                )
+        try:
+            self._write_once(self._conn(), *batch)
+        except psycopg.OperationalError as exc:
+            if _is_connection(exc):
                 self._close_quietly()
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            raise
+
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements (``?`` parameters) in one transaction."""
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                for sql, params in statements:
+                    conn.execute(placeholders(sql).encode(), list(params))
+        except psycopg.OperationalError as exc:
+            if _is_connection(exc):
+                self._close_quietly()
+            raise
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self._conn()
+        with conn.transaction():
+            return list(conn.execute(placeholders(sql).encode(), list(params)))
 
     def _write_once(
         self, conn: psycopg.Connection[Any], runs: Rows, spans: Rows, llm: Rows, logs: Rows
@@ -376,23 +409,46 @@ class PostgresWriter:
             if runs:
                 _copy(cur, "_st_runs", _RUN_COLUMNS, runs)
                 cur.execute(_RUN_MERGE)
-            if spans or llm:
+            for rows, table, staging, columns, merge in (
+                (spans, "spans", "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
+                (llm, "llm_calls", "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
+                (logs, "logs", "_st_logs", _LOG_COLUMNS, _LOG_MERGE),
+            ):
+                if not rows:
+                    continue
                 try:
-                    # Spans and LLM calls are new but for rare re-writes: COPY them
-                    # straight into their tables (half the work of staging them),
-                    # and only on a duplicate key take the merging path.
+                    # Rows are new but for rare re-writes (a batch replayed from the
+                    # spill journal): COPY them straight into their table, and only on a
+                    # duplicate key take the merging path.
                     with conn.transaction():
-                        _copy(cur, "spans", _SPAN_COLUMNS, spans)
-                        _copy(cur, "llm_calls", _LLM_COLUMNS, llm)
+                        _copy(cur, table, columns, rows)
                 except psycopg.errors.UniqueViolation:
-                    for rows, staging, columns, merge in (
-                        (spans, "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
-                        (llm, "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
-                    ):
-                        if rows:
-                            _copy(cur, staging, columns, rows)
-                            cur.execute(merge)
-            _copy(cur, "logs", _LOG_COLUMNS, logs)
+                    _copy(cur, staging, columns, rows)
+                    cur.execute(merge)
+
+    def in_transaction(self) -> bool:
+        """A transaction is open on the connection (only ever seen from a signal handler
+        that interrupted a write on the same thread)."""
+        conn = self.conn
+        return (
+            conn is not None
+            and not conn.closed
+            and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        )
+
+    def cancel(self) -> None:
+        """Break off the call in progress (from another thread): the connection's socket
+        is shut down, so a server that stopped answering cannot hold the caller."""
+        conn = self.conn
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            fd = conn.pgconn.socket
+            sock = socket.socket(fileno=os.dup(fd))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
 
     def _close_quietly(self) -> None:
         conn, self.conn = self.conn, None

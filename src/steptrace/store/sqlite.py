@@ -9,7 +9,6 @@ from __future__ import annotations
 import operator
 import os
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -233,20 +232,28 @@ _RUN_META = operator.attrgetter(
     "parent_span_id",
     "start_ns",
     "end_ns",
+    "owner",
 )
+# A run is written when it starts and again when it ends, and a batch may be written
+# twice (replayed from the spill journal) or out of order: a "running" row never
+# overwrites a run that has ended or was found interrupted (RUN_UPSERT_GUARD).
+RUN_UPSERT_GUARD = "WHERE NOT (excluded.status = 'running' AND runs.status <> 'running')"
+RUN_UPSERT_SET = """
+  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
+  output = excluded.output, error = excluded.error,
+  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags),
+  owner = coalesce(excluded.owner, runs.owner)
+"""
 _RUN_UPSERT = f"""
 INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
-                  started_at, ended_at, duration_ms, input, output, error, tags)
+                  started_at, ended_at, duration_ms, input, output, error, tags, owner)
 SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6,
        {_iso("(c0 ->> 7)")},
        CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_iso("(c0 ->> 8)")} END,
        CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_ms("(c0 ->> 7)", "(c0 ->> 8)")} END,
-       c1, c2, c3, c4
-FROM {_rows(5)} ORDER BY g
-ON CONFLICT (run_id) DO UPDATE SET
-  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
-  output = excluded.output, error = excluded.error,
-  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags)
+       c1, c2, c3, c4, c0 ->> 9
+FROM {_rows(5)} WHERE true ORDER BY g
+ON CONFLICT (run_id) DO UPDATE SET {RUN_UPSERT_SET} {RUN_UPSERT_GUARD}
 """
 
 _SPAN_META = operator.attrgetter(
@@ -284,7 +291,7 @@ FROM {_rows(16)}
 """
 
 _LOG_INSERT = f"""
-INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
+INSERT OR IGNORE INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
 SELECT c0, c1, c2, {_iso("c3")}, c4, c5, c6, c7 FROM {_rows(8)}
 """
 
@@ -337,45 +344,79 @@ def _batch(
     return run_flat, span_flat, llm_flat, log_flat
 
 
+class StoreMoved(OSError):
+    """The store file was deleted or replaced since it was opened."""
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+WRITE_BUSY_MS = 700
+"""How long one write waits for another process's lock before the sink spills the batch
+(and writes it later): a workflow call never waits on a locked file for long."""
+
+
 class SQLiteWriter:
-    """Writes batches of records in one transaction, retrying while the file is locked."""
+    """The sink's engine for a SQLite file: one attempt per call, a batch in one
+    transaction. A locked file fails the call after ``WRITE_BUSY_MS``; a file deleted or
+    replaced since it was opened fails it with ``StoreMoved`` (checked before and after
+    the commit, so a batch is never counted as written into a removed file)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.conn = connect(path)
-        self._lock = threading.Lock()
+        self.conn.execute(f"PRAGMA busy_timeout={WRITE_BUSY_MS}")
+        self.ident = _ident(path)
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
         docs = [
             orjson.dumps(flat, default=_as_text).decode() if flat else None
             for flat in _batch(runs, spans)
         ]
-        delay = 0.01
-        while True:
-            try:
-                with self._lock:
-                    self._write_once(docs)
-                return
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc):
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        self._check_file()
+        self._transaction([(st, (doc,)) for st, doc in zip(_STATEMENTS, docs, strict=True) if doc])
+        self._check_file()
 
-    def _write_once(self, docs: list[str | None]) -> None:
+    def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements (``?`` parameters) in one transaction."""
+        self._check_file()
+        self._transaction(statements)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(sql, params))
+
+    def _check_file(self) -> None:
+        if _ident(self.path) != self.ident:
+            raise StoreMoved(f"the store file {self.path} was deleted or replaced")
+
+    def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement, doc in zip(
-                (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT), docs, strict=True
-            ):
-                if doc is not None:
-                    conn.execute(statement, (doc,))
+            for statement, params in statements:
+                conn.execute(statement, params)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
+    def in_transaction(self) -> bool:
+        """A transaction is open on the connection (only ever seen from a signal handler
+        that interrupted a write on the same thread)."""
+        return self.conn.in_transaction
+
+    def cancel(self) -> None:
+        """Abort the statement in progress (from another thread)."""
+        self.conn.interrupt()
+
     def close(self) -> None:
         self.conn.close()
+
+
+_STATEMENTS = (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT)

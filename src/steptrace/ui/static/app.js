@@ -145,7 +145,7 @@ async function runsPage() {
   const wfList = el("datalist", { id: "workflows" });
   const f = {
     workflow: el("input", { name: "workflow", list: "workflows", class: "w-m", placeholder: "any", value: q.get("workflow") || "" }),
-    status: el("select", { name: "status" }, ["", "succeeded", "failed", "running"].map((s) =>
+    status: el("select", { name: "status" }, ["", "succeeded", "failed", "running", "interrupted"].map((s) =>
       el("option", { value: s, selected: (q.get("status") || "") === s }, s || "any"))),
     since: el("input", { name: "since", class: "w-s", placeholder: "24h / ISO", value: q.get("since") || "" }),
     until: el("input", { name: "until", class: "w-s", placeholder: "ISO", value: q.get("until") || "" }),
