@@ -414,8 +414,9 @@ class SQLiteWriter:
             orjson.dumps(flat, default=_as_text).decode() if flat else None
             for flat in _batch(runs, spans)
         ]
-        self._check_file()
         self._transaction([(st, (doc,)) for st, doc in zip(_STATEMENTS, docs, strict=True) if doc])
+        # Checked after the commit (a batch written into a file deleted before it was
+        # written, or meanwhile, is not stored: the caller spills it and reopens).
         self._check_file()
 
     def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
