@@ -160,6 +160,7 @@ class Sink:
         self._journal_lock = threading.RLock()
         self._ending: collections.deque[list[Record]] = collections.deque()
         """Committed batches whose OTel spans are not ended yet."""
+        self._ending_bytes = 0
         self._inflight: dict[_Done, tuple[int, list[Record]]] = {}
         """Batches being committed: the thread committing each, and its records."""
         self._wake = threading.Event()
@@ -316,9 +317,15 @@ class Sink:
         """Write finished records (store or journal), then end their OTel spans."""
         for chunk in _chunks(items):
             self._store_or_spill(chunk, deadline)
-        # The records are durable; their OTel spans are ended off the caller's path.
+        # The records are durable; their OTel spans are ended off the caller's path,
+        # unless too many wait (memory): then by the caller.
+        size = sum(record_bytes(r) for r in items)
+        with self._count_lock:
+            self._ending_bytes += size
         self._ending.append(items)
-        if len(self._ending) > _END_BACKLOG:
+        if len(self._ending) > _END_BACKLOG or self._ending_bytes > QUEUE_MAX_BYTES // 4:
+            self.end_spans()
+        elif len(self._ending) > _END_BACKLOG // 4:
             self._wake.set()
 
     def end_spans(self) -> None:
@@ -330,6 +337,9 @@ class Sink:
                 batch = ending.popleft()
             except IndexError:
                 return
+            size = sum(record_bytes(r) for r in batch)
+            with self._count_lock:
+                self._ending_bytes -= size
             try:
                 span_end.end_spans(batch)
             except Exception:  # the export path must not cost the records
