@@ -558,3 +558,24 @@ def test_runs_finishing_in_daemon_threads_at_exit_are_not_dropped(
         runs = {r.run_id: r.status for r in store.runs(last=100_000)}
     assert all(runs.get(run_id) == "succeeded" for run_id in printed)
     assert "running" not in runs.values()
+
+
+def test_the_sqlite_wal_is_checkpointed_and_started_again(store_path: Path) -> None:
+    """Commits come from the workflow's thread and checkpoints from the writer thread;
+    the WAL must still be copied into the database and started again, not grow with
+    every run (a checkpoint racing a steady writer never finds the WAL complete)."""
+
+    @st.step
+    def work(i: int) -> str:
+        return "x" * 4000
+
+    @st.workflow
+    def wf(i: int) -> None:
+        for _ in range(5):
+            work(i)
+
+    for i in range(1500):  # ~30 MB of step rows
+        wf(i)
+    st.flush()
+    wal = store_path.with_name(store_path.name + "-wal")
+    assert wal.stat().st_size < 20 * 1024 * 1024

@@ -392,8 +392,8 @@ class SQLiteWriter:
         # sink's background thread (``checkpoint``), not by the commit that happens to
         # cross the threshold on a workflow's thread.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.conn.execute(f"PRAGMA journal_size_limit={CHECKPOINT_WAL_BYTES * 4}")
         self.ident = _ident(path)
-        self._checkpointer: sqlite3.Connection | None = None
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database when it has grown past SQLite's usual
@@ -404,10 +404,11 @@ class SQLiteWriter:
             return
         if wal_bytes < CHECKPOINT_WAL_BYTES:
             return
-        if self._checkpointer is None:
-            self._checkpointer = connect(self.path)
-            self._checkpointer.execute("PRAGMA busy_timeout=0")
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        # On the writing connection, between its transactions (the caller holds the
+        # sink's store lock): the next write then finds the WAL fully copied and starts
+        # it again from the beginning. A checkpoint from another connection, racing a
+        # steady writer, never sees the WAL complete and lets it grow without bound.
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
         docs = [
@@ -459,8 +460,6 @@ class SQLiteWriter:
 
     def close(self) -> None:
         self.conn.close()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
 
 
 _STATEMENTS = (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT)

@@ -495,9 +495,12 @@ class Sink:
         if self.queue:
             self.commit()
         self.end_spans()
-        if self.store_ok and self._backend_ready():
-            with contextlib.suppress(Exception):
-                self.backend.checkpoint()
+        if self.store_ok and self._backend_ready() and self._store_lock.acquire(timeout=0.1):
+            try:
+                with contextlib.suppress(Exception):
+                    self._call(self.backend.checkpoint)
+            finally:
+                self._store_lock.release()
         now = time.monotonic()
         if (not self.store_ok or self.journal.pending_bytes) and now >= self._next_recover:
             self._recover()
