@@ -409,7 +409,7 @@ class Sink:
         # Only a lock held elsewhere is taken for a store fault without asking: any
         # other error is put to a probe (a small write), which tells a store that is
         # down, full or hung from a batch it refuses (a value out of an engine's range).
-        if _is_busy(error) or isinstance(error, OSError) or not self._probe():
+        if _is_busy(error) or _is_full(error) or isinstance(error, OSError) or not self._probe():
             self._enter_spill("cannot write to the store", error)
             if spill:
                 self._spill(records)
@@ -532,16 +532,21 @@ class Sink:
                 self._last_store_error = exc if _is_busy(exc) else self._last_store_error
                 self._retry_later(exc)
                 return
+            group: list[tuple[int, list[Record], bool]] = []
+            records_in_group = bytes_in_group = 0
             for offset, payload in self.journal.unreplayed():
                 runs, spans, copy = journal_files.decode_batch(payload)
-                records: list[Record] = [*runs, *spans]
-                replay = not copy  # a copy's records were counted on their other path
-                if not self._write_parts(
-                    records, time.monotonic() + 60, spill=False, replay=replay, count=not copy
-                ):
-                    self._retry_later(None)
-                    return
-                self.journal.replayed_to = offset
+                group.append((offset, [*runs, *spans], copy))
+                records_in_group += len(runs) + len(spans)
+                bytes_in_group += len(payload)
+                if records_in_group >= BATCH_MAX or bytes_in_group >= BATCH_MAX_BYTES:
+                    if not self._replay_group(group):
+                        self._retry_later(None)
+                        return
+                    group, records_in_group, bytes_in_group = [], 0, 0
+            if group and not self._replay_group(group):
+                self._retry_later(None)
+                return
             with self._journal_lock:
                 if self.journal.pending_bytes == 0:
                     self.journal.reset()
@@ -555,6 +560,23 @@ class Sink:
                     self.store_ok = True
                     self.health.spilling = False
                     self._retry = 0
+
+    def _replay_group(self, group: list[tuple[int, list[Record], bool]]) -> bool:
+        """Write consecutive journal frames to the store in one transaction (frame by
+        frame, splitting as needed, when the store refuses them together). A copy's
+        records were counted on their other path and are not counted again."""
+        records = [rec for _, recs, _ in group for rec in recs]
+        if self._write(records) is None:
+            counted = sum(len(recs) for _, recs, copy in group if not copy)
+            self._count_written(counted, replay=True)
+            self.journal.replayed_to = group[-1][0]
+            return True
+        for offset, recs, copy in group:
+            deadline = time.monotonic() + 60
+            if not self._write_parts(recs, deadline, spill=False, replay=not copy, count=not copy):
+                return False
+            self.journal.replayed_to = offset
+        return True
 
     def _reconnect(self) -> None:
         """Make the backend usable: open it (or again, for a SQLite file deleted or
@@ -627,20 +649,36 @@ class Sink:
             try:
                 with self._store_lock:
                     n = 0
+                    group: list[Record] = []
+                    group_bytes = 0
                     for _, payload in journal_files.read_frames(fd):
                         runs, spans, _ = journal_files.decode_batch(payload)
-                        records: list[Record] = [*runs, *spans]
-                        if not self._write_parts(records, time.monotonic() + 60, spill=False):
+                        group += [*runs, *spans]
+                        group_bytes += len(payload)
+                        if len(group) >= BATCH_MAX or group_bytes >= BATCH_MAX_BYTES:
+                            if not self._write_orphan_records(group):
+                                return
+                            n += len(group)
+                            group, group_bytes = [], 0
+                    if group:
+                        if not self._write_orphan_records(group):
                             return
-                        n += len(records)
-                    self.health.add(recovered=n, written=-n)
+                        n += len(group)
                     if n:
+                        self.health.add(recovered=n)
                         log.info("steptrace: wrote %d records a dead process had spilled", n)
                 os.unlink(path)
             except Exception as exc:
                 log.warning("steptrace: could not replay %s: %s", path, gist(exc))
             finally:
                 os.close(fd)
+
+    def _write_orphan_records(self, records: list[Record]) -> bool:
+        """Another process's records: written in one transaction, or split and
+        quarantined; not counted as this process's own."""
+        if self._write(records) is None:
+            return True
+        return self._write_parts(records, time.monotonic() + 60, spill=False, count=False)
 
     def _report(self) -> None:
         row = self.health.due_report()
@@ -768,6 +806,19 @@ class Sink:
         if backend is not None:
             with contextlib.suppress(Exception):
                 backend.close()
+
+
+def _is_full(exc: BaseException) -> bool:
+    """The store's disk (or memory) is full: a small probe write may still fit, so this
+    is not left to the probe."""
+    text = str(exc).lower()
+    state = getattr(exc, "sqlstate", None)
+    return (
+        "disk is full" in text
+        or "disk i/o error" in text
+        or "out of memory" in text
+        or (isinstance(state, str) and state in ("53100", "53200"))
+    )
 
 
 def _is_busy(exc: BaseException | None) -> bool:
