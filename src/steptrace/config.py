@@ -272,7 +272,7 @@ def reset() -> None:
     from steptrace.store import writer
 
     writer.close_sink()
-    writer._reset_sigterm_for_tests()
+    writer.uninstall_sigterm_handler()
     with _lock:
         _config = None
     record.reset_processors()

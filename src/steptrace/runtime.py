@@ -418,6 +418,7 @@ class _RunScope:
         traceparent: str | None = None,
     ) -> None:
         sink = get_sink()
+        durable = spec.durable or get_config().durability()  # ConfigError before any span
         log_capture.install(_current_logs)
         if get_config().capture_foreign_spans:
             ensure_collector()
@@ -444,7 +445,7 @@ class _RunScope:
         state.logs = []
         self.spec = spec
         self.otel = span
-        self.run = _Run(state, sink, spec.durable or get_config().durability())
+        self.run = _Run(state, sink, durable)
         sink.begin_run(state)
         self.token = _frame.set(_Frame(self.run, span_id, state.logs))
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))

@@ -1122,7 +1122,8 @@ def _flush_tracer_provider() -> None:
             force_flush(2000)
 
 
-def _reset_sigterm_for_tests() -> None:
+def uninstall_sigterm_handler() -> None:
+    """Put back the SIGTERM handler steptrace replaced (``steptrace.config.reset``)."""
     global _sigterm_installed, _previous_sigterm
     if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
