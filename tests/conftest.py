@@ -157,3 +157,16 @@ def store_url(
     url: str = request.getfixturevalue("new_postgres_database")()
     monkeypatch.setenv("STEPTRACE_STORE", url)
     return url
+
+
+@pytest.fixture
+def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
+    """A PostgreSQL server of this test's own, which it may stop, freeze and start again
+    (needs the suite's own binaries: skipped with ``STEPTRACE_TEST_POSTGRES_URL``)."""
+    if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
+        pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
+    server = pg_server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -112,3 +112,27 @@ def recording_http_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+LONG_RUN = """
+import time
+import steptrace as st
+
+@st.step
+def first():
+    return 1
+
+@st.step
+def forever():
+    time.sleep(600)
+
+@st.workflow(durable=True)
+def wf():
+    first()
+    print(st.current_run_id(), flush=True)
+    forever()
+
+wf()
+"""
+"""A script whose durable run prints its id once its first step is stored, then never
+ends: a run to kill in the middle."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from helpers import raw_sql
+from helpers import LONG_RUN, raw_sql
 from openai_server import Answer, FakeOpenAI
 
 import steptrace as st
@@ -175,27 +175,6 @@ def test_a_bad_durability_variable_fails_the_first_run(monkeypatch: pytest.Monke
 
 
 # --- interrupted runs ------------------------------------------------------------------------
-
-LONG_RUN = """
-import sys, time
-import steptrace as st
-
-@st.step
-def first():
-    return 1
-
-@st.step
-def forever():
-    time.sleep(600)
-
-@st.workflow(durable=True)
-def wf():
-    first()
-    print(st.current_run_id(), flush=True)
-    forever()
-
-wf()
-"""
 
 
 def _start_long_run(store_url: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:

@@ -7,12 +7,11 @@ to change (psycopg missing, server unreachable — without echoing the password)
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pg_server
 import pytest
@@ -21,18 +20,6 @@ from helpers import raw_sql
 import steptrace as st
 from steptrace.store import postgres_store
 from steptrace.where import QueryError
-
-
-@pytest.fixture
-def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
-    """A server of this test's own, which it may stop and start again."""
-    if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
-        pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
-    server = pg_server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(

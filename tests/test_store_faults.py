@@ -19,7 +19,6 @@ set with ``STEPTRACE_FAULT_LOCK_S``, ``STEPTRACE_FAULT_PG_DOWN_S``,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import fault_scenarios
@@ -30,18 +29,6 @@ from fault_scenarios import FaultResult
 
 def _seconds(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
-
-
-@pytest.fixture
-def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
-    """A PostgreSQL server of this test's own, which it may stop, hang and start."""
-    if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
-        pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
-    server = pg_server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _assert_held(result: FaultResult) -> None:

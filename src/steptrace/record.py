@@ -434,7 +434,7 @@ def reset_processors() -> None:
 
 def encode(value: Any) -> bytes:
     """The stored JSON of ``value``: serialised, redacted, capped. Never raises."""
-    data = _no_nul(to_json(value))
+    data = without_nul(to_json(value))
     for process in pipeline().processors:
         data = process(data)
     return data
@@ -451,10 +451,10 @@ def finish_values(values: list[bytes]) -> list[bytes]:
             for v, suspect in zip(values, redactor.suspects(values), strict=True)
         ]
     cap = pipe.cap
-    return [cap(_no_nul(v)) for v in values]
+    return [cap(without_nul(v)) for v in values]
 
 
-def _no_nul(data: bytes) -> bytes:
+def without_nul(data: bytes) -> bytes:
     """A JSON value without NUL in its strings (U+FFFD instead, counted): PostgreSQL's
     JSONB cannot hold one, so no engine stores one and both read back alike."""
     if b"\\u0000" not in data:

@@ -13,29 +13,9 @@ from pathlib import Path
 
 import httpx
 from conftest import env_without_otel, start_ui
+from helpers import LONG_RUN
 
 import steptrace as st
-
-LONG_RUN = """
-import time
-import steptrace as st
-
-@st.step
-def first():
-    return 1
-
-@st.step
-def forever():
-    time.sleep(600)
-
-@st.workflow(durable=True)
-def wf():
-    first()
-    print(st.current_run_id(), flush=True)
-    forever()
-
-wf()
-"""
 
 
 def test_a_run_that_dies_under_a_running_ui_becomes_interrupted(tmp_path: Path) -> None:

@@ -143,6 +143,29 @@ def read_frames(fd: int, offset: int = 0) -> Iterator[tuple[int, bytes]]:
         yield offset, payload
 
 
+Frame = tuple[int, list[RunState | SpanRecord], bool]
+"""A decoded frame: the offset after it, its records, and whether they are a copy."""
+
+
+def frame_groups(
+    frames: Iterator[tuple[int, bytes]], max_records: int, max_bytes: int
+) -> Iterator[list[Frame]]:
+    """Consecutive decoded frames, grouped up to about ``max_records`` records and
+    ``max_bytes`` of payload (what one replay transaction writes)."""
+    group: list[Frame] = []
+    records = size = 0
+    for offset, payload in frames:
+        runs, spans, copy = decode_batch(payload)
+        group.append((offset, [*runs, *spans], copy))
+        records += len(runs) + len(spans)
+        size += len(payload)
+        if records >= max_records or size >= max_bytes:
+            yield group
+            group, records, size = [], 0, 0
+    if group:
+        yield group
+
+
 # --- the files --------------------------------------------------------------------------
 
 
@@ -218,17 +241,18 @@ class Journal:
             os.close(fd)
 
 
-def orphans(directory: str) -> Iterator[tuple[str, int]]:
-    """``(path, fd)`` of each journal in ``directory`` whose process is gone, locked by
-    this process for replay (the caller closes ``fd`` and removes the file when done)."""
+def _journal_paths(directory: str) -> list[str]:
     try:
         names = sorted(os.listdir(directory))
     except OSError:
-        return
-    for name in names:
-        if not name.endswith(SUFFIX):
-            continue
-        path = os.path.join(directory, name)
+        return []
+    return [os.path.join(directory, name) for name in names if name.endswith(SUFFIX)]
+
+
+def orphans(directory: str) -> Iterator[tuple[str, int]]:
+    """``(path, fd)`` of each journal in ``directory`` whose process is gone, locked by
+    this process for replay (the caller closes ``fd`` and removes the file when done)."""
+    for path in _journal_paths(directory):
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
@@ -242,23 +266,13 @@ def orphans(directory: str) -> Iterator[tuple[str, int]]:
 
 
 def has_journals(directory: str) -> bool:
-    try:
-        return any(name.endswith(SUFFIX) for name in os.listdir(directory))
-    except OSError:
-        return False
+    return bool(_journal_paths(directory))
 
 
 def pending(directory: str) -> list[dict[str, Any]]:
     """The journals in ``directory``: path, bytes and whether a live process holds it."""
     out: list[dict[str, Any]] = []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return out
-    for name in names:
-        if not name.endswith(SUFFIX):
-            continue
-        path = os.path.join(directory, name)
+    for path in _journal_paths(directory):
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:

@@ -22,13 +22,12 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psycopg
 import psycopg.errors
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.string import TextLoader
 
-from steptrace.record import RunState, SpanRecord
+from steptrace.record import RunState, SpanRecord, without_nul
 from steptrace.store.migrations import pending
 from steptrace.store.sqlite import RUN_UPSERT_GUARD, RUN_UPSERT_SET
 
@@ -209,24 +208,10 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
-def _no_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_no_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
-    return value
-
-
 def _json(value: bytes | None) -> str | None:
-    """An encoded JSON value for a JSONB column: JSONB refuses ``\\u0000`` in strings, so
-    such values are re-encoded with U+FFFD in its place (the rest is kept)."""
-    if value is None:
-        return None
-    if b"\\u0000" in value:
-        value = orjson.dumps(_no_nul(orjson.loads(value)))
-    return value.decode()
+    """An encoded JSON value for a JSONB column (which refuses ``\\u0000``: the
+    recording path has replaced NUL already; records written by other means too)."""
+    return None if value is None else without_nul(value).decode()
 
 
 Rows = list[tuple[Any, ...]]

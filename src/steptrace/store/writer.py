@@ -158,7 +158,7 @@ class Sink:
         self._pop_lock = threading.RLock()
         self._store_lock = threading.RLock()
         self._journal_lock = threading.RLock()
-        self._ending: collections.deque[list[Record]] = collections.deque()
+        self._ending: collections.deque[tuple[list[Record], int]] = collections.deque()
         """Committed batches whose OTel spans are not ended yet."""
         self._ending_bytes = 0
         self._inflight: dict[_Done, tuple[int, list[Record]]] = {}
@@ -238,7 +238,7 @@ class Sink:
         deadline = time.monotonic() + timeout_s
         me = threading.get_ident()
         with self._pop_lock:
-            items = self._take()
+            items, size = self._take()
             # Not those of this very thread: a signal handler running on top of a commit.
             prior = [(event, batch) for event, (tid, batch) in self._inflight.items() if tid != me]
             done = _Done()
@@ -253,7 +253,7 @@ class Sink:
                     in_time = False
                     self._spill_late(batch)
             if items:
-                self._commit_items(items, deadline)
+                self._commit_items(items, size, deadline)
         except Exception as exc:  # a bug must not lose the batch silently
             self.health.add(lost=len(items))
             self.health.fault("failed to write a batch", exc)
@@ -271,17 +271,8 @@ class Sink:
         """Another thread's batch, which holds records of ours, is not durable in time:
         append it to the journal from here (if it reaches the store as well, the store
         keeps one copy: writes are idempotent)."""
-        try:
-            span_end.finish_values(batch)  # idempotent: redacts what is still raw
-            payload = journal_files.encode_batch(
-                [r for r in batch if isinstance(r, RunState)],
-                [r for r in batch if isinstance(r, SpanRecord)],
-                copy=True,
-            )
-            with self._journal_lock:
-                self.journal.append(payload)
-        except Exception as exc:
-            self.health.fault("a commit took too long and could not be spilled", exc)
+        self._finish(batch)  # idempotent: redacts what is still raw
+        self._spill(batch, copy=True)
 
     async def acommit(self) -> bool:
         """``commit`` for a coroutine: the event loop is not blocked while it waits."""
@@ -292,7 +283,8 @@ class Sink:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._async_pool, self.commit)
 
-    def _take(self) -> list[Record]:
+    def _take(self) -> tuple[list[Record], int]:
+        """Everything queued, and about how many bytes it holds."""
         queue = self.queue
         items = []
         size = 0
@@ -303,7 +295,7 @@ class Sink:
                 size += record_bytes(item)
         with self._count_lock:
             self.queued_bytes -= size
-        return items
+        return items, size
 
     def _finish(self, items: list[Record]) -> None:
         try:
@@ -313,16 +305,16 @@ class Sink:
             for rec in items:
                 _blank_values(rec)
 
-    def _commit_items(self, items: list[Record], deadline: float) -> None:
-        """Write finished records (store or journal), then end their OTel spans."""
-        for chunk in _chunks(items):
+    def _commit_items(self, items: list[Record], size: int, deadline: float) -> None:
+        """Write finished records (``size``: about their bytes) to the store or the
+        journal, then have their OTel spans ended."""
+        for chunk in _chunks(items, size):
             self._store_or_spill(chunk, deadline)
         # The records are durable; their OTel spans are ended off the caller's path,
         # unless too many wait (memory): then by the caller.
-        size = sum(record_bytes(r) for r in items)
         with self._count_lock:
             self._ending_bytes += size
-        self._ending.append(items)
+        self._ending.append((items, size))
         if len(self._ending) > _END_BACKLOG or self._ending_bytes > QUEUE_MAX_BYTES // 4:
             self.end_spans()
         elif len(self._ending) > _END_BACKLOG // 4:
@@ -334,10 +326,9 @@ class Sink:
         ending = self._ending
         while ending:
             try:
-                batch = ending.popleft()
+                batch, size = ending.popleft()
             except IndexError:
                 return
-            size = sum(record_bytes(r) for r in batch)
             with self._count_lock:
                 self._ending_bytes -= size
             try:
@@ -448,20 +439,24 @@ class Sink:
         return True
 
     # -- the spill journal ---------------------------------------------------------------
-    def _spill(self, records: Sequence[Record]) -> None:
+    def _spill(self, records: Sequence[Record], *, copy: bool = False) -> None:
+        """Append records to the journal. A ``copy`` (of a batch also on its way to the
+        store) is not counted: its records are counted on that other path."""
         if not records:
             return
         runs = [r for r in records if isinstance(r, RunState)]
         spans = [r for r in records if isinstance(r, SpanRecord)]
         try:
-            payload = journal_files.encode_batch(runs, spans)
+            payload = journal_files.encode_batch(runs, spans, copy=copy)
             with self._journal_lock:
                 self.journal.append(payload)
         except Exception as exc:
-            self.health.add(lost=len(records))
+            if not copy:
+                self.health.add(lost=len(records))
             self.health.fault(f"cannot write the spill journal {self.journal.path}", exc)
             return
-        self.health.add(spilled=len(records), pending=len(records))
+        if not copy:
+            self.health.add(spilled=len(records), pending=len(records))
 
     def _enter_spill(self, what: str, exc: BaseException, hint: str = "") -> None:
         if self.store_ok or not self.health.spilling:
@@ -529,24 +524,16 @@ class Sink:
             try:
                 self._reconnect()
             except Exception as exc:
-                self._last_store_error = exc if _is_busy(exc) else self._last_store_error
+                self._last_store_error = exc
                 self._retry_later(exc)
                 return
-            group: list[tuple[int, list[Record], bool]] = []
-            records_in_group = bytes_in_group = 0
-            for offset, payload in self.journal.unreplayed():
-                runs, spans, copy = journal_files.decode_batch(payload)
-                group.append((offset, [*runs, *spans], copy))
-                records_in_group += len(runs) + len(spans)
-                bytes_in_group += len(payload)
-                if records_in_group >= BATCH_MAX or bytes_in_group >= BATCH_MAX_BYTES:
-                    if not self._replay_group(group):
-                        self._retry_later(None)
-                        return
-                    group, records_in_group, bytes_in_group = [], 0, 0
-            if group and not self._replay_group(group):
-                self._retry_later(None)
-                return
+            groups = journal_files.frame_groups(
+                self.journal.unreplayed(), BATCH_MAX, BATCH_MAX_BYTES
+            )
+            for group in groups:
+                if not self._replay_group(group):
+                    self._retry_later(None)
+                    return
             with self._journal_lock:
                 if self.journal.pending_bytes == 0:
                     self.journal.reset()
@@ -561,7 +548,7 @@ class Sink:
                     self.health.spilling = False
                     self._retry = 0
 
-    def _replay_group(self, group: list[tuple[int, list[Record], bool]]) -> bool:
+    def _replay_group(self, group: list[journal_files.Frame]) -> bool:
         """Write consecutive journal frames to the store in one transaction (frame by
         frame, splitting as needed, when the store refuses them together). A copy's
         records were counted on their other path and are not counted again."""
@@ -649,21 +636,12 @@ class Sink:
             try:
                 with self._store_lock:
                     n = 0
-                    group: list[Record] = []
-                    group_bytes = 0
-                    for _, payload in journal_files.read_frames(fd):
-                        runs, spans, _ = journal_files.decode_batch(payload)
-                        group += [*runs, *spans]
-                        group_bytes += len(payload)
-                        if len(group) >= BATCH_MAX or group_bytes >= BATCH_MAX_BYTES:
-                            if not self._write_orphan_records(group):
-                                return
-                            n += len(group)
-                            group, group_bytes = [], 0
-                    if group:
-                        if not self._write_orphan_records(group):
+                    frames = journal_files.read_frames(fd)
+                    for group in journal_files.frame_groups(frames, BATCH_MAX, BATCH_MAX_BYTES):
+                        records = [rec for _, recs, _ in group for rec in recs]
+                        if not self._write_orphan_records(records):
                             return
-                        n += len(group)
+                        n += len(records)
                     if n:
                         self.health.add(recovered=n)
                         log.info("steptrace: wrote %d records a dead process had spilled", n)
@@ -742,19 +720,25 @@ class Sink:
         self._closed = True
         me = threading.get_ident()
         with self._pop_lock:
-            items = self._take()
+            items, _ = self._take()
             stuck = [rec for tid, batch in self._inflight.values() if tid == me for rec in batch]
             others = [event for event, (tid, _) in self._inflight.items() if tid != me]
         records = [*stuck, *items]
-        if self._backend_ready() and self.backend.in_transaction():
-            # The interrupted frame will never resume (the process ends after this): drop
-            # its half-done transaction so that this one can use the store.
-            with contextlib.suppress(Exception):
-                self._call(self.backend.abandon)
+        # Re-entrant: this thread gets the store lock at once when the interrupted frame
+        # held it; another thread's call is waited for (it is bounded).
+        if self._backend_ready() and self._store_lock.acquire(timeout=1.0):
+            try:
+                if self.backend.in_transaction():
+                    # The interrupted frame will never resume (the process ends after
+                    # this): drop its half-done transaction so this one can use the store.
+                    with contextlib.suppress(Exception):
+                        self._call(self.backend.abandon)
+            finally:
+                self._store_lock.release()
         if records:
             with contextlib.suppress(Exception):
                 self._finish(records)
-                self._commit_items(records, time.monotonic() + 2.0)
+                self._commit_items(records, sum(map(record_bytes, records)), time.monotonic() + 2.0)
         with contextlib.suppress(Exception):
             self.end_spans()
         for event in others:
@@ -900,12 +884,11 @@ def _blank_values(rec: Record) -> None:
     rec.raw = False
 
 
-def _chunks(items: list[Record]) -> list[list[Record]]:
-    """Batches of at most ``BATCH_MAX`` records and about ``BATCH_MAX_BYTES``."""
-    if len(items) <= BATCH_MAX:
-        total = sum(record_bytes(r) for r in items)
-        if total <= BATCH_MAX_BYTES:
-            return [items]
+def _chunks(items: list[Record], size: int) -> list[list[Record]]:
+    """Batches of at most ``BATCH_MAX`` records and about ``BATCH_MAX_BYTES`` (``size``:
+    about the bytes of ``items``)."""
+    if len(items) <= BATCH_MAX and size <= BATCH_MAX_BYTES:
+        return [items]
     chunks: list[list[Record]] = []
     current: list[Record] = []
     size = 0
