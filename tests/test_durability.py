@@ -506,14 +506,20 @@ def work(i):
 def wf(i):
     return work(i)
 
+done = []
+
 def loop():
     i = 0
     while True:
         print(st.run(wf, i).run_id, flush=True)
+        done.append(i)
         i += 1
 
 threading.Thread(target=loop, daemon=True).start()
-time.sleep(0.5)  # then the main thread ends while the daemon thread is mid-run
+deadline = time.monotonic() + 30
+while len(done) < 20 and time.monotonic() < deadline:  # however slow the machine is
+    time.sleep(0.005)
+# then the main thread ends while the daemon thread is mid-run
 """
 
 

@@ -166,23 +166,25 @@ def test_secrets_are_redacted_in_arguments_outputs_llm_calls_and_logs(
     assert call_api.input["headers"]["nested"]["Cookie"] == REDACTED
     assert call_api.input["headers"]["X-Request"] == VISIBLE  # the rest is kept
     assert call_api.input["url"] == "https://api.example.test/v1"
-    assert call_api.input["note"] == f"caller said {REDACTED}"
+    assert call_api.input["note"] == f"caller said Bearer {REDACTED}"
     assert call_api.output["session_token"] == REDACTED
     assert call_api.output["echo"] == f"used key {REDACTED}"
     assert call_api.output["status"] == 200
     (entry,) = call_api.logs
-    assert entry["message"] == f"calling https://api.example.test/v1 with Authorization: {REDACTED}"
+    assert entry["message"] == (
+        f"calling https://api.example.test/v1 with Authorization: Bearer {REDACTED}"
+    )
 
     (ask,) = run.steps("ask_model")
     assert ask.input == {"question": f"what does {REDACTED} unlock?"}
-    assert ask.output == f"reply mentions {REDACTED} and {REDACTED}"
+    assert ask.output == f"reply mentions Bearer {REDACTED} and {REDACTED}"
     (llm_span,) = run.children(ask.span_id)
     assert llm_span.llm is not None
     assert llm_span.llm["messages"] == [
         {"role": "system", "content": f"Use the key {REDACTED} for lookups."},
         {"role": "user", "content": f"what does {REDACTED} unlock?"},
     ]
-    assert llm_span.llm["response"] == f"reply mentions {REDACTED} and {REDACTED}"
+    assert llm_span.llm["response"] == f"reply mentions Bearer {REDACTED} and {REDACTED}"
     assert llm_span.llm["params"] == {"api_key": REDACTED, "max_tokens": 64}
 
     assert run.output["api"]["session_token"] == REDACTED
@@ -323,6 +325,9 @@ def test_key_matching_is_case_and_style_insensitive_but_not_greedy() -> None:
     ],
 )
 def test_provider_shaped_strings_are_redacted_anywhere(secret: str) -> None:
+    # an auth scheme is kept in sight, its credentials are not
+    shown = "bearer " + REDACTED if secret.startswith("bearer ") else REDACTED
+
     @st.step
     def echo(text: str) -> str:
         return text
@@ -334,8 +339,8 @@ def test_provider_shaped_strings_are_redacted_anywhere(secret: str) -> None:
     wf()
     run = st.last_run()
     assert run is not None
-    assert run.steps()[0].input == {"text": f"before {REDACTED} after"}
-    assert run.steps()[0].output == f"before {REDACTED} after"
+    assert run.steps()[0].input == {"text": f"before {shown} after"}
+    assert run.steps()[0].output == f"before {shown} after"
 
 
 def test_redactions_are_counted() -> None:

@@ -10,51 +10,89 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steptrace.redaction import rule_problem
+
 DEFAULT_STORE_PATH = os.path.join(".steptrace", "steptrace.db")
 
 DEFAULT_SECRET_KEYS: tuple[str, ...] = (
+    "*password*",
+    "*passwd*",
+    "*passphrase*",
+    "*secret*",
+    "*credential*",
+    "*apikey*",
     "api_key",
-    "apikey",
     "api_token",
     "access_token",
     "refresh_token",
     "id_token",
+    "token",
     "auth",
     "authorization",
-    "proxy_authorization",
-    "password",
-    "passwd",
     "pwd",
-    "secret",
-    "client_secret",
-    "token",
     "cookie",
-    "set_cookie",
     "session",
     "session_id",
     "private_key",
-    "credential",
-    "credentials",
+    "signing_key",
+    "encryption_key",
+    "signature",
+    "sig",
+    "database_url",
+    "dsn",
+    "connection_string",
+    "conn_str",
 )
-"""Keys whose values are redacted. A key matches when, lower-cased with ``-`` read as
-``_``, it equals one of these or ends with ``_`` + one of them (``openai_api_key``,
-``x_api_key``, ``db_password``). ``max_tokens`` does not match ``token``."""
+"""Keys whose values are redacted. Keys are compared in a normal form: lower-case words
+joined by ``_``, split at ``-``, ``.``, spaces and camelCase humps (``DBPassword``,
+``db-password`` and ``DB_PASSWORD`` are all ``db_password``). A plain entry matches a
+key equal to it or ending in ``_`` + it (``openai_api_key``, ``x_api_key``); an entry
+with ``*`` is a glob over the whole key (``*password*`` also matches ``dbpassword``).
+``max_tokens`` does not match ``token``."""
 
-DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
-    r"sk-[A-Za-z0-9_\-]{16,}",  # OpenAI and Anthropic (sk-ant-…) keys
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
-    r"(?i:basic)\s+[A-Za-z0-9+/=]{12,}",
-    r"AKIA[0-9A-Z]{16}",  # AWS access key id
+PROVIDER_KEY_PATTERNS: tuple[str, ...] = (
+    r"sk-[A-Za-z0-9_\-]{16,}",  # OpenAI (sk-proj-…), Anthropic (sk-ant-…), OpenRouter, Langfuse
+    r"sk_live_[0-9A-Za-z]{16,}",  # Stripe
+    r"sk_test_[0-9A-Za-z]{16,}",
+    r"rk_live_[0-9A-Za-z]{16,}",
+    r"rk_test_[0-9A-Za-z]{16,}",
+    r"whsec_[0-9A-Za-z+/=]{16,}",  # Stripe webhook signing secrets
+    r"AKIA[0-9A-Z]{16}",  # AWS access key ids
+    r"ASIA[0-9A-Z]{16}",
     *(rf"gh{kind}_[A-Za-z0-9]{{30,}}" for kind in "pousr"),  # GitHub tokens
+    r"github_pat_[A-Za-z0-9_]{22,}",
+    r"glpat-[A-Za-z0-9_\-]{20,}",  # GitLab
     r"xox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack tokens
     r"AIza[0-9A-Za-z_\-]{35}",  # Google API keys
+    r"ya29\.[0-9A-Za-z_\-]{20,}",  # Google OAuth access tokens
+    r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
+    r"SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}",  # SendGrid
+    r"npm_[A-Za-z0-9]{36}",  # npm
+    r"pypi-AgE[A-Za-z0-9_\-]{50,}",  # PyPI
+    r"gsk_[A-Za-z0-9]{20,}",  # Groq
+    r"xai-[A-Za-z0-9]{20,}",  # xAI
+    r"r8_[A-Za-z0-9]{20,}",  # Replicate
+    r"pplx-[A-Za-z0-9]{20,}",  # Perplexity
+    r"lsv2_(?:pt|sk)_[A-Za-z0-9_]{20,}",  # LangSmith
+    r"dapi[0-9a-f]{32}",  # Databricks
+    r"shp(?:at|ss|ca|pa)_[0-9a-fA-F]{32}",  # Shopify
+    r"dop_v1_[0-9a-f]{64}",  # DigitalOcean
 )
+"""Secret shapes of the major providers (their documented prefixes). Keys without a
+distinctive prefix (AWS secret access keys, Twilio, Azure) are caught by their names."""
+
+PEM_PATTERN = (
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+    r"(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|(?![\s\S]))"  # or cut short
+)
+JWT_PATTERN = r"eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"
+
+DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (*PROVIDER_KEY_PATTERNS, PEM_PATTERN, JWT_PATTERN)
 """Regular expressions for secret-shaped substrings of any string value."""
 
 
@@ -134,14 +172,13 @@ class Config:
             raise ConfigError(
                 f"export_value_bytes={self.export_value_bytes} is too small: use >= 64"
             )
-        for pattern in self.secret_patterns:
-            try:
-                re.compile(f"(?:{pattern})|x")  # as the redactor combines them
-            except re.error as exc:
-                raise ConfigError(
-                    f"secret pattern {pattern!r} is not a valid regex ({exc}); "
-                    "scope flags inline, e.g. (?i:bearer)"
-                ) from exc
+        problems = [rule_problem("key", k) for k in self.secret_keys] + [
+            rule_problem("pattern", p) for p in self.secret_patterns
+        ]
+        if any(problems):
+            raise ConfigError("; ".join(p for p in problems if p))
+        if not isinstance(self.redaction_text, str) or not self.redaction_text:
+            raise ConfigError("redaction_text must be a non-empty string")
         return self
 
 
@@ -229,7 +266,7 @@ def configure(
     if redact is not None:
         changes["redact"] = redact
     keys = tuple(secret_keys) if secret_keys is not None else current.secret_keys
-    changes["secret_keys"] = tuple(k.lower().replace("-", "_") for k in (*keys, *extra_secret_keys))
+    changes["secret_keys"] = (*keys, *extra_secret_keys)
     patterns = tuple(secret_patterns) if secret_patterns is not None else current.secret_patterns
     changes["secret_patterns"] = (*patterns, *extra_secret_patterns)
     if capture_logs is not None:

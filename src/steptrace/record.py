@@ -10,28 +10,24 @@ counted in ``counters``.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import datetime as dt
 import decimal
 import enum
-import functools
 import hashlib
-import itertools
 import pathlib
-import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import ahocorasick_rs
 import orjson
 import pydantic
 from pydantic import BaseModel
 
 from steptrace.config import Config, get_config
+from steptrace.redaction import Redactor
 
 MARKER = "__steptrace__"
 Processor = Callable[[bytes], bytes]
@@ -155,6 +151,12 @@ def placeholder(obj: object, what: str = "unserializable") -> dict[str, Any]:
     """The marked stand-in stored for a value that cannot be stored as JSON."""
     counters.add("unserializable")
     text = _safe_repr(obj)
+    redactor = pipeline().redactor
+    if redactor is not None:
+        try:
+            text = redactor.redact_repr(obj, text)
+        except Exception:  # an attribute that raises: keep only the type
+            text = f"<{_type_name(obj)}>"
     return {MARKER: what, "type": _type_name(obj), "repr": text[:_REPR_PREFIX], "size": len(text)}
 
 
@@ -173,8 +175,8 @@ def _default(obj: Any) -> Any:
             return list(obj)
     if isinstance(obj, tuple | list):  # subclasses orjson leaves to us (namedtuple)
         return list(obj)
-    if isinstance(obj, dict):
-        return dict(obj)
+    if isinstance(obj, Mapping):  # dict subclasses orjson refuses, MappingProxyType, UserDict…
+        return dict(obj.items())
     if isinstance(obj, decimal.Decimal | pathlib.PurePath):
         return str(obj)
     if isinstance(obj, dt.timedelta):
@@ -216,7 +218,7 @@ def _jsonable(obj: Any, seen: set[int], depth: int) -> Any:
         return placeholder(obj, "cycle")
     seen.add(ident)
     try:
-        if isinstance(obj, dict):
+        if isinstance(obj, Mapping):
             return {
                 storable(k if isinstance(k, str) else _safe_repr(k)): _jsonable(v, seen, depth + 1)
                 for k, v in obj.items()
@@ -258,130 +260,32 @@ def to_json(value: Any) -> bytes:
         return orjson.dumps(placeholder(value))
 
 
-# --- redaction ---------------------------------------------------------------------
+# --- redaction (steptrace.redaction) ------------------------------------------------
 
 
-def _snake(key: str) -> str:
-    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
-    return key.lower().replace("-", "_")
+def _redactor(config: Config) -> Redactor:
+    return Redactor(
+        text=config.redaction_text,
+        secret_keys=config.secret_keys,
+        secret_patterns=config.secret_patterns,
+    )
 
 
-_META = set("\\[](){}.*+?|^$")
+def redact_json(redactor: Redactor, data: bytes) -> bytes:
+    """A JSON value with its secrets replaced (counted)."""
+    redacted, changed = redactor.redact_json(data)
+    if changed:
+        counters.add("redacted")
+    return redacted
 
 
-def _literal_hint(pattern: str) -> bytes | None:
-    """A lower-case literal every match of ``pattern`` contains, when one is plain to
-    see (a literal prefix, or the letters of a leading ``(?i:...)`` group)."""
-    if "|" in pattern:  # alternatives: no single literal to look for
-        return None
-    if pattern.startswith("(?i:"):
-        body = pattern[4:].split(")", 1)[0]
-        return body.lower().encode() if body.isalpha() and len(body) >= 3 else None
-    prefix = ""
-    for i, ch in enumerate(pattern):
-        if ch in _META:
-            if ch in "?*{" and prefix:  # the last literal is optional or repeated
-                prefix = prefix[:-1]
-            break
-        if i + 1 < len(pattern) and pattern[i + 1] in "?*{":
-            break
-        prefix += ch
-    return prefix.lower().encode() if len(prefix) >= 3 else None
+def _redact_now(redactor: Redactor) -> Processor:
+    """Redact one value now (values recorded off the hot path: LLM calls, errors)."""
 
+    def redact(data: bytes) -> bytes:
+        return redact_json(redactor, data) if redactor.suspect(data) else data
 
-class Redactor:
-    """Replaces secrets in JSON values: values under secret-looking keys, and
-    secret-shaped substrings of strings.
-
-    Most values hold no secret, so one multi-pattern scan (Aho-Corasick over the
-    lower-cased JSON text) for the words such keys contain and the literals such
-    strings start with decides whether anything else runs. Secret-shaped strings
-    and keys are then replaced in the parsed value.
-    """
-
-    def __init__(self, config: Config) -> None:
-        self.text = config.redaction_text
-        self.keys = frozenset(config.secret_keys)
-        self.suffixes = tuple("_" + k for k in self.keys)
-        self.value_re = re.compile("|".join(f"(?:{p})" for p in config.secret_patterns))
-        self.unhinted: list[re.Pattern[bytes]] = []
-        hints: list[bytes] = []
-        for pattern in config.secret_patterns:
-            compiled = re.compile(pattern.encode())
-            hint = _literal_hint(pattern)
-            if hint is None:
-                self.unhinted.append(compiled)
-            else:
-                hints.append(hint)
-        # Every secret key, snake-cased, contains its longest part; JSON text of such a
-        # key (any case, - or _ or camelCase) contains that part in lower case.
-        stems = {max(k.split("_"), key=len).encode() for k in self.keys if k}
-        self.words = sorted({*hints, *stems})
-        self.scanner = ahocorasick_rs.BytesAhoCorasick(
-            self.words, implementation=ahocorasick_rs.Implementation.DFA
-        )
-        # The same words for one value on the caller's thread: slower than the scanner,
-        # but it keeps the GIL, where the scanner's release could cost a whole switch
-        # interval when other threads are busy.
-        self.words_re = re.compile(b"|".join(re.escape(w) for w in self.words))
-        self.is_secret_key = functools.lru_cache(maxsize=4096)(self._is_secret_key)
-
-    def _is_secret_key(self, key: str) -> bool:
-        norm = _snake(key)
-        return norm in self.keys or norm.endswith(self.suffixes)
-
-    def redact_text(self, text: str) -> str:
-        return self.value_re.sub(self.text, text)
-
-    def redact_value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact_text(value)
-        if isinstance(value, dict):
-            return {
-                (self.redact_text(k) if isinstance(k, str) else k): (
-                    self.text
-                    if isinstance(k, str) and self.is_secret_key(k) and v is not None
-                    else self.redact_value(v)
-                )
-                for k, v in value.items()
-            }
-        if isinstance(value, list):
-            return [self.redact_value(v) for v in value]
-        return value
-
-    def suspects(self, values: Sequence[bytes]) -> list[bool]:
-        """For each JSON value, whether it may hold a secret (False: it certainly does
-        not). One scan over all of them: the search releases the GIL, so it is done
-        once per batch rather than once per value."""
-        if not values:
-            return []
-        joined = b"\x00".join(values).lower()
-        flags = [False] * len(values)
-        matches = self.scanner.find_matches_as_indexes(joined)
-        if matches:
-            ends = list(itertools.accumulate(len(v) + 1 for v in values))
-            for _, start, _ in matches:
-                flags[bisect.bisect_right(ends, start)] = True
-        if self.unhinted:
-            for i, value in enumerate(values):
-                if not flags[i] and any(p.search(value) for p in self.unhinted):
-                    flags[i] = True
-        return flags
-
-    def redact_json(self, data: bytes) -> bytes:
-        """The value with its secrets replaced, in the parsed value (never in the JSON
-        text, where a pattern could match across a quote or miss an escape)."""
-        redacted = orjson.dumps(self.redact_value(orjson.loads(data)), option=_OPTS)
-        if redacted != data:
-            counters.add("redacted")
-        return redacted
-
-    def __call__(self, data: bytes) -> bytes:
-        """Redact one value now (values recorded off the hot path: LLM calls, errors)."""
-        suspect = self.words_re.search(data.lower()) is not None or any(
-            p.search(data) for p in self.unhinted
-        )
-        return self.redact_json(data) if suspect else data
+    return redact
 
 
 def size_cap(limit: int) -> Processor:
@@ -407,10 +311,10 @@ class _Pipeline:
     __slots__ = ("cap", "export_limit", "processors", "redactor")
 
     def __init__(self, config: Config) -> None:
-        self.redactor: Redactor | None = Redactor(config) if config.redact else None
+        self.redactor: Redactor | None = _redactor(config) if config.redact else None
         self.processors: list[Processor] = []
         if self.redactor is not None:
-            self.processors.append(self.redactor)
+            self.processors.append(_redact_now(self.redactor))
         self.cap = size_cap(config.max_value_bytes)
         self.processors.append(self.cap)
         self.export_limit = config.export_value_bytes
@@ -443,15 +347,23 @@ def encode(value: Any) -> bytes:
 def finish_values(values: list[bytes]) -> list[bytes]:
     """Redact and cap serialised values (``to_json`` output) in one batch: what the
     writer thread does for the step values the hot path only serialised."""
-    pipe = pipeline()
-    redactor = pipe.redactor
-    if redactor is not None:
-        values = [
-            redactor.redact_json(v) if suspect else v
-            for v, suspect in zip(values, redactor.suspects(values), strict=True)
-        ]
-    cap = pipe.cap
-    return [cap(without_nul(v)) for v in values]
+    cap = pipeline().cap
+    return [cap(v) for v in redact_values(values)]
+
+
+def redact_values(values: list[bytes]) -> list[bytes]:
+    """Redact serialised values in one batch (one scan decides which need it)."""
+    redactor = pipeline().redactor
+    if redactor is None:
+        return [without_nul(v) for v in values]
+    return [
+        redact_json(redactor, without_nul(v)) if suspect else without_nul(v)
+        for v, suspect in zip(values, redactor.suspects(values), strict=True)
+    ]
+
+
+def cap_value(data: bytes) -> bytes:
+    return pipeline().cap(data)
 
 
 def without_nul(data: bytes) -> bytes:
@@ -489,6 +401,8 @@ def for_export(data: bytes | None) -> str:
 
 
 def input_hash(data: bytes) -> str:
+    """The hash of a step's input, taken of its *redacted* JSON (before the size cap):
+    it identifies an input without letting anyone test guesses of a redacted secret."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

@@ -34,7 +34,6 @@ from steptrace.record import (
     encode,
     error_json,
     error_message,
-    input_hash,
     redact_text,
     to_json,
 )
@@ -227,7 +226,7 @@ def _raw_output(frame: _Frame, exc: BaseException) -> Any:
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 
-    __slots__ = ("active", "input_hash", "input_json", "key", "parent", "spec", "tool_call_id")
+    __slots__ = ("active", "input_json", "key", "parent", "spec", "tool_call_id")
 
     def __init__(self, spec: Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
         self.spec = spec
@@ -235,8 +234,7 @@ class _Call:
         run = parent.run
         self.key = run.next_key(spec.name)
         arguments = spec.bind(args, kw)
-        self.input_json = to_json(arguments)  # redacted later, by the writer
-        self.input_hash = input_hash(self.input_json)
+        self.input_json = to_json(arguments)  # redacted (and hashed) later, by the writer
         self.active: _Active | None = None
         self.tool_call_id = (
             run.claim_tool_call(spec.name, orjson.loads(self.input_json))
@@ -253,7 +251,6 @@ class _Call:
         active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key, links)
         record = active.record
         record.input = self.input_json
-        record.input_hash = self.input_hash
         record.raw = True
         if self.tool_call_id is not None:
             record.attributes = encode({"gen_ai.tool.call.id": self.tool_call_id})

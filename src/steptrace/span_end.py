@@ -18,8 +18,15 @@ import orjson
 from opentelemetry.trace import StatusCode
 
 from steptrace.config import get_config
-from steptrace.record import RunState, SpanRecord, for_export, make_storable
-from steptrace.record import finish_values as finish_raw_values
+from steptrace.record import (
+    RunState,
+    SpanRecord,
+    cap_value,
+    for_export,
+    input_hash,
+    make_storable,
+    redact_values,
+)
 
 _END_CHUNK = 256
 
@@ -36,9 +43,11 @@ def finish_values(records: Sequence[RunState | SpanRecord]) -> None:
             if rec.output is not None:
                 targets.append((rec, "output", rec.output))
     if targets:
-        done = finish_raw_values([value for _, _, value in targets])
+        done = redact_values([value for _, _, value in targets])
         for (rec, name, _), value in zip(targets, done, strict=True):
-            setattr(rec, name, value)
+            if name == "input" and isinstance(rec, SpanRecord) and rec.kind in ("step", "tool"):
+                rec.input_hash = input_hash(value)  # of the redacted input
+            setattr(rec, name, cap_value(value))
     for rec in records:
         make_storable(rec)
 

@@ -18,7 +18,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from steptrace.record import LLMUsage, SpanRecord, encode
+from steptrace.record import LLMUsage, SpanRecord, counters, encode, pipeline
+from steptrace.redaction import Redactor
 
 log = logging.getLogger("steptrace")
 _tracer: Tracer | None = None
@@ -123,8 +124,51 @@ class RunSpanCollector:
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
 
-    def _on_ending(self, span: Any) -> None:  # newer SDKs call this before on_end
-        return None
+    def _on_ending(self, span: Any) -> None:
+        """Redact a run's foreign span before any exporter sees it: SDKs since 1.35 call
+        this on every processor before ``on_end`` hands the span to exporters."""
+        if span.context.span_id in self._runs:
+            try:
+                redact_sdk_span(span)
+            except Exception:  # never raise into the instrumentation that ended the span
+                logging.getLogger("steptrace").warning(
+                    "steptrace: could not redact a span", exc_info=True
+                )
+
+
+def redact_sdk_span(span: Any) -> None:
+    """Redact an ending SDK span's attributes, event attributes and status text in place
+    (they are frozen for the instrumentation by then, not yet read by exporters)."""
+    redactor = pipeline().redactor
+    if redactor is None:
+        return
+    for holder in (span, *(getattr(span, "_events", None) or ())):
+        attributes = getattr(getattr(holder, "_attributes", None), "_dict", None)
+        if isinstance(attributes, dict):
+            for key, value in list(attributes.items()):
+                redacted = redact_attribute(redactor, key, value)
+                if redacted != value:
+                    attributes[key] = redacted
+                    counters.add("redacted")
+    status = getattr(span, "_status", None)
+    description = getattr(status, "description", None)
+    if status is not None and isinstance(description, str) and description:
+        redacted_text = redactor.redact_text(description)
+        if redacted_text != description:
+            from opentelemetry.trace import Status
+
+            span._status = Status(status.status_code, redacted_text)
+
+
+def redact_attribute(redactor: Redactor, key: str, value: Any) -> Any:
+    """An OpenTelemetry attribute value with its secrets replaced (same type)."""
+    if redactor.is_secret_key(key):
+        return tuple(redactor.text for _ in value) if isinstance(value, tuple) else redactor.text
+    if isinstance(value, str):
+        return redactor.redact_value(value)
+    if isinstance(value, tuple) and any(isinstance(v, str) for v in value):
+        return tuple(redactor.redact_value(v) if isinstance(v, str) else v for v in value)
+    return value
 
 
 def foreign_record(
