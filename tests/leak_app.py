@@ -127,6 +127,11 @@ def flat(p: Placement) -> tuple[str, str]:
     return (name_of(p), p.value if p.key is not None else p.text)
 
 
+def variable(p: Placement) -> str:
+    """The environment variable a placement is kept in."""
+    return env_name(name_of(p))
+
+
 def nested(mapping: type, position: str) -> dict[str, Any]:
     return {slot: mapping(inner) for slot, inner in struct(DATA[position]).items()}
 
@@ -356,7 +361,7 @@ def query_db() -> int:
     tracer = trace.get_tracer("app.db")
     with tracer.start_as_current_span("app.canary", attributes={"app.canary": CANARY[0]}):
         pass
-    for group in unique_keys(DATA["foreign.attr_key"]):
+    for group in unique_keys(DATA["foreign.attr_key"], most=100):
         with tracer.start_as_current_span("app.settings", attributes=dict(map(flat, group))):
             pass
     text = joined(DATA["foreign.connection_string"])
@@ -375,10 +380,10 @@ def leaky(payload: dict[str, Any], fail: bool) -> dict[str, Any]:
     log.info(f"run-level canary {CANARY[0]}")
     for p in DATA["log.run_level"]:
         log.info(f"run-level: {p.text}")
-    groups = unique_keys(DATA["step.kwargs"])
-    notes = [p.text for p in groups[0] if p.key is None]
-    for i, group in enumerate(groups):
-        accept_options(*(notes if i == 0 else []), **dict(flat(p) for p in group if p.key))
+    notes = [p.text for p in DATA["step.kwargs"] if p.key is None]
+    keyed = [p for p in DATA["step.kwargs"] if p.key is not None]
+    for i, group in enumerate(unique_keys(keyed)):
+        accept_options(*(notes if i == 0 else []), **dict(map(flat, group)))
     load_config({"canary": CANARY[0], "env": "prod", "services": struct(DATA["arg.dict"])})
     read_settings(nested(types.MappingProxyType, "arg.mappingproxy"))
     read_settings(nested(collections.UserDict, "arg.userdict"))
@@ -389,12 +394,8 @@ def leaky(payload: dict[str, Any], fail: bool) -> dict[str, Any]:
     use_clients([Settings(**{field_name(p): flat(p)[1]}) for p in DATA["arg.object_attr"]])
     use_clients([Client(**{field_name(p): flat(p)[1]}) for p in DATA["arg.object_repr"]])
     parse_document(json.dumps(struct(DATA["arg.json_string"])))
-    read_environment(
-        [
-            {env_name(name_of(p)): flat(p)[1] for p in group}
-            for group in unique_keys(DATA["arg.environ"])
-        ]
-    )
+    environ = unique_keys(DATA["arg.environ"], name=variable)
+    read_environment([{variable(p): flat(p)[1] for p in group} for group in environ])
     produce_struct()
     produce_text()
     produce_json()

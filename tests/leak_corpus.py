@@ -685,7 +685,9 @@ def make_plan(seed: int, entries: Sequence[Entry] = ENTRIES) -> Plan:
                     seen_keys.add(entry.key.lower())
                 chosen.append(placement)
             plan.runs[run][position.name] = chosen
-    fragments = [f for p in plan.placements() for f in p.fragments]
+    placements = list(plan.placements())
+    assert all(p.fragments for p in placements), "a secret the scanner could not find"
+    fragments = [f for p in placements for f in p.fragments]
     assert len(fragments) == len(set(fragments)), "a fragment repeats: reseed"
     return plan
 
@@ -703,21 +705,27 @@ def joined(placements: Iterable[Placement]) -> str:
     return "\n".join(p.text for p in placements)
 
 
-def unique_keys(placements: Sequence[Placement]) -> list[list[Placement]]:
-    """The keyed placements in groups whose keys are distinct (keyword arguments, an
-    environment); embedded ones join the first group under ``note_<slot>``."""
-    groups: list[list[Placement]] = [[]]
+def unique_keys(
+    placements: Sequence[Placement],
+    name: Callable[[Placement], str] | None = None,
+    most: int | None = None,
+) -> list[list[Placement]]:
+    """The placements in groups in which the names they sit under in a flat structure
+    (``name_of``, or ``name``: an environment variable's) are distinct, at most ``most``
+    a group (OpenTelemetry keeps 128 attributes of a span)."""
+    named = name or name_of
+    groups: list[list[Placement]] = []
+    names: list[set[str]] = []
     for p in placements:
-        if p.key is None:
-            groups[0].append(p)
-            continue
-        for group in groups:
-            if all(q.key != p.key for q in group):
+        for group, taken in zip(groups, names, strict=True):
+            if named(p) not in taken and (most is None or len(group) < most):
                 group.append(p)
+                taken.add(named(p))
                 break
         else:
             groups.append([p])
-    return groups
+            names.append({named(p)})
+    return groups or [[]]
 
 
 def name_of(p: Placement) -> str:
@@ -860,3 +868,18 @@ def describe(hits: Sequence[Hit], positions_shown: int = 4) -> str:
 
 def placement_from_json(data: dict[str, Any]) -> Placement:
     return Placement(**{**data, "fragments": tuple(data["fragments"])})
+
+
+def catalogue(seed: int = 0) -> str:
+    """The corpus, one entry a line: id, class, how it is placed (under which key), an
+    example of the text it reads as, and its secret."""
+    plan = make_plan(seed)
+    lines = []
+    for p in plan.runs[1]["log.fstring"]:
+        placed = f"under {p.key!r}" if p.key is not None else "in text"
+        lines.append(f"{p.entry:32s} {p.cls:32s} {placed:30s} {p.text!r} -> secret {p.secret!r}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue())
