@@ -1,19 +1,20 @@
-"""The application the leak corpus test runs in a child process: a workflow that puts
-every placement of a plan (``leak_corpus``) at its position, then the CLI commands
-that read the runs back.
+"""The processes the leak corpus test (``test_leak_corpus.py``) starts.
 
-``python leak_app.py app CONFIG.json`` configures steptrace as an application does
-(``st.configure(otlp_endpoint=..., otlp_logs=True)``: spans and log records over
-OTLP/HTTP), instruments ``requests`` with OpenTelemetry, makes two runs of the
-``leaky`` workflow against the loopback model and HTTP servers the test runs, prints
-``READY {"runs": [...]}`` and waits for a line on stdin before it exits (so that the
-test can read the SQLite files while the writer still has them open).
+``python leak_app.py app CONFIG.json`` is an application: it configures steptrace as
+applications do (``st.configure(otlp_endpoint=..., otlp_logs=True)``: spans and log
+records over OTLP/HTTP), instruments ``requests`` with OpenTelemetry, and on each store
+it is given (SQLite, then PostgreSQL) makes two runs of the ``leaky`` workflow, which
+puts every placement of the plan (``leak_corpus``) at its position, against the
+loopback model and HTTP servers of the test. It speaks in lines on stdout and waits
+for one on stdin at each step, so that the test can read the SQLite files while the
+writer has them open and again once it closed them: ``READY engine [run ids]``,
+``CLOSED engine`` (the next store closed that one's writer), ``EXPORTED``.
 
-``python leak_app.py read`` then shows each store (a spec file named on stdin) the ways
-a user sees it: it
-serves ``steptrace ui`` (the command's own function, in a thread, on loopback), runs
-``steptrace`` commands in the same interpreter (Click's runner, the ``typer`` app of
-``python -m steptrace``), asks the UI's JSON API, and writes every output to a file.
+``python leak_app.py read`` shows each store named on stdin (a spec file a line) the
+ways a user sees it: it serves ``steptrace ui`` (the command's own function, in a
+thread, on loopback), runs ``steptrace`` commands in the same interpreter (Click's
+runner over the ``typer`` app ``python -m steptrace`` runs), asks the UI's JSON API,
+writes every output to a file and prints a manifest of them, a line per store.
 
 Every step reads its placements from ``DATA`` rather than from its arguments, so a
 position's secrets reach steptrace only through that position.
@@ -51,7 +52,6 @@ CANARY = [""]
 SERVERS: dict[str, str] = {}
 LITE = [False]
 """Lite runs (the negative control) skip the model SDKs and ``requests``."""
-SDK_POSITIONS = ("llm.openai.", "llm.anthropic.", "foreign.http_url")
 
 log = logging.getLogger("app.leaky")
 _attempts: collections.Counter[str] = collections.Counter()
@@ -112,7 +112,8 @@ def field_name(p: Placement) -> str:
 def as_model(p: Placement) -> pydantic.BaseModel:
     name = field_name(p)
     if name not in _models:
-        _models[name] = pydantic.create_model(f"Config_{name}", **{name: (str, ...)})
+        fields: dict[str, Any] = {name: (str, ...)}
+        _models[name] = pydantic.create_model(f"Config_{name}", **fields)
     return _models[name](**{name: p.value if p.key is not None else p.text})
 
 
@@ -285,7 +286,8 @@ def ask_openai() -> str:
     import openai
 
     (key,) = DATA["llm.openai.api_key"]
-    client = st.instrument(openai.OpenAI(base_url=SERVERS["openai"], api_key=key.secret))
+    # Any: the requests are the corpus's dicts, not the SDK's typed params
+    client: Any = st.instrument(openai.OpenAI(base_url=SERVERS["openai"], api_key=key.secret))
     with client:
         user = {"role": "user", "content": f"{CANARY[0]}\n{joined(DATA['llm.openai.messages'])}"}
         reply = client.chat.completions.create(
@@ -317,7 +319,7 @@ def ask_anthropic() -> str:
     import anthropic
 
     (key,) = DATA["llm.anthropic.api_key"]
-    client = st.instrument(
+    client: Any = st.instrument(
         anthropic.Anthropic(
             api_key=key.secret,
             base_url=SERVERS["anthropic"],
@@ -419,9 +421,7 @@ def leaky(payload: dict[str, Any], fail: bool) -> dict[str, Any]:
 
 
 def run_app(config: dict[str, Any]) -> None:
-    """Both runs on each store in turn. After an engine's runs: ``READY engine {runs}``,
-    then wait for a line; the next engine's store closes the last one's writer:
-    ``CLOSED engine``."""
+    """Both runs on each store in turn (see the module's docstring for the lines)."""
     import structlog
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
@@ -536,7 +536,7 @@ def read(spec: dict[str, Any]) -> dict[str, Any]:
     manifest["ui_startup"] = write(out_dir, "ui-startup.out", startup.getvalue().encode())
 
     runner = CliRunner()
-    command = typer.main.get_command(app)  # what steptrace.cli.main runs, built once
+    command: Any = typer.main.get_command(app)  # what steptrace.cli.main runs, built once
     for i, (name, argv) in enumerate(spec["commands"]):
         started = time.monotonic()
         result = runner.invoke(command, ["--store", spec["store"], *argv], prog_name="steptrace")

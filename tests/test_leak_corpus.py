@@ -17,7 +17,8 @@ holds or shows those runs is searched for every placement:
 - **otlp**: the request bodies the receiver got (spans and log records) and their
   decoded attributes (both engines' runs: the export does not depend on the store);
 - **otlp backfill**: what ``steptrace export-otlp`` sends from the store;
-- **ui**: every JSON endpoint of a real ``steptrace ui`` server over the store;
+- **ui**: every JSON endpoint of a ``steptrace ui`` server over the store (the
+  command's own function, serving on loopback), and the line it prints at start;
 - **cli**: ``runs``, ``show`` (text and ``--json``), ``stats``, ``diff``, ``compare``,
   ``dist``, ``sql``, ``status``;
 - **export**: every ``steptrace export`` format (jsonl, csv, parquet) of every table
@@ -210,8 +211,8 @@ def test_the_scan_finds_secrets_when_redaction_is_off(
     # A value longer than a page is split over overflow pages in the file, so a few
     # secrets may show there only as fragments, or not at all: the rows have them whole.
     in_file = {h.placement.id for h in scanner.scan("sqlite file", places["sqlite file"])}
-    stored = [p.id for run in (1, 2) for p in plan.runs[run]["workflow.input"]]
-    assert sum(p in in_file for p in stored) >= 0.9 * len(stored)
+    inputs = [p.id for run in (1, 2) for p in plan.runs[run]["workflow.input"]]
+    assert sum(i in in_file for i in inputs) >= 0.9 * len(inputs)
     for place, positions in expected.items():
         hits = {h.placement.id: h for h in scanner.scan(place, places[place])}
         for position in positions:
@@ -306,8 +307,8 @@ class App(Child):
         redact: bool = True,
         lite: bool = False,
     ) -> None:
-        config = {"plan": plan.to_json(), "stores": stores, "servers": servers}
-        config.update(redact=redact, lite=lite)
+        config: dict[str, Any] = {"plan": plan.to_json(), "stores": stores}
+        config.update(servers=servers, redact=redact, lite=lite)
         (root / "app.json").write_text(json.dumps(config))
         (root / "app").mkdir(exist_ok=True)
         env = child_env(
