@@ -31,7 +31,8 @@ DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "access_token",
     "refresh_token",
     "id_token",
-    "token",
+    "*token",
+    "sessionid",
     "auth",
     "authorization",
     "pwd",
@@ -41,6 +42,10 @@ DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "private_key",
     "signing_key",
     "encryption_key",
+    "access_key",
+    "account_key",
+    "subscription_key",
+    "master_key",
     "signature",
     "sig",
     "database_url",
@@ -82,9 +87,12 @@ PROVIDER_KEY_PATTERNS: tuple[str, ...] = (
     r"dapi[0-9a-f]{32}",  # Databricks
     r"shp(?:at|ss|ca|pa)_[0-9a-fA-F]{32}",  # Shopify
     r"dop_v1_[0-9a-f]{64}",  # DigitalOcean
+    r"GOCSPX-[A-Za-z0-9_\-]{24,}",  # Google OAuth client secrets
+    r"SK[0-9a-fA-F]{32}",  # Twilio API keys
+    r"hooks\.slack\.com/services/[A-Za-z0-9_/]+",  # Slack webhooks
 )
 """Secret shapes of the major providers (their documented prefixes). Keys without a
-distinctive prefix (AWS secret access keys, Twilio, Azure) are caught by their names."""
+distinctive prefix (AWS secret access keys, Azure) are caught by their names."""
 
 PEM_PATTERN = (
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"

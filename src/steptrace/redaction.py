@@ -28,6 +28,7 @@ import fnmatch
 import functools
 import itertools
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -108,26 +109,46 @@ class Rule:
         return self.hints is None or any(h in lowered for h in self.hints)
 
 
+_JSON_SAFE = re.compile(
+    r"(?:[A-Za-z0-9_\-]"  # a literal
+    r"|\\[.\-_]"  # an escaped literal (not \d: in text it matches any script's digits)
+    r"|\[[A-Za-z0-9_\-]+\]"  # a class of those (not negated)
+    r"|\{\d+(?:,\d*)?\}|[+*?|]|\((?:\?:)?|\))*"  # quantifiers, groups, alternatives
+)
+
+
+def json_safe(pattern: str) -> bool:
+    """Whether every match of ``pattern`` is made of characters JSON text shows as they
+    are (letters, digits, ``_``, ``-``, ``.``): then searching a value's JSON text finds
+    exactly what searching its strings would."""
+    return _JSON_SAFE.fullmatch(pattern) is not None
+
+
 _SCHEMES = ("bearer", "basic", "token", "digest", "negotiate", "apikey")
 _AUTH_SCHEME = rf"(?i:{'|'.join(_SCHEMES)})"
 _CREDENTIALS = rf"(?<![A-Za-z0-9])({_AUTH_SCHEME}[ \t]+)[A-Za-z0-9._~+/=\-]{{8,}}"
 _URL_USERINFO = r"(?<=://)([^\s/?#@:\"'<>]*):([^\s/?#@\"'<>]+)@"
+_CURL_USER = r"(?<![\w-])((?:-u|--user)[ \t]+[^\s:]+:)(\S+)"
+"""``curl -u user:password``."""
 _NAME = r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}"
-
-
 _PAIR_NAME = (
-    rf"(?<![A-Za-z0-9_.\-])(?P<q>[\"']?)(?P<name>{_NAME})(?P=q)"
-    r"(?:[ \t]*[:=][ \t]*|(?<=[\"'])\s*,\s*(?=[\"']))"
+    rf"(?<![A-Za-z0-9_.\-])(?P<q>[\"']?)(?P<flag>--?)?(?P<name>{_NAME})(?P=q)"
+    r"(?:[ \t]*[:=][ \t]*|(?<=[\"'])\s*,\s*(?=[\"'])|(?(flag)[ \t]+|(?!)))"
 )
-"""The ``name=`` / ``name:`` / ``"name":`` / ``('name', `` before a value in free text."""
+"""The ``name=`` / ``name:`` / ``"name":`` / ``('name', `` / ``--name `` before a value
+in free text."""
 
 
-def _pair_value(redacted: str) -> str:
-    """The value after a pair's name: quoted, or up to a space or punctuation (an auth
-    scheme before it is kept)."""
+def _pair_values(redacted: str) -> tuple[str, str]:
+    """The value after a pair's name: quoted; else, in a URL's query, up to the next
+    parameter; else to the end of the line or a ``;`` (a password may hold spaces). An
+    auth scheme before it is kept."""
+    quoted = r"(?P<quote>[\"'])(?:(?!(?P=quote))[^\\\n]|\\.)*(?P=quote)"
+    scheme = rf"(?P<scheme>{_AUTH_SCHEME}[ \t]+)?"
+    done = re.escape(redacted)
     return (
-        r"(?P<quote>[\"'])(?:(?!(?P=quote))[^\\\n]|\\.)*(?P=quote)"
-        rf"|(?P<scheme>{_AUTH_SCHEME}[ \t]+)?(?:{re.escape(redacted)}|[^\s\"',;&)}}\]<>]+)"
+        rf"{quoted}|{scheme}(?:{done}|[^\n\r;]*[^\s;])",
+        rf"{quoted}|(?:{done}|[^&#\n\r]*[^&#\s])",
     )
 
 
@@ -152,15 +173,26 @@ class Redactor:
         self.rules: list[Rule] = [
             Rule(_URL_USERINFO, ["://"], self._userinfo),
             Rule(_CREDENTIALS, _SCHEMES, self._credentials),
+            Rule(_CURL_USER, ["-u ", "--user"], self._userinfo),
         ]
         for pattern in secret_patterns:
             self.rules.append(Rule(pattern, [literal_prefix(pattern)], self._whole))
+        # A pattern without a literal, made only of characters JSON never escapes, can
+        # be searched for in the JSON text of a whole batch at once.
+        self._raw_text_prefilters = [
+            r.regex for r in self.rules if r.hints is None and json_safe(r.regex.pattern)
+        ]
+        self._raw_prefilters = [re.compile(p.pattern.encode()) for p in self._raw_text_prefilters]
         self._pair_re = re.compile(_PAIR_NAME)
-        self._value_re = re.compile(_pair_value(text))
+        text_value, query_value = _pair_values(text)
+        self._value_re = re.compile(text_value)
+        self._query_value_re = re.compile(query_value)
         self._pair_hints = None if None in key_hints else tuple(h for h in key_hints if h)
         hints = {h for rule in self.rules if rule.hints is not None for h in rule.hints}
         hints.update(self._pair_hints or ())
-        self.always = self._pair_hints is None or any(r.hints is None for r in self.rules)
+        self.always = self._pair_hints is None or any(
+            r.hints is None and not json_safe(r.regex.pattern) for r in self.rules
+        )
         """A rule without a hint: every value must be looked at."""
         self.words = sorted(hints)
         self.scanner = ahocorasick_rs.BytesAhoCorasick(
@@ -180,11 +212,27 @@ class Redactor:
     # --- free text ---
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every secret shape and every secret ``name=value`` replaced."""
+        """``text`` with every secret shape and every secret ``name=value`` replaced.
+        Percent-encoded text (a URL's query) is also read decoded; when that shows a
+        secret, the decoded text, redacted, is what is kept."""
+        if "%" in text or ("+" in text and "=" in text):
+            for decode in (urllib.parse.unquote_plus, urllib.parse.unquote):
+                decoded = decode(text)
+                if decoded != text:
+                    redacted = self._redact_plain(decoded)
+                    if redacted != decoded:
+                        return redacted
+        return self._redact_plain(text)
+
+    def _redact_plain(self, text: str) -> str:
         if not text:
             return text
         lowered = text.lower()
-        if not self.always and self.words_re.search(lowered) is None:
+        if (
+            not self.always
+            and self.words_re.search(lowered) is None
+            and not any(p.search(text) for p in self._raw_text_prefilters)
+        ):
             return text
         for rule in self.rules:
             if rule.applies(lowered):
@@ -197,7 +245,11 @@ class Redactor:
         return self.text
 
     def _userinfo(self, match: re.Match[str]) -> str:
-        return f"{match.group(1)}:{self.text}@"
+        return (
+            match.group(0)[: match.start(2) - match.start(0)]
+            + self.text
+            + match.group(0)[match.end(2) - match.start(0) :]
+        )
 
     def _credentials(self, match: re.Match[str]) -> str:
         return match.group(1) + self.text
@@ -211,10 +263,12 @@ class Redactor:
         for match in self._pair_re.finditer(text):
             if match.start() < pos or not self.is_secret_key(match.group("name")):
                 continue
-            value = self._value_re.match(text, match.end())
+            in_query = match.start() > 0 and text[match.start() - 1] in "?&"
+            values = self._query_value_re if in_query else self._value_re
+            value = values.match(text, match.end())
             if value is None:
                 continue
-            quote, scheme = value.group("quote"), value.group("scheme")
+            quote, scheme = value.group("quote"), value.groupdict().get("scheme")
             shown = f"{quote}{self.text}{quote}" if quote else (scheme or "") + self.text
             parts += (text[pos : value.start()], shown)
             pos = value.end()
@@ -272,14 +326,22 @@ class Redactor:
         joined = b"\x00".join(values).lower()
         flags = [False] * len(values)
         matches = self.scanner.find_matches_as_indexes(joined)
-        if matches:
+        starts = [start for _, start, _ in matches]
+        if self._raw_prefilters:
+            raw = b"\x00".join(values)
+            starts += [m.start() for p in self._raw_prefilters for m in p.finditer(raw)]
+        if starts:
             ends = list(itertools.accumulate(len(v) + 1 for v in values))
-            for _, start, _ in matches:
+            for start in starts:
                 flags[bisect.bisect_right(ends, start)] = True
         return flags
 
     def suspect(self, data: bytes) -> bool:
-        return self.always or self.words_re_bytes.search(data.lower()) is not None
+        return (
+            self.always
+            or self.words_re_bytes.search(data.lower()) is not None
+            or any(p.search(data) for p in self._raw_prefilters)
+        )
 
     def redact_json(self, data: bytes) -> tuple[bytes, bool]:
         """The JSON value with its secrets replaced, and whether anything was."""
