@@ -11,6 +11,8 @@ store, so that the paths that need a real run are exercised past "not found".
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,22 @@ def test_errors_have_one_shape(api_store: st.Store, status: int) -> None:
     code = {404: "not_found", 422: "invalid_parameter", 400: "bad_request"}[status]
     assert response.json()["error"]["code"] == code
     assert set(response.json()["error"]) == {"code", "message"}
+
+
+def test_an_unexpected_failure_is_a_500_of_the_same_shape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store closed under the UI: the answer is a 500 of the one shape, with the
+    headers and without the traceback, which goes to the log instead."""
+    store = st.Store.open(str(tmp_path / "closed.db"))
+    client = TestClient(create_app(store), base_url="http://127.0.0.1")
+    assert client.get("/api/v1/workflows").json() == []
+    store.close()
+    with caplog.at_level(logging.ERROR, logger="steptrace"):
+        response = client.get("/api/v1/workflows")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "Traceback" not in response.text and "closed" not in response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert "GET /api/v1/workflows failed" in caplog.text and "Traceback" in caplog.text
