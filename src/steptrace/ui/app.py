@@ -30,6 +30,8 @@ from steptrace.ui.security import error, install
 
 API = "/api/v1"
 PAGE_SIZE_MAX = 500
+OFFSET_MAX = 1_000_000_000
+"""Every integer parameter has a bound: PostgreSQL refuses one beyond a bigint."""
 _RUN_CACHE_SIZE = 16
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schema.ErrorResponse, "description": description}
@@ -239,7 +241,7 @@ def create_app(
             Query(description="step predicates as `steptrace runs --where`, all must hold"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     ) -> Any:
         """A page of runs, newest first, each with its step, attempt, token and cost totals;
         ``has_more`` says whether a next page exists."""

@@ -149,8 +149,9 @@ def host_name(host: str) -> str:
 def _has_nul(request: Request) -> bool:
     """A NUL in the path or query (``%00``): PostgreSQL takes no such text, and no run
     id, name or filter holds one. (Invalid UTF-8 arrives as U+FFFD, which is text.)"""
-    query = request.query_params
-    return any("\x00" in text for text in (request.url.path, *query.keys(), *query.values()))
+    pairs = request.query_params.multi_items()  # every value of a repeated parameter
+    texts = (str(request.scope["path"]), *(text for pair in pairs for text in pair))
+    return any("\x00" in text for text in texts)
 
 
 class _HeadAsGet:
