@@ -72,7 +72,7 @@ def test_an_unreachable_server_at_start_is_spilled_to_and_reported_without_the_p
         assert wf() == 1
     message = caplog.text
     assert "cannot open the store" in message and "check STEPTRACE_STORE" in message
-    assert "ada:***@127.0.0.1:1" in message and "hunter2secret" not in message
+    assert "ada:****@127.0.0.1:1" in message and "hunter2secret" not in message
     health = st.health()
     assert health["state"] == "spilling" and health["pending"] == 2 and health["lost"] == 0
     with pytest.raises(st.ConfigError, match="right host, port, user and database") as caught:

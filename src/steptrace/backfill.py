@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from steptrace.masking import mask_url
 from steptrace.record import for_export
 from steptrace.store.model import RunRecord, SpanView
 
@@ -172,9 +173,15 @@ def readable_spans(run: RunRecord, resource: Resource) -> list[ReadableSpan]:
 
 
 def traces_endpoint(endpoint: str) -> str:
-    """``…/v1/traces`` for a base OTLP/HTTP endpoint (left alone when already there)."""
-    endpoint = endpoint.rstrip("/")
-    return endpoint if endpoint.endswith("/v1/traces") else endpoint + "/v1/traces"
+    """``…/v1/traces`` for a base OTLP/HTTP endpoint (left alone when already there); a
+    query (``?api_key=…``) stays after the path."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/traces"):
+        path += "/v1/traces"
+    return urlunsplit(parts._replace(path=path))
 
 
 def export_runs(
@@ -202,9 +209,9 @@ def export_runs(
             while len(batch) >= _BATCH or (batch and run is runs[-1]):
                 chunk, batch = batch[:_BATCH], batch[_BATCH:]
                 if exporter.export(chunk) is not SpanExportResult.SUCCESS:
+                    shown = mask_url(traces_endpoint(endpoint))
                     raise RuntimeError(
-                        f"the OTLP endpoint {traces_endpoint(endpoint)} did not accept the "
-                        f"spans ({sent} sent before)"
+                        f"the OTLP endpoint {shown} did not accept the spans ({sent} sent before)"
                     )
                 sent += len(chunk)
     finally:

@@ -43,6 +43,7 @@ from rich.tree import Tree
 
 import steptrace as st
 from steptrace.config import get_config
+from steptrace.masking import mask_text, mask_url, url_secrets
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.where import QueryError
 
@@ -56,6 +57,9 @@ class _Options:
     debug: bool = False
     store: str | None = None
     """The ``--store`` given on the command line (repeated in the commands we suggest)."""
+    secrets: tuple[str, ...] = ()
+    """Credentials a command was given (``export-otlp --endpoint/--header``), masked in
+    every message as the store's and the OTLP variables' are."""
 
 
 _options = _Options()
@@ -81,6 +85,29 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
+def _masked(text: str) -> str:
+    """``text`` for the terminal: the store's and the OTLP export's credentials masked
+    (an error's text may echo them: libpq quotes the URL it could not parse)."""
+    from steptrace.otlp import export_secrets
+
+    try:
+        secrets = (*url_secrets(get_config().store_url()), *export_secrets(), *_options.secrets)
+    except Exception:  # a message must get out whatever the configuration
+        secrets = ()
+    return mask_text(text, secrets)
+
+
+def mask_in_messages(secrets: Sequence[str]) -> None:
+    """Mask ``secrets`` (credentials a command was given) in every message from now on,
+    as the store's and the OTLP variables' are."""
+    _options.secrets = (*_options.secrets, *secrets)
+
+
+def _store_option() -> list[str]:
+    """``--store URL`` as given, for the commands we suggest (its password masked)."""
+    return ["--store", mask_url(_options.store)] if _options.store else []
+
+
 _STORE_HELP = "Store path or URL (default: $STEPTRACE_STORE, else ./.steptrace/steptrace.db)."
 
 
@@ -104,12 +131,12 @@ class _BriefFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if _options.debug or not record.exc_info:
-            return super().format(record)
+            return _masked(super().format(record))
         exc = record.exc_info[1]
         saved = record.exc_info, record.exc_text
         record.exc_info, record.exc_text = None, None
         try:
-            return f"{super().format(record)} ({type(exc).__name__}: {exc})"
+            return _masked(f"{super().format(record)} ({type(exc).__name__}: {exc})")
         finally:
             record.exc_info, record.exc_text = saved
 
@@ -170,7 +197,7 @@ def demo(
         example = failed or records[0]
         prefix = _short_prefix(store, example.run_id)
     _print_demo_summary(console, records)
-    command = [*_self_command(), *(["--store", _options.store] if _options.store else [])]
+    command = [*_self_command(), *_store_option()]
     heading = "Look at a failed run:" if failed else "All runs succeeded. Look at one:"
     console.print(Text("\n" + heading, style="bold"))
     console.print("  " + shlex.join([*command, "show", prefix]), soft_wrap=True, markup=False)
@@ -206,13 +233,13 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
         for label, n in counts.items()
     ]
     rows.append(("categories", Text(", ".join(f"{c} {n}" for c, n in sorted(categories.items())))))
-    rows.append(("store", Text(get_config().store_url())))
+    rows.append(("store", Text(mask_url(get_config().store_url()))))
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     if endpoint:
         protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-        rows.append(("spans", Text(f"sent to {endpoint} (OTLP {protocol})")))
+        rows.append(("spans", Text(f"sent to {mask_url(endpoint)} (OTLP {protocol})")))
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -293,7 +320,7 @@ def run_command(
     if record.status == "succeeded":
         console.print(Text("output", style="bold"))
         _print_json(record.output)
-    command = [*_self_command(), *(["--store", _options.store] if _options.store else [])]
+    command = [*_self_command(), *_store_option()]
     show_command = shlex.join([*command, "show", prefix])
     console.print(Text.assemble(("show    ", "bold"), show_command), soft_wrap=True)
     if record.status != "succeeded":
@@ -683,8 +710,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _report(exc: Exception) -> int:
     expected = isinstance(exc, CLIError | st.ConfigError | st.RunNotFound)
     if _options.debug:
-        traceback.print_exception(exc)
+        sys.stderr.write(_masked("".join(traceback.format_exception(exc))))
     message = _one_line(str(exc)) if expected else f"{type(exc).__name__}: {_one_line(str(exc))}"
+    message = _masked(message)
     hint = "" if expected or _options.debug else " (run with --debug for the traceback)"
     sys.stdout.flush()
     sys.stderr.write(f"error: {message}{hint}\n")

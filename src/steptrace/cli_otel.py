@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 import steptrace as st
-from steptrace.cli import CLIError, Status
+from steptrace.cli import CLIError, Status, mask_in_messages
+from steptrace.masking import mask_text, mask_url
 
 
 def export_otlp_command(
@@ -39,6 +40,7 @@ def export_otlp_command(
     """Re-send stored runs to an OTLP endpoint with their original trace and span ids
     and timestamps (a backend added later, runs recorded while the collector was down)."""
     from steptrace.backfill import export_runs, traces_endpoint
+    from steptrace.otlp import export_secrets
 
     url = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not url:
@@ -47,8 +49,12 @@ def export_otlp_command(
     for item in header or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CLIError(f"--header {item!r}: use KEY=VALUE")
+            # Not echoed: a header is usually a credential (`authorization: Bearer …`).
+            name = (item.split(":", 1)[0].split() or [""])[0]
+            raise CLIError(f"--header {name!r}…: use KEY=VALUE (the value is not shown)")
         headers[key.strip()] = value.strip()
+    secrets = export_secrets(url, headers)
+    mask_in_messages(secrets)
     with st.Store.open() as store:
         if run_ids:
             runs = [store.run(run_id) for run_id in run_ids]
@@ -65,8 +71,9 @@ def export_otlp_command(
     try:
         sent = export_runs(runs, url, headers or None)
     except RuntimeError as exc:
-        raise CLIError(str(exc)) from None
-    sys.stdout.write(f"sent {len(runs):,} run(s), {sent:,} span(s) to {traces_endpoint(url)}\n")
+        raise CLIError(mask_text(str(exc), secrets)) from None
+    target = mask_url(traces_endpoint(url))
+    sys.stdout.write(f"sent {len(runs):,} run(s), {sent:,} span(s) to {target}\n")
 
 
 def register(app: typer.Typer) -> None:

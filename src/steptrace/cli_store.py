@@ -101,9 +101,12 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """The store's state: runs by status (interrupted ones included), the spill journals
-    waiting to be written, live writer processes, and recent reports of write trouble
-    (records spilled, quarantined or lost) from every process."""
+    waiting to be written, live writer processes, recent reports of write trouble
+    (records spilled, quarantined or lost) from every process, and where spans are
+    exported (credentials masked)."""
     import steptrace as st
+    from steptrace.masking import mask_text, url_secrets
+    from steptrace.otlp import describe_config, export_secrets
     from steptrace.store import journal
     from steptrace.store.schema import describe
 
@@ -124,6 +127,12 @@ def status_command(
             "SELECT * FROM store_health ORDER BY reported_at DESC LIMIT ?", [reports]
         )
     journals = journal.pending(journal.spill_dir(url))
+    # Reports written by an older steptrace may hold an unmasked error text.
+    secrets = (*url_secrets(url), *export_secrets())
+    for row in recent:
+        if row.get("last_error"):
+            row["last_error"] = mask_text(str(row["last_error"]), secrets)
+    otlp = describe_config()
     status: dict[str, Any] = {
         "store": describe(url),
         "schema": max(schema) if schema else None,
@@ -132,6 +141,7 @@ def status_command(
         "journals": journals,
         "reports": recent,
         "health": st.health(),
+        "otlp": otlp,
     }
     if as_json:
         _print_json(status)
@@ -161,6 +171,16 @@ def status_command(
             )
     else:
         console.print("reports   no write trouble reported")
+    if otlp["endpoints"]:
+        where = ", ".join(f"{url} ({name})" for name, url in otlp["endpoints"].items())
+        headers = ", ".join(f"{name}={value}" for name, value in otlp["headers"].items())
+        console.print(
+            f"spans     OTLP {otlp['protocol']} to {where}"
+            + (f"; headers {headers}" if headers else ""),
+            markup=False,
+        )
+    else:
+        console.print("spans     not exported (no OTEL_EXPORTER_OTLP_ENDPOINT)")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,15 @@
 """``steptrace ui``: the web UI on 127.0.0.1 (``steptrace.ui``), registered on the
 ``steptrace`` app by ``register(app)``. The UI's packages are an extra; without them
-the command says how to install them."""
+the command says how to install them.
+
+The token comes from ``--token``, ``--token-file PATH`` or ``STEPTRACE_UI_TOKEN``: a
+command line is visible to every user of the machine (``ps``), a file or the
+environment is not."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,7 +34,17 @@ def ui_command(
         typer.Option(
             "--token",
             metavar="TOKEN",
-            help="Every request must carry it (default: $STEPTRACE_UI_TOKEN).",
+            help="Every request must carry it (default: $STEPTRACE_UI_TOKEN). Other users "
+            "of this machine can read a command line (ps): prefer STEPTRACE_UI_TOKEN or "
+            "--token-file.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="PATH",
+            help="Read the token from this file (its first line; keep it readable by you only).",
         ),
     ] = None,
     trace_url: Annotated[
@@ -48,7 +63,7 @@ def ui_command(
         from steptrace import ui
     except ImportError as exc:
         raise CLIError(f"the web UI needs its extra: pip install 'steptrace[ui]' ({exc})") from None
-    token = token or os.environ.get("STEPTRACE_UI_TOKEN") or None
+    token = ui_token(token, token_file)
     trace_url = trace_url or os.environ.get("STEPTRACE_UI_TRACE_URL") or None
     ui.serve(
         store or get_config().store_url(),
@@ -58,6 +73,32 @@ def ui_command(
         trace_url=trace_url,
         open_browser=not no_open,
     )
+
+
+def ui_token(given: str | None, path: Path | None) -> str | None:
+    """The token from ``--token``, ``--token-file`` or ``STEPTRACE_UI_TOKEN`` (in that
+    order; both options at once is a mistake). ``CLIError`` for a file that cannot be
+    read or holds no token."""
+    if given is not None and path is not None:
+        raise CLIError("give --token or --token-file, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise CLIError(f"cannot read the token file {str(path)!r}: {reason}") from None
+        token = line.strip()
+        if not token:
+            raise CLIError(
+                f"the token file {str(path)!r} is empty: put the token on its first line"
+            )
+        return token
+    if given is not None:
+        if not given.strip():
+            raise CLIError("--token is empty")
+        return given
+    return os.environ.get("STEPTRACE_UI_TOKEN") or None
 
 
 def register(app: typer.Typer) -> None:

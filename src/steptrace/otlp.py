@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 
 from steptrace.config import ConfigError
+from steptrace.masking import header_secrets, mask_headers, mask_text, mask_url, url_secrets
 
 log = logging.getLogger("steptrace")
 
@@ -106,9 +107,9 @@ _OS_ERROR = re.compile(r"\[Errno -?\d+\] [^\"')]+")
 
 def _gist(message: str) -> str:
     """The useful part of an exporter's message (``[Errno 111] Connection refused``
-    rather than three lines of urllib3)."""
+    rather than three lines of urllib3), credentials masked (urllib3 echoes the URL)."""
     found = _OS_ERROR.search(message)
-    return found.group(0).strip() if found else message[:200]
+    return found.group(0).strip() if found else mask_text(message)[:200]
 
 
 def _quieten_exporter_loggers() -> None:
@@ -139,6 +140,7 @@ class ExportQueue(SpanProcessor):
         exporter: Any,
         *,
         target: str,
+        secrets: Sequence[str] = (),
         max_queue_size: int | None = None,
         max_batch_size: int | None = None,
         schedule_delay_s: float | None = None,
@@ -146,7 +148,10 @@ class ExportQueue(SpanProcessor):
         exit_timeout_s: float | None = None,
     ) -> None:
         self.exporter = exporter
-        self.target = target
+        self.target = mask_url(target)
+        """Where spans go, as messages show it (credentials masked)."""
+        self.secrets = tuple(secrets)
+        """The endpoint's and headers' secret values: masked in every error kept."""
         self.max_queue_size = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", 20_000))
         self.max_batch_size = max_batch_size or int(
             _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
@@ -272,6 +277,8 @@ class ExportQueue(SpanProcessor):
             error = None if ok else (_quiet.last_message or "the exporter reported failure")
         except Exception as exc:  # an exporter must not kill the thread
             ok, error = False, f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            error = mask_text(error, self.secrets)
         self._failing = not ok
         with self._lock:
             if self._abandoned:  # already counted as unsent by shutdown
@@ -321,7 +328,13 @@ class ExportQueue(SpanProcessor):
 
             record_export_report(self._report_row(window, seconds))
         except Exception as exc:  # reporting must not fail the export thread
-            log.warning("steptrace: could not record the export report: %s", exc)
+            from steptrace.config import get_config
+
+            secrets = url_secrets(get_config().store_url())
+            log.warning(
+                "steptrace: could not record the export report: %s",
+                mask_text(str(exc), secrets),
+            )
 
     def _report_row(self, window: ExportCounts, seconds: float) -> dict[str, Any]:
         return {
@@ -401,11 +414,11 @@ def configure_sdk(
     exporter = _exporter("traces", protocol, endpoint, headers) if want_otlp else None
     if isinstance(current, TracerProvider):
         if exporter is not None and endpoint is not None:
-            _add_queue(current, exporter, protocol, endpoint)
+            _add_queue(current, exporter, protocol, endpoint, headers)
         return current
     provider = TracerProvider(resource=Resource.create())
     if exporter is not None:
-        _add_queue(provider, exporter, protocol, endpoint)
+        _add_queue(provider, exporter, protocol, endpoint, headers)
     if "console" in names:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -416,15 +429,61 @@ def configure_sdk(
     return provider
 
 
-def _add_queue(provider: Any, exporter: Any, protocol: str, endpoint: str | None) -> None:
-    target = _describe_target(exporter, protocol, endpoint)
+def _add_queue(
+    provider: Any,
+    exporter: Any,
+    protocol: str,
+    endpoint: str | None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    target = mask_url(_describe_target(exporter, protocol, endpoint))
     for queue in _queues:
         if queue.provider is provider and queue.target == target and not queue.stopped:
             return  # configured twice with the same endpoint: export once
-    queue = ExportQueue(exporter, target=target)
+    queue = ExportQueue(exporter, target=target, secrets=export_secrets(endpoint, headers))
     queue.provider = provider
     _queues.append(queue)
     provider.add_span_processor(queue)
+
+
+def export_secrets(
+    endpoint: str | None = None, headers: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The secret values of the OTLP configuration (the endpoint's password and secret
+    parameters, every header value; given or from the ``OTEL_EXPORTER_OTLP_*``
+    variables), for ``steptrace.masking.mask_text``."""
+    found: list[str] = []
+    for name in _HEADER_VARIABLES:
+        found += header_secrets(os.environ.get(name))
+    found += header_secrets(headers)
+    for name in _ENDPOINT_VARIABLES:
+        found += url_secrets(os.environ.get(name))
+    found += url_secrets(endpoint)
+    return tuple(dict.fromkeys(found))
+
+
+_ENDPOINT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+)
+_HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def describe_config() -> dict[str, Any]:
+    """The OTLP export the ``OTEL_*`` variables configure, as ``steptrace status`` shows
+    it: each endpoint variable's URL with its credentials masked, the protocol, and the
+    header names (every value ``****``)."""
+    headers: dict[str, str] = {}
+    for name in _HEADER_VARIABLES:
+        headers.update(mask_headers(os.environ.get(name)))
+    return {
+        "endpoints": {
+            name: mask_url(os.environ[name]) for name in _ENDPOINT_VARIABLES if os.environ.get(name)
+        },
+        "protocol": _protocol("TRACES"),
+        "headers": headers,
+    }
 
 
 def _describe_target(exporter: Any, protocol: str, endpoint: str | None) -> str:
@@ -443,12 +502,14 @@ def _protocol(signal: str) -> str:
 
 def _signal_url(endpoint: str, path: str) -> str:
     """A base endpoint (``http://host:4318``) gets the signal's path, as the spec says for
-    ``OTEL_EXPORTER_OTLP_ENDPOINT``; a URL that already has a path is used as given."""
-    from urllib.parse import urlsplit
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``; a URL that already has a path is used as given. A
+    query (``?api_key=…``) stays after the path."""
+    from urllib.parse import urlsplit, urlunsplit
 
-    if urlsplit(endpoint).path.strip("/"):
+    parts = urlsplit(endpoint)
+    if parts.path.strip("/"):
         return endpoint
-    return endpoint.rstrip("/") + path
+    return urlunsplit(parts._replace(path=path))
 
 
 _EXPORTERS = {

@@ -60,7 +60,7 @@ def test_runs_page_pages_and_filters(api: httpx.Client, store: st.Store) -> None
 def test_a_malformed_filter_is_a_400_with_the_reason(api: httpx.Client) -> None:
     resp = api.get("/api/v1/runs", params={"where": "classify.output.category"})
     assert resp.status_code == 400
-    assert "classify.output.category" in resp.json()["error"]
+    assert "classify.output.category" in resp.json()["error"]["message"]
     assert api.get("/api/v1/runs", params={"since": "yesterday-ish"}).status_code == 400
     assert api.get("/api/v1/runs", params={"limit": 0}).status_code == 422
 

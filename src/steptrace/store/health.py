@@ -15,17 +15,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
+
+from steptrace.masking import mask_text, mask_url, url_secrets
 
 log = logging.getLogger("steptrace")
 
 REPORT_INTERVAL_S = 60.0
 
 
-def gist(exc: BaseException) -> str:
-    """The first line of an error, with its type: enough to tell what to fix."""
+def gist(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """The first line of an error, with its type: enough to tell what to fix. Credentials
+    in it (a URL's password, ``password=…``, and ``secrets``) are masked."""
     text = " ".join(str(exc).strip().splitlines()[:1]) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
+    return mask_text(f"{type(exc).__name__}: {text}", secrets)[:300]
 
 
 class Health:
@@ -43,8 +47,11 @@ class Health:
         "late_commits",
     )
 
-    def __init__(self, store: str) -> None:
-        self.store = store
+    def __init__(self, url: str) -> None:
+        self.store = mask_url(url)
+        """The store as messages show it (password masked)."""
+        self.secrets = url_secrets(url)
+        """Its password and secret parameters, masked wherever an error text shows them."""
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(self.COUNTS, 0)
         self.reported = dict.fromkeys(self.COUNTS, 0)
@@ -63,7 +70,7 @@ class Health:
     def fault(self, what: str, exc: BaseException | None = None, *, quiet: bool = False) -> None:
         """Something could not be written; warn now unless warned within the interval
         (or ``quiet``: only recorded as the last error)."""
-        detail = what if exc is None else f"{what} ({gist(exc)})"
+        detail = mask_text(what if exc is None else f"{what} ({gist(exc, self.secrets)})")
         with self._lock:
             self.last_error = detail
             self.last_error_at = time.time()

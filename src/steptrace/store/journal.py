@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from steptrace.record import LLMUsage, RunState, SpanRecord
+from steptrace.store import private
 from steptrace.store.owner import Owner
 
 _MAGIC = b"STJ1"
@@ -202,8 +203,8 @@ class Journal:
         self.end += len(data)
 
     def _open(self) -> int:
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        private.make_dirs(self.directory)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, private.FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,15 +40,6 @@ _MIGRATION_LOCK = 0x5374657074726163
 
 def is_url(url: str) -> bool:
     return "://" in url and url.split("://", 1)[0].lower() in SCHEMES
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _libpq_url(url: str) -> str:

@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from steptrace.config import ConfigError, get_config
+from steptrace.masking import mask_url
 from steptrace.store import Store, take_runs
 from steptrace.store import postgres as pg
 from steptrace.store.dialect import POSTGRESQL, Dialect
@@ -55,7 +56,7 @@ class PostgresStore(Store):
     _tiebreak = "s.ctid"
 
     def __init__(self, url: str) -> None:
-        self.url = pg.safe_url(url)
+        self.url = mask_url(url)
         """What messages show: the URL with its password masked."""
         self._dsn = url
         self._pool_pg: ConnectionPool[Any] | None = None

@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 
 from steptrace.config import ConfigError, get_config
+from steptrace.masking import mask_text, mask_url, url_secrets
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.migrations import SchemaTooNew, pending
 
@@ -47,23 +48,24 @@ def load_postgres() -> ModuleType:
 
 
 def describe(url: str) -> str:
-    """The store's URL for messages (a PostgreSQL password masked)."""
-    if scheme(url) == "postgresql":
-        return str(load_postgres().safe_url(url))
-    return url
+    """The store's URL for messages: its password and secret parameters masked
+    (``steptrace.masking.mask_url``)."""
+    return mask_url(url)
 
 
 def open_error(url: str, exc: BaseException) -> str:
     """What to tell the user when the store at ``url`` cannot be opened."""
     if scheme(url) == "postgresql":
-        detail = " ".join(str(exc).split())
+        # libpq echoes parts of the URL it could not parse (a bad percent-encoding of the
+        # password, an unclosed IPv6 bracket): the detail is masked too.
+        detail = mask_text(" ".join(str(exc).split()), url_secrets(url))
         return (
             f"cannot open the PostgreSQL store {describe(url)}: {detail}. Check that the "
             "server is running and that STEPTRACE_STORE (or configure(store=...)) names the "
             "right host, port, user and database"
         )
     return (
-        f"cannot open the steptrace store {url!r}: {exc}. Set STEPTRACE_STORE "
+        f"cannot open the steptrace store {mask_url(url)!r}: {exc}. Set STEPTRACE_STORE "
         "(or configure(store=...)) to a writable path or a sqlite:/// URL"
     )
 
@@ -123,8 +125,7 @@ def same_store(a: str, b: str) -> bool:
     if scheme(a) != scheme(b):
         return False
     if scheme(a) == "postgresql":  # a PostgresStore's url has its password masked
-        safe_url = load_postgres().safe_url
-        return bool(safe_url(a) == safe_url(b))
+        return mask_url(a) == mask_url(b)
     return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
         sqlite_backend.path_from_url(b)
     )

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from steptrace.record import RunState, SpanRecord
+from steptrace.store import private
 from steptrace.store.migrations import SchemaTooNew, pending
 
 BUSY_TIMEOUT_MS = 5000
@@ -50,8 +51,11 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
             isolation_level=None,
         )
     else:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        if path not in ("", ":memory:"):
+            # Created here, not by SQLite, so that it (and the -wal and -shm files SQLite
+            # gives its permissions) is the user's alone.
+            private.make_dirs(os.path.dirname(os.path.abspath(path)))
+            private.create_file(path)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")

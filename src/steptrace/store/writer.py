@@ -38,6 +38,7 @@ import orjson
 
 from steptrace import span_end
 from steptrace.config import ConfigError, get_config
+from steptrace.masking import mask_url, url_secrets
 from steptrace.record import MARKER, RunState, SpanRecord, counters
 from steptrace.store import journal as journal_files
 from steptrace.store import liveness, owner
@@ -142,11 +143,9 @@ class Sink:
     store."""
 
     def __init__(self, url: str, *, background: bool = True) -> None:
-        from steptrace.store.schema import describe
-
         self.url = url
         self.owner = owner.current()
-        self.health = Health(describe(url))
+        self.health = Health(url)
         self.journal = journal_files.Journal(journal_files.spill_dir(url), self.owner)
         self.queue: collections.deque[Record] = collections.deque()
         self.queued_bytes = 0
@@ -622,7 +621,7 @@ class Sink:
                 )
                 self._call(lambda: liveness.sweep(self.backend, time.time_ns()))
             except Exception as exc:
-                log.debug("steptrace: heartbeat failed: %s", gist(exc))
+                log.debug("steptrace: heartbeat failed: %s", gist(exc, self.health.secrets))
 
     def _replay_orphans(self) -> None:
         """Write the journals of processes that died to the store, then remove them."""
@@ -647,7 +646,9 @@ class Sink:
                         log.info("steptrace: wrote %d records a dead process had spilled", n)
                 os.unlink(path)
             except Exception as exc:
-                log.warning("steptrace: could not replay %s: %s", path, gist(exc))
+                log.warning(
+                    "steptrace: could not replay %s: %s", path, gist(exc, self.health.secrets)
+                )
             finally:
                 os.close(fd)
 
@@ -1002,7 +1003,7 @@ def recover(url: str) -> None:
     try:
         _recover(url)
     except Exception as exc:
-        log.debug("steptrace: could not sweep %s: %s", url, gist(exc))
+        log.debug("steptrace: could not sweep %s: %s", mask_url(url), gist(exc, url_secrets(url)))
 
 
 def _recover(url: str) -> None:

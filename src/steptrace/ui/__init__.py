@@ -16,6 +16,7 @@ import webbrowser
 from urllib.parse import quote
 
 from steptrace.config import ConfigError
+from steptrace.masking import mask_url
 
 INSTALL_HINT = "the web UI needs its extra: pip install 'steptrace[ui]'"
 
@@ -48,8 +49,8 @@ def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"refusing to serve the UI on {host} without a token: anyone who can reach that "
-            "address could read every stored input, output and prompt. Pass --token TOKEN "
-            "(or set STEPTRACE_UI_TOKEN), or bind 127.0.0.1"
+            "address could read every stored input, output and prompt. Set STEPTRACE_UI_TOKEN "
+            "or pass --token-file PATH (or --token TOKEN), or bind 127.0.0.1"
         )
 
 
@@ -89,13 +90,14 @@ def serve(
     check_port(host, port)
     store = Store.open(store_url)
     try:
-        app = create_app(store, token=token, trace_url=trace_url)
+        app = create_app(store, token=token, trace_url=trace_url, port=port)
         config = uvicorn.Config(
             app, host=host.strip("[]"), port=port, log_level="warning", access_log=False
         )
         server = uvicorn.Server(config)
         address = url_of(host, port, token)
-        print(f"steptrace UI on {address}  (store: {store.url}; Ctrl-C to stop)", flush=True)
+        shown = mask_url(store.url)
+        print(f"steptrace UI on {address}  (store: {shown}; Ctrl-C to stop)", flush=True)
         if open_browser:
             threading.Timer(0.5, webbrowser.open, [address]).start()
         server.run()

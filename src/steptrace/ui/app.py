@@ -1,48 +1,52 @@
 """The web UI's server: a read-only JSON API under ``/api/v1`` over a ``Store``, and
 the pages (one HTML shell, plain JS and CSS from ``static/``) that use it.
 
-Every route is a ``GET``: nothing the UI does writes to the store. Values leave the
-server as JSON and the pages put them into the DOM as text, never as markup; a
-Content-Security-Policy that allows only the UI's own scripts is a second fence.
-When a token is configured every request must carry it (``Authorization: Bearer``,
-or the cookie a ``?token=`` link sets); without one, only requests addressed to a
-loopback host name are answered, so a page on another site cannot reach the UI by
-rebinding a name of its own to 127.0.0.1.
+Every route is a ``GET`` (and ``HEAD``): nothing the UI does writes to the store.
+Values leave the server as JSON and the pages put them into the DOM as text, never as
+markup; a Content-Security-Policy that allows only the UI's own scripts is a second
+fence. Who may ask, the headers every answer carries and the one shape of errors are
+``steptrace.ui.security``'s; the responses' shapes for ``/openapi.json`` are
+``steptrace.ui.schema``'s.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import orjson
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from steptrace.store import RunNotFound, Store
+from steptrace.masking import mask_url
+from steptrace.store import Store
 from steptrace.store.model import RunRecord, SpanView
-from steptrace.where import QueryError
+from steptrace.ui import schema
+from steptrace.ui.security import error, install
 
 API = "/api/v1"
-COOKIE = "steptrace_token"
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PAGE_SIZE_MAX = 500
-_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+OFFSET_MAX = 1_000_000_000
+"""Every integer parameter has a bound: PostgreSQL refuses one beyond a bigint."""
 _RUN_CACHE_SIZE = 16
-_Next = Callable[[Request], Awaitable[Response]]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schema.ErrorResponse, "description": description}
+    for status, description in (
+        (400, "A malformed filter, field or time, or a NUL in the address."),
+        (401, "A token is required (the UI was started with one)."),
+        (403, "Without a token, the request was not addressed to a loopback name."),
+        (404, "No such run (or span, or unambiguous id prefix)."),
+        (422, "A parameter out of its range or of the wrong type."),
+        (500, "The UI failed (its log has the detail)."),
+    )
+}
 
 
-class _Json(Response):
+class _Json(JSONResponse):
     """A JSON response serialised by orjson (stored values are plain JSON already)."""
 
     media_type = "application/json"
@@ -51,8 +55,9 @@ class _Json(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
+    """The documented responses of a route answering ``model``."""
+    return {200: {"model": model, "description": "Successful Response"}, **_ERRORS}
 
 
 class _Runs:
@@ -158,68 +163,34 @@ def _histogram(durations: list[float], bins: int) -> dict[str, Any]:
     }
 
 
-def create_app(store: Store, *, token: str | None = None, trace_url: str | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    *,
+    token: str | None = None,
+    trace_url: str | None = None,
+    port: int | None = None,
+) -> FastAPI:
     """The UI over ``store`` (shared by the request threads; the caller closes it).
     With ``token``, every request must carry it; ``trace_url`` is a template such as
-    ``http://jaeger:16686/trace/{trace_id}`` for links to an external trace viewer."""
+    ``http://jaeger:16686/trace/{trace_id}`` for links to an external trace viewer;
+    ``port`` (the one it listens on) names its login cookie."""
     app = FastAPI(
         title="steptrace UI",
         version="1",
         summary="Read-only JSON API over a steptrace store: runs, a run's spans, diff, "
         "compare, step statistics, distributions.",
+        description='Every error is `{"error": {"code": "...", "message": "..."}}`.',
         docs_url=None,  # the interactive docs load their assets from a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    install(app, token=token, port=port)
     runs_cache = _Runs(store)
     static = resources.files("steptrace.ui") / "static"
     shell = (static / "index.html").read_bytes()
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if token is not None:
-            given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given.encode(), token.encode()):
-                # A link with the token: keep it in a cookie, and out of the address bar,
-                # history and Referer headers.
-                query = urlencode(
-                    [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-                )
-                target = request.url.path + (f"?{query}" if query else "")
-                redirect = RedirectResponse(target, status_code=303)
-                redirect.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
-                return redirect
-            header = request.headers.get("authorization", "")
-            carried = (
-                header[7:]
-                if header.lower().startswith("bearer ")
-                else request.cookies.get(COOKIE, "")
-            )
-            if not hmac.compare_digest(carried.encode(), token.encode()):
-                return _error(
-                    401,
-                    "a token is required: open the link steptrace ui printed, "
-                    "or send Authorization: Bearer TOKEN",
-                )
-        else:
-            host = _host_name(request.headers.get("host", ""))
-            if host not in LOOPBACK_NAMES:
-                return _error(
-                    403, "this UI answers only requests addressed to 127.0.0.1 or localhost"
-                )
-        if request.method not in ("GET", "HEAD"):
-            return _error(405, "the UI is read-only")
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = _CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
-
     def page() -> HTMLResponse:
-        return HTMLResponse(shell, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(shell)
 
     for path in ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats"):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
@@ -228,25 +199,37 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
 
     # -- API ---------------------------------------------------------------------------
 
-    @app.exception_handler(QueryError)
-    async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
-        return _error(400, str(exc))
-
-    @app.exception_handler(RunNotFound)
-    async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.get(f"{API}/config", tags=["ui"], response_class=_Json)
+    @app.get(
+        f"{API}/config",
+        tags=["ui"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.Config),
+    )
     def config() -> Any:
-        """What the pages need to know of the server: the store and the trace link template."""
-        return {"store": store.url, "trace_url": trace_url, "page_size_max": PAGE_SIZE_MAX}
+        """What the pages need to know of the server: the store (its password masked)
+        and the trace link template."""
+        shown = mask_url(trace_url) if trace_url else None
+        return {"store": mask_url(store.url), "trace_url": shown, "page_size_max": PAGE_SIZE_MAX}
 
-    @app.get(f"{API}/workflows", tags=["runs"], response_class=_Json)
+    @app.get(
+        f"{API}/workflows",
+        tags=["runs"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(list[str]),
+    )
     def workflows() -> Any:
         """The workflow names that have runs, sorted."""
         return store.workflows()
 
-    @app.get(f"{API}/runs", tags=["runs"], response_class=_Json)
+    @app.get(
+        f"{API}/runs",
+        tags=["runs"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.RunsPage),
+    )
     def runs(
         workflow: str | None = None,
         status: str | None = None,
@@ -258,7 +241,7 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
             Query(description="step predicates as `steptrace runs --where`, all must hold"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     ) -> Any:
         """A page of runs, newest first, each with its step, attempt, token and cost totals;
         ``has_more`` says whether a next page exists."""
@@ -285,7 +268,13 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
             items.append(item)
         return {"runs": items, "limit": limit, "offset": offset, "has_more": len(found) > limit}
 
-    @app.get(f"{API}/runs/{{run_id}}", tags=["runs"], response_class=_Json)
+    @app.get(
+        f"{API}/runs/{{run_id}}",
+        tags=["runs"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.Run),
+    )
     def run(
         run_id: str,
         values: Annotated[
@@ -306,7 +295,13 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
         data["trace_link"] = _trace_link(trace_url, record)
         return data
 
-    @app.get(f"{API}/runs/{{run_id}}/spans/{{span_id}}", tags=["runs"], response_class=_Json)
+    @app.get(
+        f"{API}/runs/{{run_id}}/spans/{{span_id}}",
+        tags=["runs"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.Span | schema.RootSpan),
+    )
     def span(run_id: str, span_id: str) -> Any:
         """One span of a run, whole: input, output, error with traceback, LLM call
         (messages, params, response, tool calls), logs and attributes."""
@@ -316,20 +311,38 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
                 return s.to_dict()
         if span_id == record.span_id:
             return {"span_id": record.span_id, "kind": "run", "name": record.workflow}
-        return _error(404, f"no span {span_id!r} in run {record.run_id}")
+        return error(404, f"no span {span_id!r} in run {record.run_id}")
 
-    @app.get(f"{API}/diff", tags=["questions"], response_class=_Json)
+    @app.get(
+        f"{API}/diff",
+        tags=["questions"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.diff_model()),
+    )
     def diff(a: str, b: str) -> Any:
         """How run ``b`` differs from run ``a``, step by step (``Store.diff``)."""
         return store.diff(a, b)
 
-    @app.get(f"{API}/runs/{{run_id}}/compare", tags=["questions"], response_class=_Json)
+    @app.get(
+        f"{API}/runs/{{run_id}}/compare",
+        tags=["questions"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.compare_model()),
+    )
     def compare(run_id: str, baseline: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
         """The run against the last ``baseline`` successful runs of its workflow:
         ranked findings (``Store.compare``)."""
         return store.compare(run_id, baseline)
 
-    @app.get(f"{API}/stats", tags=["questions"], response_class=_Json)
+    @app.get(
+        f"{API}/stats",
+        tags=["questions"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.stats_model()),
+    )
     def stats(
         workflow: str | None = None, last: Annotated[int, Query(ge=1, le=100_000)] = 1000
     ) -> Any:
@@ -337,7 +350,13 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
         p50/p95/p99 duration, tokens, cost (``Store.step_stats``)."""
         return store.step_stats(workflow or None, last)
 
-    @app.get(f"{API}/distribution", tags=["questions"], response_class=_Json)
+    @app.get(
+        f"{API}/distribution",
+        tags=["questions"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.distribution_model()),
+    )
     def distribution(
         step: str,
         field: str,
@@ -348,7 +367,13 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
         ``last`` runs that ran it (``Store.distribution``)."""
         return store.distribution(step, field, last, workflow or None)
 
-    @app.get(f"{API}/histogram", tags=["questions"], response_class=_Json)
+    @app.get(
+        f"{API}/histogram",
+        tags=["questions"],
+        response_class=_Json,
+        response_model=None,
+        responses=_ok(schema.Histogram),
+    )
     def histogram(
         step: str,
         workflow: str | None = None,
@@ -362,18 +387,11 @@ def create_app(store: Store, *, token: str | None = None, trace_url: str | None 
     return app
 
 
-def _host_name(host: str) -> str:
-    """The name in a Host header, without its port (``[::1]:8765`` -> ``[::1]``)."""
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0]
-
-
 def _trace_link(template: str | None, run: RunRecord) -> str | None:
     if not template:
         return None
     values = {"trace_id": run.trace_id, "span_id": run.span_id, "run_id": run.run_id}
     try:
         return template.format(**values)
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, AttributeError):
         return None

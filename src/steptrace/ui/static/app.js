@@ -35,8 +35,9 @@ async function api(path, params) {
   }
   const url = API + path + (qs.toString() ? "?" + qs : "");
   const res = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  const body = await res.json().catch(() => ({ error: res.statusText }));
-  if (!res.ok) throw new Error(body.error || (body.detail && JSON.stringify(body.detail)) || res.statusText);
+  const body = await res.json().catch(() => ({}));
+  // Every error is {"error": {"code": "...", "message": "..."}}.
+  if (!res.ok) throw new Error((body.error && body.error.message) || res.statusText);
   return body;
 }
 

@@ -1,0 +1,228 @@
+"""The UI API's response shapes, for its OpenAPI description (``/openapi.json``).
+
+The routes build their JSON themselves (``steptrace.ui.app``); these models only
+describe it, so that a client, or a fuzzer checking every response against the
+description, knows what to expect. The answers that are the store's own results
+(``Store.diff``, ``Store.compare``, ``Store.step_stats``, ``Store.distribution``) are
+described from their ``TypedDict``s by ``model_of``: one source for both.
+
+Every error is ``ErrorResponse``: ``{"error": {"code": "...", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any, NotRequired, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from steptrace.compare import Comparison
+from steptrace.diff import RunDiff
+from steptrace.query import Distribution
+from steptrace.stats import StepStats
+
+
+class _Open(BaseModel):
+    """A JSON object that may carry more fields than described."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="bad_request, unauthorized, forbidden, not_found, method_not_allowed, "
+        "invalid_parameter or internal_error"
+    )
+    message: str = Field(description="What went wrong, for a person.")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error the UI answers (4xx and 5xx)."""
+
+    error: ErrorDetail
+
+
+class Config(_Open):
+    store: str = Field(description="The store, its password masked.")
+    trace_url: str | None
+    page_size_max: int
+
+
+class Totals(_Open):
+    steps: int
+    attempts: int
+    llm_calls: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+
+
+class RunError(_Open):
+    type: str | None = None
+    message: Any = None
+
+
+class RunItem(_Open):
+    run_id: str
+    workflow: str
+    status: str
+    trace_id: str
+    span_id: str
+    parent_trace_id: str | None
+    parent_span_id: str | None
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    error: RunError | None
+    tags: list[str]
+    totals: Totals
+
+
+class RunsPage(_Open):
+    runs: list[RunItem]
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class LightSpanError(_Open):
+    type: Any
+    message: str
+    validation: bool
+
+
+class LightSpan(_Open):
+    """A span without values: what the waterfall and the tree need."""
+
+    span_id: str
+    parent_span_id: str | None
+    kind: str
+    name: str
+    step_key: str | None
+    attempt: int | None
+    status: str
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    error: LightSpanError | None
+    llm: dict[str, Any] | None
+    logs: int = Field(description="How many log records the span has.")
+
+
+class Span(_Open):
+    """A span whole (``Store.run(...).spans[i].to_dict()``)."""
+
+    span_id: str
+    parent_span_id: str | None
+    kind: str
+    name: str
+    step_key: str | None
+    attempt: int | None
+    status: str
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    input: Any
+    input_hash: str | None
+    output: Any
+    error: dict[str, Any] | None
+    llm: dict[str, Any] | None
+    logs: list[dict[str, Any]]
+    attributes: dict[str, Any]
+
+
+class RootSpan(_Open):
+    """The run's own span, asked for by its id."""
+
+    span_id: str
+    kind: str = Field(description='Always "run".')
+    name: str
+
+
+class Run(_Open):
+    run_id: str
+    workflow: str
+    status: str
+    trace_id: str
+    span_id: str
+    parent_trace_id: str | None
+    parent_span_id: str | None
+    started_at: str
+    ended_at: str | None
+    duration_ms: float | None
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    tags: list[str]
+    logs: list[dict[str, Any]]
+    spans: list[LightSpan] | list[Span] = Field(
+        description="Light spans, or whole ones with `values=true`."
+    )
+    totals: Totals
+    trace_link: str | None
+
+
+class Bin(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: float = Field(alias="from")
+    to: float
+    count: int
+
+
+class Histogram(_Open):
+    step: str
+    workflow: str | None
+    count: int
+    bins: list[Bin]
+
+
+@functools.cache
+def model_of(typed_dict: type) -> type[BaseModel]:
+    """A pydantic model describing a ``TypedDict`` (nested ones too), for the OpenAPI
+    description. Keys marked ``NotRequired`` are optional. (Pydantic takes only
+    ``typing_extensions.TypedDict`` before Python 3.12, and Python 3.11 loses
+    ``NotRequired`` under ``from __future__ import annotations``, hence this.)"""
+    hints = typing.get_type_hints(typed_dict, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is NotRequired:
+            fields[name] = (_described(typing.get_args(hint)[0]), None)
+        else:
+            fields[name] = (_described(hint), ...)
+    model: type[BaseModel] = create_model(
+        typed_dict.__name__, __config__=ConfigDict(extra="allow"), **fields
+    )
+    return model
+
+
+def _described(hint: Any) -> Any:
+    """``hint`` with every ``TypedDict`` in it replaced by its model."""
+    if typing.is_typeddict(hint):
+        return model_of(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return list[_described(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[args[0], _described(args[1])]  # type: ignore[misc,valid-type]
+    if origin in (Union, types.UnionType):
+        return functools.reduce(lambda a, b: a | b, (_described(a) for a in args))
+    return hint
+
+
+def diff_model() -> type[BaseModel]:
+    return model_of(RunDiff)
+
+
+def compare_model() -> type[BaseModel]:
+    return model_of(Comparison)
+
+
+def stats_model() -> Any:
+    return list[model_of(StepStats)]  # type: ignore[misc]
+
+
+def distribution_model() -> type[BaseModel]:
+    return model_of(Distribution)
