@@ -200,12 +200,17 @@ def test_a_field_index_serves_the_distribution_on_postgresql(
         before = store.distribution("classify", "classification")
         name = store.index_field("classify", "classification")
         assert store.distribution("classify", "classification") == before
-        sql, _ = distribution_sql(POSTGRESQL, "classify", "classification")
+        sql, params = distribution_sql(POSTGRESQL, "classify", "classification")
         import psycopg
+
+        from steptrace.store.postgres import placeholders
 
         with psycopg.connect(url) as conn:
             conn.execute("SET enable_seqscan = off")  # the table is tiny: make it choose
-            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}".encode()))
+            # the step name and path are bound parameters, as Store sends them
+            plan = "\n".join(
+                r[0] for r in conn.execute(f"EXPLAIN {placeholders(sql)}".encode(), params)
+            )
         assert name in plan, plan
         assert store.drop_field_index("classify", "classification")
         assert not store.drop_field_index("classify", "classification")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from steptrace.query import Reader
+from steptrace.record import stored_name
 
 
 class RunTotals(TypedDict):
@@ -84,10 +85,10 @@ def step_durations(
         "SELECT s.duration_ms FROM spans s "
         "WHERE s.name = ? AND s.step_key IS NOT NULL AND s.duration_ms IS NOT NULL"
     )
-    params: list[Any] = [step]
+    params: list[Any] = [stored_name(step)]
     if workflow is not None:
         sql += " AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id AND r.workflow = ?)"
-        params.append(workflow)
+        params.append(stored_name(workflow))
     sql += " ORDER BY s.started_at DESC LIMIT ?"
     params.append(last)
     return [float(r[0]) for r in reader.rows(sql, params)]

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from steptrace.config import ConfigError, get_config
-from steptrace.record import RunState, SpanRecord
+from steptrace.record import RunState, SpanRecord, stored_form
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
 from steptrace.store.model import RunRecord, SpanView, loads
@@ -120,6 +120,13 @@ def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
         conn.execute(f"INSERT INTO otel_export ({columns}) VALUES ({marks})", list(row.values()))
     finally:
         conn.close()
+
+
+def query_params(params: Sequence[Any]) -> list[Any]:
+    """A query's parameters with their text as the store holds text (no NUL, no lone
+    surrogate: ``record.stored_form``): neither driver can send those, and a value
+    recorded with one is stored that way."""
+    return [stored_form(p) if isinstance(p, str) else p for p in params]
 
 
 class RunNotFound(LookupError):
@@ -228,7 +235,8 @@ class _ConnectionPool:
         transform: Callable[[list[tuple[Any, ...]]], T],
     ) -> list[T]:
         futures = [
-            self._executor.submit(self._rows, sql, params, transform) for sql, params in queries
+            self._executor.submit(self._rows, sql, query_params(params), transform)
+            for sql, params in queries
         ]
         return [f.result() for f in futures]
 
@@ -313,7 +321,7 @@ class Store:
     def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
         self._same_process_flush()
         with self._lock:
-            cursor = self._conn.execute(sql, params)
+            cursor = self._conn.execute(sql, query_params(params))
             try:
                 return take_runs(cursor.fetchmany, runs)
             finally:
@@ -322,7 +330,7 @@ class Store:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self._same_process_flush()
         with self._lock:
-            return list(self._conn.execute(sql, params))
+            return list(self._conn.execute(sql, query_params(params)))
 
     def _query_batch(
         self, queries: Sequence[tuple[str, Sequence[Any]]]

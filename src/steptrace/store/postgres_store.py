@@ -21,7 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from steptrace.config import ConfigError, get_config
-from steptrace.store import Store, take_runs
+from steptrace.store import Store, query_params, take_runs
 from steptrace.store import postgres as pg
 from steptrace.store.dialect import POSTGRESQL, Dialect
 from steptrace.store.schema import check_schema, migrate_store, open_error
@@ -109,7 +109,7 @@ class PostgresStore(Store):
             conn = self._main_conn()
             try:
                 rows: list[tuple[Any, ...]] = conn.execute(
-                    pg.placeholders(sql), list(params)
+                    pg.placeholders(sql), query_params(params)
                 ).fetchall()
             except psycopg.OperationalError:
                 conn.close()  # reconnect on the next query
@@ -126,7 +126,7 @@ class PostgresStore(Store):
             try:
                 with conn.pipeline():
                     cursors = [
-                        conn.cursor().execute(pg.placeholders(sql), list(params))
+                        conn.cursor().execute(pg.placeholders(sql), query_params(params))
                         for sql, params in queries
                     ]
                 return [c.fetchall() for c in cursors]
@@ -168,7 +168,9 @@ class PostgresStore(Store):
 
         def one(sql: str, params: Sequence[Any]) -> T:
             with pool.connection() as conn:
-                return transform(conn.execute(pg.placeholders(sql), list(params)).fetchall())
+                return transform(
+                    conn.execute(pg.placeholders(sql), query_params(params)).fetchall()
+                )
 
         futures = [executor.submit(one, sql, params) for sql, params in queries]
         return [f.result() for f in futures]
