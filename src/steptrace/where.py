@@ -195,6 +195,8 @@ def parse_predicate(text: str) -> Predicate:
         raise QueryError(f"--where {text!r}: a run target is one of {names}")
     if json_path is not None:  # keys as the store holds them (no NUL, no lone surrogate)
         json_path = tuple(stored_form(p) if isinstance(p, str) else p for p in json_path)
+    elif column == "workflow" and isinstance(value, str):  # a name, cut as names are
+        value = stored_name(value)
     pred = Predicate(
         text,
         None if step is None else stored_name(step),
