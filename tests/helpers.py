@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,6 +63,36 @@ def run_python(
 
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
+
+
+READER = "steptrace_reader"
+READER_PASSWORD = "reader-pw"
+
+
+def reader_url(url: str) -> str:
+    """A PostgreSQL store's URL (of a superuser) as the role that may only read it, the
+    one ``Store.sql`` asks for (created on the server if needed, granted what
+    docs/security-sql.md says on the store's tables as they are now); any other URL
+    as it is."""
+    if not is_postgres(url):
+        return url
+    import psycopg
+    import psycopg.errors
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        # made by an earlier test on this server, perhaps
+        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            conn.execute(f"CREATE ROLE {READER} LOGIN PASSWORD '{READER_PASSWORD}'")
+        row = conn.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        conn.execute(f'GRANT CONNECT ON DATABASE "{row[0]}" TO {READER}')
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {READER}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}")
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"{READER}:{READER_PASSWORD}@{parts.hostname}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def raw_sql(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

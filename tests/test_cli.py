@@ -120,6 +120,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: st
 
 
 def stored_runs(store: Path) -> list[st.RunRecord]:
+    if not store.exists():  # nothing was recorded (reading creates no store)
+        return []
     with st.Store.open(str(store)) as s:
         return s.runs(last=10_000)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import BACKENDS
+from helpers import reader_url
 from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, record
 
 import steptrace as st
@@ -141,7 +142,7 @@ def test_sql(data: Recorded) -> None:
         "SELECT name, count(*) AS n FROM steps WHERE is_final_attempt = 1 "
         "GROUP BY name ORDER BY name"
     )
-    got = cli_json("sql", query, store=data.url)
+    got = cli_json("sql", query, store=reader_url(data.url))
     want = Counter(k.split("#")[0] for p in PLANS for k in p.steps()) + Counter(
         {"classify": N_OTHER}
     )
@@ -150,22 +151,24 @@ def test_sql(data: Recorded) -> None:
         "sql",
         "-",
         "--json",
-        store=data.url,
+        store=reader_url(data.url),
         stdin="SELECT output FROM steps WHERE name = 'classify' AND workflow = 'triage' "
         "AND is_final_attempt = 1 ORDER BY started_at",
     )
     assert [r["output"] for r in json.loads(outputs.stdout)] == [p.output for p in PLANS]
-    text = cli("sql", "SELECT workflow, count(*) AS n FROM runs GROUP BY 1", store=data.url)
+    text = cli(
+        "sql", "SELECT workflow, count(*) AS n FROM runs GROUP BY 1", store=reader_url(data.url)
+    )
     assert "triage" in text.stdout and str(N_RUNS) in text.stdout and "2 row(s)" in text.stdout
 
 
 def test_sql_cannot_change_the_store(data: Recorded) -> None:
     count = "SELECT count(*) AS n FROM runs"
-    with st.Store.open(data.url) as store:
+    with st.Store.open(reader_url(data.url)) as store:
         before = store.sql(count)
     for statement in ("DELETE FROM runs", "DROP TABLE spans", "PRAGMA query_only = 0"):
-        one_line_error(cli("sql", statement, store=data.url, returncode=1), "SQL error")
-    with st.Store.open(data.url) as store:
+        one_line_error(cli("sql", statement, store=reader_url(data.url), returncode=1), "SQL error")
+    with st.Store.open(reader_url(data.url)) as store:
         assert store.sql(count) == before == [{"n": N_RUNS + N_OTHER}]
 
 

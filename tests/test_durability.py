@@ -29,6 +29,7 @@ from openai_server import Answer, FakeOpenAI
 
 import steptrace as st
 from steptrace.cli import main as cli_main
+from steptrace.store import migrate_store
 
 
 def _count(url: str, table: str, run_id: str) -> int:
@@ -258,8 +259,7 @@ def test_a_run_that_ends_after_it_was_marked_interrupted_keeps_its_real_outcome(
     def wf() -> int:
         return slow()
 
-    with st.Store.open(store_url):
-        pass  # the store exists before the run starts
+    migrate_store(store_url)  # the store exists before the run starts
     results: list[st.RunResult] = []
     worker = threading.Thread(target=lambda: results.append(st.run(wf)))
     worker.start()
@@ -303,8 +303,7 @@ def test_runs_spilled_by_a_killed_process_reach_the_store_when_it_is_next_opened
 ) -> None:
     """SQLite locked the whole life of a process that was then killed: its runs are in
     its journal only, and the next process that opens the store writes them."""
-    with st.Store.open(str(store_path)):
-        pass
+    migrate_store(str(store_path))
     spill = tmp_path / "spill"
     holder = sqlite3.connect(store_path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")

@@ -16,6 +16,7 @@ from pathlib import Path
 from helpers import raw_sql
 
 import steptrace as st
+from steptrace.store import migrate_store
 
 PROCESSES = 8
 RUNS = int(os.environ.get("STEPTRACE_WRITER_RUNS", "400"))
@@ -46,8 +47,7 @@ for i in range(runs):
 
 
 def test_eight_processes_writing_at_once_lose_nothing(store_url: str, tmp_path: Path) -> None:
-    with st.Store.open(store_url):
-        pass  # created and migrated (each writer would also do it, racing)
+    migrate_store(store_url)  # created and migrated (each writer would also do it, racing)
     go = tmp_path / "go"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
     env["STEPTRACE_STORE"] = store_url

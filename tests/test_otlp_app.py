@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import reader_url
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from otlp_collector import grpc_collector, http_collector
@@ -209,7 +210,7 @@ def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture, store_u
     assert totals.exported + totals.dropped == 500
     assert totals.exported == len(collector.spans())
     assert any("spans were not exported" in r.getMessage() for r in caplog.records)
-    with st.Store.open(store_url) as store:  # reported to the configured store, either engine
+    with st.Store.open(reader_url(store_url)) as store:  # reported to the store, either engine
         reports = store.sql("SELECT * FROM otel_export")
     assert reports and sum(r["dropped_queue_full"] for r in reports) == totals.queue_full
     assert all(r["target"] == collector.url for r in reports)

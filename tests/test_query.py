@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -17,11 +18,13 @@ from typing import Any
 
 import pytest
 from conftest import BACKENDS
+from helpers import reader_url
 from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, percentile, record
 
 import steptrace as st
 from steptrace import stats
 from steptrace.query import distribution_sql
+from steptrace.store import migrate_store
 from steptrace.store.dialect import SQLITE
 from steptrace.where import QueryError
 
@@ -34,6 +37,13 @@ def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture
 def store(data: Recorded) -> Iterator[st.Store]:
     with st.Store.open(data.url) as s:
+        yield s
+
+
+@pytest.fixture
+def reader(data: Recorded) -> Iterator[st.Store]:
+    """The store as ``Store.sql`` needs it: on PostgreSQL, as a role that only reads."""
+    with st.Store.open(reader_url(data.url)) as s:
         yield s
 
 
@@ -428,7 +438,8 @@ def test_runs_filter_mistakes_are_query_errors(
 # --- SQL ------------------------------------------------------------------------------
 
 
-def test_sql_over_the_documented_tables_and_views(store: st.Store, data: Recorded) -> None:
+def test_sql_over_the_documented_tables_and_views(reader: st.Store, data: Recorded) -> None:
+    store = reader
     counts = store.sql(
         "SELECT name, count(*) AS n FROM steps WHERE workflow = 'triage' "
         "AND is_final_attempt = 1 GROUP BY name ORDER BY name"
@@ -511,7 +522,7 @@ def _fingerprint(data: Recorded) -> str:
 )
 def test_sql_cannot_change_the_store(data: Recorded, statement: str) -> None:
     before = _fingerprint(data)
-    with st.Store.open(data.url) as store:
+    with st.Store.open(reader_url(data.url)) as store:
         with pytest.raises(QueryError):
             store.sql(statement)
         assert store.sql("SELECT count(*) AS n FROM runs") == [{"n": N_RUNS + N_OTHER}]
@@ -528,7 +539,8 @@ def test_sql_cannot_write_through_an_attached_or_new_file(data: Recorded, tmp_pa
     assert not other.exists() and not copy.exists()
 
 
-def test_sql_reports_mistakes_as_query_errors(store: st.Store, data: Recorded) -> None:
+def test_sql_reports_mistakes_as_query_errors(reader: st.Store, data: Recorded) -> None:
+    store = reader
     with pytest.raises(QueryError, match=r"no such table|does not exist"):
         store.sql("SELECT * FROM nowhere")
     with pytest.raises(QueryError, match="syntax"):
@@ -553,6 +565,7 @@ def test_sql_reads_this_process_s_own_writes() -> None:
     def wf(x: int) -> int:
         return one(x)
 
+    migrate_store(os.environ["STEPTRACE_STORE"])
     with st.Store.open() as store:
         assert store.sql("SELECT count(*) AS n FROM steps") == [{"n": 0}]
         wf(1)

@@ -16,6 +16,7 @@ import pytest
 from helpers import run_python
 
 import steptrace as st
+from steptrace.store import migrate_store
 
 Query = Callable[..., list[tuple[Any, ...]]]
 
@@ -130,17 +131,15 @@ def test_a_store_at_the_oldest_schema_is_upgraded_keeping_its_runs(store_path: s
     assert {"cached_input_tokens", "tool_calls", "incomplete"} <= columns
 
 
-def test_tables_have_the_design_columns(db: Query) -> None:
-    with st.Store.open():
-        pass  # opening creates and migrates a blank database
+def test_tables_have_the_design_columns(db: Query, store_path: Path) -> None:
+    migrate_store(str(store_path))  # creates and migrates a blank database
     for table, columns in DESIGN_COLUMNS.items():
         assert columns <= _columns(db, table), table
     assert any(c.startswith("cost") for c in _columns(db, "llm_calls"))
 
 
-def test_indexes_serve_the_design_queries(db: Query) -> None:
-    with st.Store.open():
-        pass
+def test_indexes_serve_the_design_queries(db: Query, store_path: Path) -> None:
+    migrate_store(str(store_path))
     assert ("workflow", "started_at") in _index_prefixes(db, "runs")
     assert ("run_id",) in _index_prefixes(db, "spans")
     assert ("name", "run_id") in _index_prefixes(db, "spans")
@@ -148,6 +147,7 @@ def test_indexes_serve_the_design_queries(db: Query) -> None:
 
 
 def test_reopening_does_not_migrate_again(store_path: Path, db: Query) -> None:
+    migrate_store(str(store_path))
     for _ in range(3):
         with st.Store.open(str(store_path)):
             pass
@@ -380,8 +380,7 @@ def test_locked_database_does_not_raise_into_user_code(store_path: Path) -> None
 
 
 def test_locked_database_while_the_store_is_first_opened(store_path: Path) -> None:
-    with st.Store.open():
-        pass  # the file exists and is migrated; the writer is not open yet
+    migrate_store(str(store_path))  # the file exists and is migrated; the writer is not open yet
     holder = _hold_exclusive_lock(store_path, 0.5)
     try:
         result = st.run(_simple_workflow(), 5)
@@ -397,8 +396,7 @@ def test_locked_database_while_the_store_is_first_opened(store_path: Path) -> No
 
 
 def test_store_migrated_by_a_newer_steptrace_is_refused(store_path: Path) -> None:
-    with st.Store.open():
-        pass
+    migrate_store(str(store_path))
     conn = sqlite3.connect(store_path)
     with conn:
         conn.execute(
@@ -411,21 +409,25 @@ def test_store_migrated_by_a_newer_steptrace_is_refused(store_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("url", "message"),
+    ("url", "message", "reading"),
     [
-        ("mysql://localhost/steptrace", "unknown store URL scheme 'mysql'"),
-        ("redis://localhost:6379/0", "unknown store URL scheme 'redis'"),
-        ("/proc/version/steptrace.db", "cannot open the steptrace store"),
+        ("mysql://localhost/steptrace", "unknown store URL scheme 'mysql'", None),
+        ("redis://localhost:6379/0", "unknown store URL scheme 'redis'", None),
+        (
+            "/proc/version/steptrace.db",
+            "cannot open the steptrace store",
+            "no store at /proc/version/steptrace.db",
+        ),
     ],
 )
 def test_unusable_store_url_raises_config_error(
-    monkeypatch: pytest.MonkeyPatch, url: str, message: str
+    monkeypatch: pytest.MonkeyPatch, url: str, message: str, reading: str | None
 ) -> None:
     monkeypatch.setenv("STEPTRACE_STORE", url)
     wf = _simple_workflow()
     with pytest.raises(st.ConfigError, match=message):
         wf(1)
-    with pytest.raises(st.ConfigError, match=message):
+    with pytest.raises(st.ConfigError, match=reading or message):
         st.Store.open()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from helpers import reader_url
 
 import steptrace as st
 
@@ -36,7 +38,8 @@ def test_a_run_continues_the_trace_of_a_carried_traceparent(exported: Any) -> No
     # inside the step, the context to hand on names the step's own span
     step = record.steps("inner")[0]
     assert result.output == f"00-{UPSTREAM_TRACE}-{step.span_id}-01"
-    with st.Store.open() as store:  # the run can be found from the upstream trace id
+    reader = reader_url(os.environ["STEPTRACE_STORE"])
+    with st.Store.open(reader) as store:  # the run can be found from the upstream trace id
         rows = store.sql(f"SELECT run_id FROM runs WHERE trace_id = '{UPSTREAM_TRACE}'")
     assert [r["run_id"] for r in rows] == [record.run_id]
 

@@ -36,11 +36,14 @@ from steptrace.compare import Comparison
 from steptrace.diff import Change, RunDiff
 from steptrace.query import Distribution
 from steptrace.stats import StepStats
+from steptrace.store import SQL_TIMEOUT_S
 from steptrace.where import QueryError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _JSON_HELP = "Print JSON (the shape the Store method returns)."
+SQL_LIMIT_ROWS = 10_000
+"""Rows ``steptrace sql`` shows unless ``--limit`` says otherwise."""
 _BAR_WIDTH = 30
 
 
@@ -406,13 +409,36 @@ def sql_command(
         str, typer.Argument(metavar="QUERY", help="One SELECT statement (- reads it from stdin).")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Show at most N rows (a note says so).")
+    ] = SQL_LIMIT_ROWS,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.001, metavar="SECONDS", help="Stop the query after this long."
+        ),
+    ] = SQL_TIMEOUT_S,
 ) -> None:
-    """Read-only SQL over the store: the runs, spans, llm_calls and logs tables and the
-    steps and llm views."""
+    """Read-only SQL over the store: the runs, spans, llm_calls and logs tables
+    and the steps and llm views.
+
+    SQLite: a connection the engine keeps from writing. PostgreSQL: one query
+    that reads (SELECT, WITH, VALUES, TABLE or EXPLAIN of one), calling no
+    volatile function, in a read-only transaction, as a role that is not a
+    superuser (docs/security.md says how to make one). A query stops at
+    --timeout; at most --limit rows are shown; Ctrl-C stops it (exit code 130).
+    """
     if query == "-":
         query = sys.stdin.read()
-    with st.Store.open() as store:
-        rows = store.sql(query)
+    try:
+        with st.Store.open() as store:
+            rows = store.sql(query, limit=limit + 1, timeout_s=timeout)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.write("steptrace: interrupted; the query was stopped\n")
+        raise typer.Exit(130) from None
+    cut = len(rows) > limit
+    rows = rows[:limit]
     if as_json:  # a BLOB (none in steptrace's tables) as base64 text
         _print_json(
             [
@@ -423,7 +449,14 @@ def sql_command(
                 for r in rows
             ]
         )
-        return
+    else:
+        _print_rows(rows)
+    if cut:
+        sys.stdout.flush()
+        sys.stderr.write(f"note: showing the first {limit:,} rows; pass --limit N for more\n")
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
     console = _console()
     if not rows:
         console.print(Text("no rows", style="dim"))

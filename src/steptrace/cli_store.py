@@ -112,20 +112,8 @@ def status_command(
 
     url = get_config().store_url()
     with st.Store.open(url) as store:  # opening it sweeps interrupted runs, replays orphans
-        by_status = {
-            row["status"]: row["runs"]
-            for row in store.sql(
-                "SELECT status, count(*) AS runs FROM runs GROUP BY status ORDER BY status"
-            )
-        }
-        schema = [row["name"] for row in store.sql("SELECT name FROM _migrations")]
-        writers = store.sql(
-            "SELECT owner, heartbeat_at FROM owners WHERE ended_at IS NULL "
-            "ORDER BY heartbeat_at DESC"
-        )
-        recent = store.sql(
-            "SELECT * FROM store_health ORDER BY reported_at DESC LIMIT ?", [reports]
-        )
+        state = store.status(reports)
+    by_status, writers, recent = state["runs"], state["writers"], state["reports"]
     journals = journal.pending(journal.spill_dir(url))
     # Reports written by an older steptrace may hold an unmasked error text.
     secrets = (*url_secrets(url), *export_secrets())
@@ -135,7 +123,7 @@ def status_command(
     otlp = describe_config()
     status: dict[str, Any] = {
         "store": describe(url),
-        "schema": max(schema) if schema else None,
+        "schema": state["schema"],
         "runs": by_status,
         "writers": writers,
         "journals": journals,

@@ -196,11 +196,13 @@ async def arun(
 def last_run() -> RunRecord | None:
     """The last run that finished in this process, read back from the store (a
     ``RunRecord``), or None."""
+    from steptrace.config import get_config
     from steptrace.store import RunNotFound, Store
+    from steptrace.store.schema import missing
 
     last_run_id = runtime.last_run_id()
-    if last_run_id is None:
-        return None
+    if last_run_id is None or missing(get_config().store_url()):
+        return None  # (recorded into another store since)
     with Store.open() as store:
         try:
             return store.run(last_run_id)

@@ -25,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from steptrace.query import Reader
+from steptrace.record import stored_name
 from steptrace.where import QueryError, RunFilter
 
 _SPAN_COLUMNS = [
@@ -196,7 +197,7 @@ def iter_rows(
             position = {run_id: i for i, run_id in enumerate(chunk)}
             marks = ", ".join("?" * len(chunk))
             extra = f" AND {name_column} = ?" if step is not None else ""
-            params: list[Any] = [*chunk, *([step] if step is not None else [])]
+            params: list[Any] = [*chunk, *([stored_name(step)] if step is not None else [])]
             found = db.rows(
                 f"SELECT {', '.join(columns)}{order} FROM {table} WHERE run_id IN ({marks}){extra}",
                 params,

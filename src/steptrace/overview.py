@@ -1,6 +1,7 @@
 """Small questions a run listing asks besides the runs themselves: each run's step,
 attempt, token and cost totals (``Store.run_totals``) and the workflow names in the
-store (``Store.workflows``). Portable SQL over the covering indexes of migration
+store (``Store.workflows``); and the store's own state (``Store.status``, ``steptrace
+status``). Portable SQL over the covering indexes of migration
 ``0003_query``, so a page of runs costs two index range reads whatever the store's size.
 """
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from steptrace.query import Reader
+from steptrace.record import stored_name
 
 
 class RunTotals(TypedDict):
@@ -84,10 +86,69 @@ def step_durations(
         "SELECT s.duration_ms FROM spans s "
         "WHERE s.name = ? AND s.step_key IS NOT NULL AND s.duration_ms IS NOT NULL"
     )
-    params: list[Any] = [step]
+    params: list[Any] = [stored_name(step)]
     if workflow is not None:
         sql += " AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id AND r.workflow = ?)"
-        params.append(workflow)
+        params.append(stored_name(workflow))
     sql += " ORDER BY s.started_at DESC LIMIT ?"
     params.append(last)
     return [float(r[0]) for r in reader.rows(sql, params)]
+
+
+class StoreStatus(TypedDict):
+    runs: dict[str, int]
+    """Runs by status."""
+    schema: str | None
+    """The last migration applied."""
+    writers: list[dict[str, Any]]
+    """Live writer processes: ``owner``, ``heartbeat_at``, newest heartbeat first."""
+    reports: list[dict[str, Any]]
+    """The latest rows of ``store_health`` (write trouble reports), newest first."""
+
+
+_HEALTH_COLUMNS = (
+    "reported_at",
+    "process",
+    "store",
+    "interval_s",
+    "written",
+    "spilled",
+    "replayed",
+    "quarantined",
+    "lost",
+    "sanitized",
+    "last_error",
+)
+
+
+def store_status(reader: Reader, reports: int = 5) -> StoreStatus:
+    """Runs by status, the schema's last migration, live writers and the last
+    ``reports`` write-trouble reports."""
+    runs = {
+        str(status): int(n)
+        for status, n in reader.rows(
+            "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
+        )
+    }
+    schema = [str(r[0]) for r in reader.rows("SELECT name FROM _migrations")]
+    writers = [
+        {"owner": owner, "heartbeat_at": heartbeat}
+        for owner, heartbeat in reader.rows(
+            "SELECT owner, heartbeat_at FROM owners WHERE ended_at IS NULL "
+            "ORDER BY heartbeat_at DESC"
+        )
+    ]
+    recent = [
+        dict(zip(_HEALTH_COLUMNS, row, strict=True))
+        for row in reader.rows(
+            f"SELECT {', '.join(_HEALTH_COLUMNS)} FROM store_health "
+            "ORDER BY reported_at DESC LIMIT ?",
+            [reports],
+        )
+    ]
+    return {
+        "runs": runs,
+        "schema": max(schema) if schema else None,
+        "writers": writers,
+        "reports": recent,
+    }

@@ -29,7 +29,8 @@ from typing import Any, Protocol, TypedDict, TypeVar
 
 import orjson
 
-from steptrace.store.dialect import Dialect, literal
+from steptrace.record import stored_name
+from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
 from steptrace.store.model import RunRecord
 from steptrace.where import QueryError, format_path, step_field
 
@@ -96,7 +97,7 @@ def runs_window(
     params: list[Any] = []
     if workflow is not None:
         conds.append("workflow = ?")
-        params.append(workflow)
+        params.append(stored_name(workflow))
     if status is not None:
         conds.append("status = ?")
         params.append(status)
@@ -157,30 +158,35 @@ class Distribution(TypedDict):
     """Over the numeric values (booleans excepted), when there are any."""
 
 
-def _value_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
+def _value_sql(d: Dialect, step: str, field: str) -> tuple[str, Sql]:
+    """The field's column and the SQL reading it. On SQLite the path is spelled out
+    when it can be (``indexable``), so that a field index made for it serves the query
+    (SQLite matches an index expression word for word); otherwise, and always on
+    PostgreSQL (whose planner folds a bound value into the plan), it is a parameter."""
     column, path = step_field(field)
-    return column, d.json_at(f"s.{column}", path)
+    literal = d.name == "sqlite" and indexable(stored_name(step), path)
+    return column, d.json_at(f"s.{column}", path, literal=literal)
 
 
 def distribution_sql(
     d: Dialect, step: str, field: str, workflow: str | None = None
 ) -> tuple[str, list[Any]]:
     """The query ``distribution`` walks: the step's attempts newest first (an index on
-    (name, started_at)), with the field's value. The step name and path are literals,
-    not parameters, so that a field index (``index_field``) made for them is used."""
-    _, value_sql = _value_sql(d, step, field)
-    name = literal(step)
+    (name, started_at)), with the field's value. The step name is a parameter (both
+    engines use a partial index made for a name with it)."""
+    _, value = _value_sql(d, step, field)
+    name = stored_name(step)
     if workflow is None:
         return (
-            f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
-            f"WHERE s.name = {name} AND s.step_key IS NOT NULL ORDER BY s.started_at DESC"
-        ), []
+            f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
+            "WHERE s.name = ? AND s.step_key IS NOT NULL ORDER BY s.started_at DESC"
+        ), [*value.params, name]
     return (
-        f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
+        f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
         f"{d.ordered_join} runs r ON r.run_id = s.run_id "
-        f"WHERE s.name = {name} AND s.step_key IS NOT NULL AND r.workflow = ? "
+        "WHERE s.name = ? AND s.step_key IS NOT NULL AND r.workflow = ? "
         "ORDER BY s.started_at DESC"
-    ), [workflow]
+    ), [*value.params, name, stored_name(workflow)]
 
 
 def distribution(
@@ -191,24 +197,23 @@ def distribution(
     counting the final attempt of each occurrence; most common value first."""
     check_last(last)
     d = db.dialect
-    column, value_sql = _value_sql(d, step, field)
-    name = literal(step)
+    column, value = _value_sql(d, step, field)
     sql, params = distribution_sql(d, step, field, workflow)
     rows = db.rows_of_runs(sql, params, last)
     # A run's first call of the step starts before its other attempts of it, so a run
     # whose first attempt of ``step#0`` was walked past is complete; one whose attempts
     # interleave with another run's (concurrent runs) may have older attempts left
     # behind the stopping point: read those runs' attempts whole.
-    first_key = f"{step}#0"
+    first_key = f"{stored_name(step)}#0"
     complete = {r[0] for r in rows if r[2] == 1 and r[1] == first_key}
     partial = sorted({r[0] for r in rows} - complete)
     if partial:
         marks = ", ".join("?" * len(partial))
         rows = [r for r in rows if r[0] in complete] + sorted(
             db.rows(
-                f"SELECT s.run_id, s.step_key, s.attempt, {value_sql} FROM spans s "
-                f"WHERE s.name = {name} AND s.step_key IS NOT NULL AND s.run_id IN ({marks})",
-                partial,
+                f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
+                f"WHERE s.name = ? AND s.step_key IS NOT NULL AND s.run_id IN ({marks})",
+                [*value.params, stored_name(step), *partial],
             ),
             key=lambda r: -r[2],
         )
@@ -273,14 +278,29 @@ def field_index_name(step: str, field: str) -> str:
     return f"field_{digest}"
 
 
+def indexable(step: str, path: Sequence[str | int]) -> bool:
+    """Whether a field index can be made for the step and path: its SQL spells them
+    out (an index cannot take parameters), so only names and keys of a strict character
+    set are accepted (``dialect.index_literal``)."""
+    return index_literal_ok(step) and all(index_literal_ok(p) for p in path if isinstance(p, str))
+
+
 def field_index_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
     """(name, CREATE INDEX statement) of the expression index that lets
     ``distribution(step, field)`` read the field from the index instead of parsing
-    every output: a partial index over that step's spans."""
+    every output: a partial index over that step's spans. ``QueryError`` for a step
+    name or field key ``indexable`` refuses."""
     column, path = step_field(field)
+    step = stored_name(step)
+    if not indexable(step, path):
+        raise QueryError(
+            f"cannot index {step}.{field}: an index's SQL spells out the step name and the "
+            "field's keys, so they may hold only letters, digits, spaces and _ . : / < > @ "
+            "# + - (dist reads any field without an index)"
+        )
     name = field_index_name(step, field)
-    expr = d.json_at(column, path)
+    expr = d.json_at(column, path, literal=True)
     return name, (
         f"CREATE INDEX IF NOT EXISTS {name} ON spans (name, started_at, run_id, step_key, "
-        f"attempt, ({expr})) WHERE name = {literal(step)} AND step_key IS NOT NULL"
+        f"attempt, ({expr.text})) WHERE name = {index_literal(step)} AND step_key IS NOT NULL"
     )

@@ -64,20 +64,28 @@ class Counters:
 counters = Counters()
 
 
+def stored_form(text: str) -> str:
+    """``text`` as the store holds it (``storable`` without counting): what a query
+    compares stored text with, so that a name or value recorded with a NUL or a lone
+    surrogate is found by the same text."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 def storable(text: str) -> str:
     """``text`` as every engine can store it: each lone surrogate (text decoded with
     ``surrogateescape``: file names, argv, subprocess output) and each NUL becomes one
     U+FFFD; a high and low surrogate side by side are joined into their character.
     Counted in ``counters.sanitized``."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
+    stored = stored_form(text)
+    if stored != text:
         counters.add("sanitized")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        counters.add("sanitized")
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text
+    return stored
 
 
 def storable_or_none(text: str | None) -> str | None:
@@ -92,10 +100,17 @@ over 2,704 bytes, so a longer name is cut (at a character boundary, with "…").
 
 
 def storable_name(text: str) -> str:
-    text = storable_or_none(text) or ""
+    stored = stored_name(text)
+    if stored != text:
+        counters.add("sanitized")
+    return stored
+
+
+def stored_name(text: str) -> str:
+    """A name as the store holds it (``storable_name`` without counting)."""
+    text = stored_form(text)
     if len(text) * 4 <= NAME_MAX_BYTES or len(text.encode()) <= NAME_MAX_BYTES:
         return text
-    counters.add("sanitized")
     cut = text.encode()[: NAME_MAX_BYTES - 3].decode("utf-8", "ignore")
     return cut + "…"
 
@@ -382,6 +397,17 @@ def _replace_nul(value: Any) -> Any:
         return [_replace_nul(v) for v in value]
     if isinstance(value, dict):
         return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
+    return value
+
+
+def stored_value(value: Any) -> Any:
+    """A JSON value as the store holds it: its strings and keys in ``stored_form``."""
+    if isinstance(value, str):
+        return stored_form(value)
+    if isinstance(value, list):
+        return [stored_value(v) for v in value]
+    if isinstance(value, dict):
+        return {stored_form(k): stored_value(v) for k, v in value.items()}
     return value
 
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from steptrace.store.dialect import Dialect, JsonPath
+from steptrace.record import stored_form, stored_name, stored_value
+from steptrace.store.dialect import Dialect, JsonPath, Sql, bound, compose
 
 
 class QueryError(ValueError):
@@ -112,7 +113,7 @@ def format_path(path: JsonPath) -> str:
 def step_field(text: str) -> tuple[str, list[str | int]]:
     """A ``dist`` field: ``(column, path)`` where column is ``output`` (the default) or
     ``input`` (prefix ``input.``); ``output``/``.``/``""`` alone is the whole output."""
-    path = parse_path(text)
+    path = [stored_form(p) if isinstance(p, str) else p for p in parse_path(text)]
     if path and path[0] in ("input", "output"):
         return str(path[0]), path[1:]
     return "output", path
@@ -124,6 +125,9 @@ _OPS = ("!=", "<=", ">=", "!~", "==", "=", "<", ">", "~")
 _STEP_ATTRIBUTES = {"attempts": "attempt", "status": "status", "duration_ms": "duration_ms"}
 _RUN_ATTRIBUTES = {"status": "status", "duration_ms": "duration_ms", "workflow": "workflow"}
 _JSON_COLUMNS = ("input", "output", "error")
+_SQL_OPS = {op: op for op in ("=", "!=", "<", "<=", ">", ">=", "~", "!~")}
+"""The operators a predicate may use, as the SQL our code writes for them (a lookup, so
+that no operator text reaches SQL unless it is one of these)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,20 @@ def parse_predicate(text: str) -> Predicate:
     else:
         names = ", ".join(f"run.{n}" for n in (*_JSON_COLUMNS, *_RUN_ATTRIBUTES))
         raise QueryError(f"--where {text!r}: a run target is one of {names}")
-    pred = Predicate(text, step, column, json_path, op, value, bare, raw)
+    if json_path is not None:  # keys as the store holds them (no NUL, no lone surrogate)
+        json_path = tuple(stored_form(p) if isinstance(p, str) else p for p in json_path)
+    elif column == "workflow" and isinstance(value, str):  # a name, cut as names are
+        value = stored_name(value)
+    pred = Predicate(
+        text,
+        None if step is None else stored_name(step),
+        column,
+        json_path,
+        op,
+        stored_value(value),
+        bare,
+        stored_form(raw),
+    )
     _check_value(pred)
     return pred
 
@@ -207,66 +224,86 @@ def _check_value(pred: Predicate) -> None:
         raise QueryError(f"--where {pred.text!r}: ~ needs a text value")
 
 
-def _attribute_sql(pred: Predicate, column: str, d: Dialect) -> tuple[str, list[Any]]:
-    op = pred.op
+def _sql_op(pred: Predicate) -> str:
+    try:
+        return _SQL_OPS[pred.op]
+    except KeyError:
+        raise QueryError(f"--where {pred.text!r}: unknown operator {pred.op!r}") from None
+
+
+def _attribute_sql(pred: Predicate, column: str, d: Dialect) -> Sql:
+    op = _sql_op(pred)
     value: Any = pred.value
     if op in ("~", "!~"):
-        sql = d.contains(column, "?")
-        return (sql if op == "~" else f"{column} IS NOT NULL AND NOT ({sql})"), [value]
+        found = d.contains(column, bound(value))
+        return found if op == "~" else compose("{} IS NOT NULL AND NOT ({})", column, found)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{column} {op} ?", [value]
-    return f"{column} {op} ?", [str(value) if not isinstance(value, str) else value]
+        return compose(f"{{}} {op} {{}}", column, bound(value))
+    return compose(
+        f"{{}} {op} {{}}", column, bound(value if isinstance(value, str) else str(value))
+    )
 
 
-def _json_sql(pred: Predicate, column: str, d: Dialect) -> tuple[str, list[Any]]:
+def _json_sql(pred: Predicate, column: str, d: Dialect) -> Sql:
     path = list(pred.path or ())
     kind = d.json_type_at(column, path)
     scalar = d.json_scalar_at(column, path)
-    value, op = pred.value, pred.op
-    present = f"{kind} IS NOT NULL"
+    value, op = pred.value, _sql_op(pred)
+    present = compose("{} IS NOT NULL", kind)
     if value is None or isinstance(value, bool):
         name = "null" if value is None else ("true" if value else "false")
-        return (f"{kind} = '{name}'" if op == "=" else f"{present} AND {kind} <> '{name}'"), []
+        if op == "=":
+            return compose(f"{{}} = '{name}'", kind)
+        return compose(f"{{}} AND {{}} <> '{name}'", present, kind)
     if isinstance(value, list | dict):
-        eq = f"{kind} IN ('object', 'array') AND {d.json_equals(column, path)}"
-        return (eq if op == "=" else f"{present} AND NOT ({eq})"), [orjson.dumps(value).decode()]
+        eq = compose(
+            "{} IN ('object', 'array') AND {}",
+            kind,
+            d.json_equals(column, path, bound(orjson.dumps(value).decode())),
+        )
+        return eq if op == "=" else compose("{} AND NOT ({})", present, eq)
     if op in ("~", "!~"):
-        found = d.contains(scalar, "?")
-        return f"{kind} = 'text' AND {'NOT ' if op == '!~' else ''}({found})", [value]
+        found = d.contains(scalar, bound(value))
+        return compose(f"{{}} = 'text' AND {'NOT ' if op == '!~' else ''}({{}})", kind, found)
     if isinstance(value, int | float):
-        number = f"{kind} IN ('integer', 'real') AND {d.json_number_at(column, path)}"
+        number = compose("{} IN ('integer', 'real') AND {}", kind, d.json_number_at(column, path))
         if op in ("=", "!="):
-            eq = f"{number} = ?"
-            params: list[Any] = [value]
+            eq = compose("{} = {}", number, bound(value))
             if pred.bare:  # `= 42` also matches the text "42"
-                eq = f"({eq}) OR ({kind} = 'text' AND {scalar} = ?)"
-                params.append(pred.raw)
-            return (eq if op == "=" else f"{present} AND NOT ({eq})"), params
-        return f"{number} {op} ?", [value]
-    text_cmp = f"{kind} = 'text' AND {scalar} {'=' if op == '!=' else op} ?"
-    return (text_cmp if op != "!=" else f"{present} AND NOT ({text_cmp})"), [value]
+                eq = compose("({}) OR ({} = 'text' AND {} = {})", eq, kind, scalar, bound(pred.raw))
+            return eq if op == "=" else compose("{} AND NOT ({})", present, eq)
+        return compose(f"{{}} {op} {{}}", number, bound(value))
+    text_cmp = compose(
+        f"{{}} = 'text' AND {{}} {'=' if op == '!=' else op} {{}}", kind, scalar, bound(value)
+    )
+    return text_cmp if op != "!=" else compose("{} AND NOT ({})", present, text_cmp)
 
 
-def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> tuple[str, list[Any]]:
+def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> Sql:
     """An SQL condition on the ``runs`` row aliased ``runs`` that holds when ``pred``
-    does."""
+    does. Every value and path is a bound parameter; column names come from the fixed
+    lists above."""
+    allowed = (
+        *_JSON_COLUMNS,
+        *(_RUN_ATTRIBUTES if pred.step is None else _STEP_ATTRIBUTES).values(),
+    )
+    if pred.column not in allowed or (pred.path is not None) != (pred.column in _JSON_COLUMNS):
+        raise QueryError(f"--where {pred.text!r}: no column {pred.column!r}")
     if pred.step is None:
         column = f"{runs}.{pred.column}"
         if pred.path is None:
             return _attribute_sql(pred, column, d)
-        cond, params = _json_sql(pred, column, d)
-        return f"({cond})", params
+        return compose("({})", _json_sql(pred, column, d))
     column = f"p.{pred.column}"
-    cond, params = (
-        _attribute_sql(pred, column, d) if pred.path is None else _json_sql(pred, column, d)
-    )
-    sql = (
-        f"EXISTS (SELECT 1 FROM spans p WHERE p.run_id = {runs}.run_id AND p.name = ? "
+    cond = _attribute_sql(pred, column, d) if pred.path is None else _json_sql(pred, column, d)
+    return compose(
+        f"EXISTS (SELECT 1 FROM spans p WHERE p.run_id = {runs}.run_id AND p.name = {{}} "
         "AND p.step_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM spans q "
         "WHERE q.run_id = p.run_id AND q.step_key = p.step_key AND q.attempt > p.attempt "
-        f"AND q.step_key IS NOT NULL) AND ({cond}){d.per_outer_row})"
+        f"AND q.step_key IS NOT NULL) AND ({{}}){d.per_outer_row})",
+        bound(pred.step),
+        cond,
     )
-    return sql, [pred.step, *params]
 
 
 # --- run filters --------------------------------------------------------------------
@@ -304,7 +341,7 @@ class RunFilter:
         params: list[Any] = []
         if self.workflow is not None:
             conds.append(f"{runs}.workflow = ?")
-            params.append(self.workflow)
+            params.append(stored_name(self.workflow))
         if self.status is not None:
             conds.append(f"{runs}.status = ?")
             params.append(self.status)
@@ -315,10 +352,11 @@ class RunFilter:
             conds.append(f"{runs}.started_at < ?")
             params.append(parse_time(self.until))
         for tag in self.tags:
-            conds.append(d.json_array_has(f"{runs}.tags"))
-            params.append(tag)
+            has = d.json_array_has(f"{runs}.tags", bound(stored_form(tag)))
+            conds.append(has.text)
+            params.extend(has.params)
         for text in self.where:
-            cond, cond_params = predicate_sql(parse_predicate(text), d, runs)
-            conds.append(cond)
-            params.extend(cond_params)
+            cond = predicate_sql(parse_predicate(text), d, runs)
+            conds.append(cond.text)
+            params.extend(cond.params)
         return conds, params

@@ -15,13 +15,12 @@ import httpx
 from conftest import env_without_otel, start_ui
 from helpers import LONG_RUN
 
-import steptrace as st
+from steptrace.store import migrate_store
 
 
 def test_a_run_that_dies_under_a_running_ui_becomes_interrupted(tmp_path: Path) -> None:
     store = tmp_path / "ui.db"
-    with st.Store.open(str(store)):
-        pass
+    migrate_store(str(store))  # the UI reads a store that exists
     env = dict(env_without_otel(), STEPTRACE_STORE=str(store))
     proc = subprocess.Popen(
         [sys.executable, "-c", LONG_RUN], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True

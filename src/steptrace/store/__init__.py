@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,12 +21,13 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from steptrace.config import ConfigError, get_config
-from steptrace.record import RunState, SpanRecord
+from steptrace.record import RunState, SpanRecord, stored_form
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
 from steptrace.store.model import RunRecord, SpanView, loads
 from steptrace.store.schema import check_schema as _check_schema
 from steptrace.store.schema import load_postgres, migrate_store, same_store
+from steptrace.store.schema import missing as _missing
 from steptrace.store.schema import prepare_schema as _prepare_schema
 from steptrace.store.schema import scheme as _scheme
 from steptrace.where import QueryError, RunFilter
@@ -35,7 +37,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from steptrace.compare import Comparison
     from steptrace.diff import RunDiff
-    from steptrace.overview import RunTotals
+    from steptrace.overview import RunTotals, StoreStatus
     from steptrace.query import Distribution
     from steptrace.stats import StepStats
 
@@ -120,6 +122,33 @@ def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
         conn.execute(f"INSERT INTO otel_export ({columns}) VALUES ({marks})", list(row.values()))
     finally:
         conn.close()
+
+
+def query_params(params: Sequence[Any]) -> list[Any]:
+    """A query's parameters with their text as the store holds text (no NUL, no lone
+    surrogate: ``record.stored_form``): neither driver can send those, and a value
+    recorded with one is stored that way."""
+    return [stored_form(p) if isinstance(p, str) else p for p in params]
+
+
+SQL_TIMEOUT_S = 30.0
+"""How long ``Store.sql`` lets a statement run, unless told otherwise."""
+_PROGRESS_STEPS = 10_000
+"""SQLite virtual-machine steps between two checks of a running ``sql`` statement."""
+
+
+def timeout_message(timeout_s: float) -> str:
+    return (
+        f"SQL error: the query was stopped at its time limit of {timeout_s:g} s "
+        "(statement timeout; steptrace sql --timeout SECONDS allows more)"
+    )
+
+
+def missing_store_message(path: str) -> str:
+    return (
+        f"no store at {os.path.abspath(path)} (set STEPTRACE_STORE or --store to an "
+        "existing store; a workflow run creates one)"
+    )
 
 
 class RunNotFound(LookupError):
@@ -228,7 +257,8 @@ class _ConnectionPool:
         transform: Callable[[list[tuple[Any, ...]]], T],
     ) -> list[T]:
         futures = [
-            self._executor.submit(self._rows, sql, params, transform) for sql, params in queries
+            self._executor.submit(self._rows, sql, query_params(params), transform)
+            for sql, params in queries
         ]
         return [f.result() for f in futures]
 
@@ -265,8 +295,10 @@ class Store:
     @classmethod
     def open(cls, url: str | None = None) -> Store:
         """Open the store at ``url`` (default: ``STEPTRACE_STORE``, else
-        ``./.steptrace/steptrace.db``) for queries. Creates it if needed, and applies
-        the migrations of this version to a store an older one wrote."""
+        ``./.steptrace/steptrace.db``) for queries, applying the migrations of this
+        version to a store an older one wrote. Reading creates nothing: a SQLite file
+        that does not exist is a ``ConfigError`` naming it (a workflow run, or
+        ``steptrace migrate``, creates a store)."""
         from steptrace.store.writer import recover
 
         url = url or get_config().store_url()
@@ -278,9 +310,9 @@ class Store:
             recover(url)
             return pg_store
         path = sqlite_backend.path_from_url(url)
+        if _missing(url):
+            raise ConfigError(missing_store_message(path))
         try:
-            if not os.path.exists(path):
-                open_writer(url).close()
             conn = sqlite_backend.connect(path)
         except (OSError, sqlite3.Error) as exc:
             from steptrace.store.schema import open_error
@@ -313,7 +345,7 @@ class Store:
     def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
         self._same_process_flush()
         with self._lock:
-            cursor = self._conn.execute(sql, params)
+            cursor = self._conn.execute(sql, query_params(params))
             try:
                 return take_runs(cursor.fetchmany, runs)
             finally:
@@ -322,7 +354,7 @@ class Store:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self._same_process_flush()
         with self._lock:
-            return list(self._conn.execute(sql, params))
+            return list(self._conn.execute(sql, query_params(params)))
 
     def _query_batch(
         self, queries: Sequence[tuple[str, Sequence[Any]]]
@@ -523,6 +555,13 @@ class Store:
 
         return step_durations(self._reader, step, workflow, last)
 
+    def status(self, reports: int = 5) -> StoreStatus:
+        """Runs by status, the schema's last migration, live writer processes and the
+        last ``reports`` write-trouble reports (``steptrace status``)."""
+        from steptrace.overview import store_status
+
+        return store_status(self._reader, reports)
+
     def workflows(self) -> list[str]:
         """The names of the workflows that have runs in the store, sorted."""
         from steptrace.overview import workflows
@@ -564,29 +603,81 @@ class Store:
         return self._readonly
 
     def _sql_rows(
-        self, query: str, params: Sequence[Any]
+        self, query: str, params: Sequence[Any], limit: int | None, timeout_s: float
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """On the read-only connection, with a progress handler that stops the
+        statement at the time limit; Ctrl-C stops it too (``KeyboardInterrupt``)."""
+        deadline = time.monotonic() + timeout_s
+        timed_out = False
+
+        def progress() -> int:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return int(timed_out)
+
         with self._lock:
             conn = self._readonly_conn()
+            # A SIGINT's Python handler runs inside this handler (the only Python code
+            # while SQLite works): the KeyboardInterrupt it raises there aborts the
+            # statement ("interrupted") and is swallowed by sqlite3, so an interrupted
+            # statement that did not time out was interrupted by the user.
+            conn.set_progress_handler(progress, _PROGRESS_STEPS)
             try:
                 cursor = conn.execute(query, params)
-                names = [d[0] for d in cursor.description or ()]
-                return names, cursor.fetchall()
-            except (sqlite3.Error, sqlite3.Warning, OverflowError) as exc:
+                try:
+                    names = [d[0] for d in cursor.description or ()]
+                    rows: list[tuple[Any, ...]] = []
+                    while limit is None or len(rows) < limit:
+                        size = 1000 if limit is None else min(1000, limit - len(rows))
+                        chunk = cursor.fetchmany(size)
+                        if not chunk:
+                            break
+                        rows.extend(chunk)
+                    return names, rows
+                finally:
+                    cursor.close()
+            except sqlite3.OperationalError as exc:
+                if str(exc) != "interrupted":
+                    raise QueryError(f"SQL error: {exc}") from None
+                if timed_out:
+                    raise QueryError(timeout_message(timeout_s)) from None
+                raise KeyboardInterrupt from None
+            except (sqlite3.Error, sqlite3.Warning, OverflowError, UnicodeEncodeError) as exc:
                 raise QueryError(f"SQL error: {exc}") from None
+            finally:
+                conn.set_progress_handler(None, 0)
 
-    def sql(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of one read-only SQL statement as dicts, JSON columns (``input``,
-        ``output``, ``error``, ``tags``, ``attributes``, ``messages``, ``params``,
-        ``response``, ``tool_calls``) decoded. The connection is opened read-only and
-        in ``query_only`` mode, so the engine refuses any write; ``ATTACH``,
-        transactions and setting pragmas are refused too. (PostgreSQL: each statement
-        runs alone in a ``READ ONLY`` transaction that is rolled back, under a statement
-        timeout.) Raises ``QueryError``."""
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] = (),
+        *,
+        limit: int | None = None,
+        timeout_s: float = SQL_TIMEOUT_S,
+    ) -> list[dict[str, Any]]:
+        """Rows of one read-only SQL statement as dicts (the first ``limit`` of them, if
+        given), JSON columns (``input``, ``output``, ``error``, ``tags``,
+        ``attributes``, ``messages``, ``params``, ``response``, ``tool_calls``)
+        decoded. A statement still running after ``timeout_s`` seconds is stopped.
+        Raises ``QueryError``.
+
+        SQLite: the connection is opened read-only and in ``query_only`` mode, so the
+        engine refuses any write; ``ATTACH``, transactions and setting pragmas are
+        refused too. PostgreSQL: one query that reads, calling no volatile function
+        (``steptrace.store.sql_guard``), on a read-only session, in a ``READ ONLY``
+        transaction that is rolled back; a superuser, or a role that may reach the
+        server's files or programs, is refused (docs/security.md says how to make
+        a reader role)."""
         from steptrace.export import JSON_COLUMNS, decode_json
 
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise QueryError(f"limit must be a positive number of rows, not {limit!r}")
+        if not timeout_s > 0:
+            raise QueryError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+        if stored_form(query) != query:
+            raise QueryError("SQL error: the statement holds a NUL or a lone surrogate")
         self._same_process_flush()
-        names, rows = self._sql_rows(query, params)
+        names, rows = self._sql_rows(query, query_params(params), limit, timeout_s)
         decode = [n in JSON_COLUMNS for n in names]
         return [
             {

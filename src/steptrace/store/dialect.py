@@ -5,19 +5,96 @@ Queries are written once in portable SQL (``?`` placeholders, CTEs, ``CASE``,
 path, testing a JSON array for a member, keeping the planner on the intended
 join order — comes from a ``Dialect``. A JSON path is a sequence of object keys
 (``str``) and array indexes (``int``).
+
+Nothing a user typed is ever quoted into SQL text: values and JSON paths travel
+as bound parameters (``Sql`` carries a fragment's text with its parameters, in
+order), so what a query means does not depend on server settings such as
+PostgreSQL's ``standard_conforming_strings``. The one exception is an expression
+index (``steptrace index``), whose SQL cannot hold a parameter:
+``index_literal`` spells out only text of a strict character set.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 JsonPath = Sequence[str | int]
 
 
-def literal(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
+@dataclass(frozen=True)
+class Sql:
+    """A piece of SQL and the values of its ``?`` placeholders, in the order they
+    appear."""
+
+    text: str
+    params: tuple[Any, ...] = ()
+
+
+def bound(value: Any) -> Sql:
+    """A value as a bound parameter."""
+    return Sql("?", (value,))
+
+
+def compose(template: str, *parts: Sql | str) -> Sql:
+    """``template`` with each ``{}`` replaced by the next part, the parameters of the
+    parts kept in text order. A ``str`` part is SQL our code chose (a column from a
+    fixed list, an operator), never text from outside; the template holds no ``?``
+    of its own."""
+    pieces = template.split("{}")
+    if len(pieces) != len(parts) + 1:
+        raise ValueError(f"{len(parts)} parts for {len(pieces) - 1} slots in {template!r}")
+    text = [pieces[0]]
+    params: list[Any] = []
+    for part, after in zip(parts, pieces[1:], strict=True):
+        if isinstance(part, Sql):
+            text.append(part.text)
+            params.extend(part.params)
+        else:
+            text.append(part)
+        text.append(after)
+    return Sql("".join(text), tuple(params))
+
+
+_LITERAL_SAFE = re.compile(r"[\w .:/<>@#+\-]+")
+"""What ``index_literal`` spells out: letters, digits, ``_``, space and ``.:/<>@#+-``.
+No quote, backslash, ``$`` or NUL: the literal reads the same under any
+``standard_conforming_strings`` or ``backslash_quote``."""
+
+
+def index_literal_ok(text: str) -> bool:
+    """Whether ``index_literal`` accepts ``text``."""
+    return _LITERAL_SAFE.fullmatch(text) is not None
+
+
+def index_literal(text: str) -> str:
+    """``text`` as an SQL string literal, for an expression index's SQL only (an index
+    cannot take a parameter, and SQLite uses an expression index only for a query that
+    repeats its expression word for word). ``ValueError`` unless ``index_literal_ok``."""
+    if not index_literal_ok(text):
+        raise ValueError(f"{text!r} cannot be spelled out in an index's SQL")
+    return f"'{text}'"
+
+
+def sqlite_path(path: JsonPath) -> str:
+    """SQLite's JSON path text for ``path`` (a bound parameter's value). Every key is
+    quoted, and written as JSON escapes it (``a\\b``): SQLite 3.40 compares a quoted
+    key with the key's JSON text, later versions decode escapes on both sides, so both
+    find keys holding a backslash or a control character. A key cannot hold ``"``
+    (``where.parse_path`` refuses it)."""
+    parts = []
+    for p in path:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            if '"' in p:
+                raise ValueError(f"a JSON path key cannot hold a double quote: {p!r}")
+            parts.append(f".{orjson.dumps(p).decode()}")
+    return "$" + "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -26,63 +103,86 @@ class Dialect:
     """``"sqlite"`` or ``"postgresql"``."""
 
     # -- JSON ---------------------------------------------------------------------
-    def json_path(self, path: JsonPath) -> str:
-        """The engine's path literal for ``path`` (keys must not contain ``"``)."""
+    def json_path(self, path: JsonPath) -> Sql:
+        """``path`` as a bound parameter: SQLite's path text, PostgreSQL's ``text[]``."""
         if self.name == "postgresql":
-            return literal("{" + ",".join(f'"{p}"' for p in path) + "}")
-        parts = "".join(f"[{p}]" if isinstance(p, int) else f'."{p}"' for p in path)
-        return literal("$" + parts)
+            return bound([str(p) for p in path])
+        return bound(sqlite_path(path))
 
-    def json_at(self, column: str, path: JsonPath) -> str:
+    def _path(self, path: JsonPath, literal: bool) -> Sql:
+        if not literal:
+            return self.json_path(path)
+        for p in path:
+            if isinstance(p, str) and not index_literal_ok(p):
+                raise ValueError(f"the key {p!r} cannot be spelled out in an index's SQL")
+        if self.name == "postgresql":
+            return Sql("'{" + ",".join(f'"{p}"' for p in path) + "}'")
+        return Sql(f"'{sqlite_path(path)}'")
+
+    def json_at(self, column: str, path: JsonPath, *, literal: bool = False) -> Sql:
         """The JSON value at ``path`` of a JSON column, as JSON text (NULL when absent);
-        the whole value for an empty path."""
+        the whole value for an empty path. ``literal``: the path spelled out (only keys
+        ``index_literal_ok`` accepts), for an expression index and the queries it
+        serves."""
         if self.name == "postgresql":
-            return f"({column} #> {self.json_path(path)})::text" if path else f"{column}::text"
+            if not path:
+                return Sql(f"{column}::text")
+            return compose("({} #> {})::text", column, self._path(path, literal))
         if not path:
-            return column
-        return f"{column} -> {self.json_path(path)}"
+            return Sql(column)
+        return compose("{} -> {}", column, self._path(path, literal))
 
-    def json_equals(self, column: str, path: JsonPath, placeholder: str = "?") -> str:
-        """True when the JSON value at ``path`` equals the JSON text ``placeholder``
-        (compact JSON, as orjson writes it)."""
+    def _jsonb_at(self, column: str, path: JsonPath) -> Sql:
+        return compose("({} #> {})", column, self.json_path(path)) if path else Sql(column)
+
+    def json_equals(self, column: str, path: JsonPath, value: Sql) -> Sql:
+        """True when the JSON value at ``path`` equals the JSON text ``value`` (compact
+        JSON, as orjson writes it)."""
         if self.name == "postgresql":
-            value = f"({column} #> {self.json_path(path)})" if path else column
-            return f"{value} = CAST({placeholder} AS jsonb)"
-        return f"{self.json_at(column, path)} = {placeholder}"
+            return compose("{} = CAST({} AS jsonb)", self._jsonb_at(column, path), value)
+        return compose("{} = {}", self.json_at(column, path), value)
 
-    def json_scalar_at(self, column: str, path: JsonPath) -> str:
+    def json_scalar_at(self, column: str, path: JsonPath) -> Sql:
         """The value at ``path`` as an SQL scalar (text or number), for comparisons."""
         if self.name == "postgresql":
-            return f"{column} #>> {self.json_path(path) if path else literal('{}')}"
-        return f"{column} ->> {self.json_path(path) if path else literal('$')}"
+            return compose("{} #>> {}", column, self.json_path(path))
+        return compose("{} ->> {}", column, self.json_path(path))
 
-    def json_number_at(self, column: str, path: JsonPath) -> str:
+    def json_number_at(self, column: str, path: JsonPath) -> Sql:
         """The number at ``path`` (use where ``json_type_at`` is integer or real)."""
         if self.name == "postgresql":
-            return f"({self.json_scalar_at(column, path)})::double precision"
+            return compose("({})::double precision", self.json_scalar_at(column, path))
         return self.json_scalar_at(column, path)
 
-    def json_type_at(self, column: str, path: JsonPath) -> str:
+    def json_type_at(self, column: str, path: JsonPath) -> Sql:
         """The JSON type name at ``path``: ``object array text integer real true false
         null`` (SQLite's names; PostgreSQL's are mapped to them), NULL when absent."""
         if self.name == "postgresql":
-            value = f"{column} #> {self.json_path(path)}" if path else column
-            return (
-                f"CASE jsonb_typeof({value}) WHEN 'string' THEN 'text' "
-                f"WHEN 'number' THEN CASE WHEN ({value})::text ~ '^-?[0-9]+$' "
+            value = self._jsonb_at(column, path)
+            return compose(
+                "CASE jsonb_typeof({}) WHEN 'string' THEN 'text' "
+                "WHEN 'number' THEN CASE WHEN ({})::text ~ '^-{0,1}[0-9]+$' "
                 "THEN 'integer' ELSE 'real' END "
-                f"WHEN 'boolean' THEN ({value})::text ELSE jsonb_typeof({value}) END"
+                "WHEN 'boolean' THEN ({})::text ELSE jsonb_typeof({}) END",
+                value,
+                value,
+                value,
+                value,
             )
-        return f"json_type({column}, {self.json_path(path)})"
+        return compose("json_type({}, {})", column, self.json_path(path))
 
-    def json_array_has(self, column: str, placeholder: str = "?") -> str:
-        """True when the JSON array in ``column`` has the string ``placeholder``."""
+    def json_array_has(self, column: str, value: Sql) -> Sql:
+        """True when the JSON array in ``column`` has the string ``value``."""
         if self.name == "postgresql":
-            return (
-                f"EXISTS (SELECT 1 FROM jsonb_array_elements_text({column}) AS t(value) "
-                f"WHERE t.value = {placeholder})"
+            return compose(
+                "EXISTS (SELECT 1 FROM jsonb_array_elements_text({}) AS t(value) "
+                "WHERE t.value = {})",
+                column,
+                value,
             )
-        return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = {placeholder})"
+        return compose(
+            "EXISTS (SELECT 1 FROM json_each({}) WHERE json_each.value = {})", column, value
+        )
 
     def json_row(self, *exprs: str) -> str:
         """A JSON array of the values (as JSON text): several aggregates from one
@@ -109,11 +209,11 @@ class Dialect:
             return f"round({expr} * 1000000)::bigint"
         return f"CAST(round({expr} * 1000000) AS INTEGER)"
 
-    def contains(self, haystack: str, needle: str) -> str:
+    def contains(self, haystack: Sql | str, needle: Sql) -> Sql:
         """True when the text ``haystack`` contains ``needle``."""
         if self.name == "postgresql":
-            return f"strpos({haystack}, {needle}) > 0"
-        return f"instr({haystack}, {needle}) > 0"
+            return compose("strpos({}, {}) > 0", haystack, needle)
+        return compose("instr({}, {}) > 0", haystack, needle)
 
     # -- planning -----------------------------------------------------------------
     @property

@@ -3,26 +3,29 @@
 Query modules write SQL once (``?`` placeholders, a ``Dialect`` for what differs);
 ``PostgresStore`` runs it on a connection of its own, and the independent halves of
 a large question side by side on connections from a psycopg pool (opened when first
-needed). ``sql`` runs the
-user's statement alone (extended protocol: one statement) in a ``READ ONLY``
-transaction under a statement timeout, and rolls the transaction back, so even a
-``SET`` it contains does not outlive it.
+needed). ``sql`` runs the user's statement on a session of its own, read-only by
+default, as a role that may not reach the server's files or programs, after
+``sql_guard`` has parsed it (one query that reads, calling no volatile function):
+in a ``READ ONLY`` transaction under a statement timeout, rolled back afterwards,
+its rows read through a server-side cursor a chunk at a time.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from steptrace.config import ConfigError, get_config
 from steptrace.masking import mask_url
-from steptrace.store import Store, take_runs
+from steptrace.store import Store, query_params, sql_guard, take_runs, timeout_message
 from steptrace.store import postgres as pg
 from steptrace.store.dialect import POSTGRESQL, Dialect
 from steptrace.store.schema import check_schema, migrate_store, open_error
@@ -31,16 +34,8 @@ from steptrace.where import QueryError
 T = TypeVar("T")
 
 POOL_MAX = 4
-SQL_TIMEOUT_S = 60
-"""Statement timeout of ``Store.sql`` (a runaway query must not hold the server)."""
-_REFUSED = re.compile(
-    r"\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE|SET|RESET|DISCARD|"
-    r"LISTEN|NOTIFY|UNLISTEN|LOCK|CHECKPOINT|LOAD|COPY|DO|CALL|VACUUM|ANALYZE)\b",
-    re.IGNORECASE,
-)
-"""Statements refused before they reach the server: transaction control and session
-state (a second line of defence behind the read-only transaction, which is rolled back),
-and ``COPY`` (which may run a program or write a file as the server)."""
+FETCH_ROWS = 1000
+"""Rows ``sql`` fetches from its cursor at a time."""
 
 
 def _fetch_from(rows: list[tuple[Any, ...]]) -> Callable[[int], list[tuple[Any, ...]]]:
@@ -110,7 +105,7 @@ class PostgresStore(Store):
             conn = self._main_conn()
             try:
                 rows: list[tuple[Any, ...]] = conn.execute(
-                    pg.placeholders(sql), list(params)
+                    pg.placeholders(sql), query_params(params)
                 ).fetchall()
             except psycopg.OperationalError:
                 conn.close()  # reconnect on the next query
@@ -127,7 +122,7 @@ class PostgresStore(Store):
             try:
                 with conn.pipeline():
                     cursors = [
-                        conn.cursor().execute(pg.placeholders(sql), list(params))
+                        conn.cursor().execute(pg.placeholders(sql), query_params(params))
                         for sql, params in queries
                     ]
                 return [c.fetchall() for c in cursors]
@@ -169,7 +164,9 @@ class PostgresStore(Store):
 
         def one(sql: str, params: Sequence[Any]) -> T:
             with pool.connection() as conn:
-                return transform(conn.execute(pg.placeholders(sql), list(params)).fetchall())
+                return transform(
+                    conn.execute(pg.placeholders(sql), query_params(params)).fetchall()
+                )
 
         futures = [executor.submit(one, sql, params) for sql, params in queries]
         return [f.result() for f in futures]
@@ -177,36 +174,53 @@ class PostgresStore(Store):
     def _index_exists(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM pg_indexes WHERE indexname = ?", [name]))
 
+    def _sql_conn(self) -> psycopg.Connection[Any]:
+        """The ``sql`` session (hold ``_lock``): read-only by default, literals read as
+        ``sql_guard`` parses them, and a role that cannot reach the server's files or
+        programs (``sql_guard.check_role``)."""
+        conn = self._readonly_pg
+        if conn is not None and not conn.closed:
+            return conn
+        conn = pg.connect(self._dsn, options=sql_guard.session_options(self._dsn))
+        try:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            row = conn.execute(sql_guard.ROLE_SQL).fetchone()
+            if row is None:
+                raise QueryError("cannot tell which PostgreSQL role this session has")
+            sql_guard.check_role(row, sql_guard.reader_url(self.url))
+        except BaseException:
+            conn.close()
+            raise
+        self._readonly_pg = conn
+        return conn
+
     def _sql_rows(
-        self, query: str, params: Sequence[Any]
+        self, query: str, params: Sequence[Any], limit: int | None, timeout_s: float
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        if _REFUSED.match(query):
-            raise QueryError("SQL error: Store.sql runs one read-only query (SELECT, WITH …)")
+        text = pg.placeholders(query) if params else query.replace("%", "%%")
+        statement = sql_guard.parse(_as_sent(text))
+        deadline = time.monotonic() + timeout_s
         with self._lock:
-            conn = self._readonly_pg
-            if conn is None or conn.closed:
-                conn = self._readonly_pg = pg.connect(
-                    self._dsn, options="-c default_transaction_read_only=on"
-                )
             try:
-                conn.execute("BEGIN READ ONLY")
+                conn = self._sql_conn()
+                conn.execute("BEGIN TRANSACTION READ ONLY")
                 try:
-                    conn.execute(f"SET LOCAL statement_timeout = {SQL_TIMEOUT_S * 1000}")
-                    # Pipeline mode uses the extended protocol, which runs exactly one
-                    # statement ("select 1; commit; …" is refused).
-                    with conn.pipeline():
-                        cursor = conn.execute(
-                            pg.placeholders(query) if params else query.replace("%", "%%"),
-                            list(params),
-                        )
-                    names = [d.name for d in cursor.description or ()]
-                    rows = cursor.fetchall() if cursor.description else []
+                    conn.execute(
+                        "SELECT pg_catalog.set_config('statement_timeout', %s, true)",
+                        [str(max(1, round(timeout_s * 1000)))],
+                    )
+                    volatile = conn.execute(
+                        sql_guard.CATALOG_SQL, sql_guard.catalog_params(statement)
+                    ).fetchall()
+                    sql_guard.check_volatile(statement, volatile)
+                    return _fetch(conn, text, list(params), statement.explain, limit, deadline)
                 finally:
                     if not conn.closed:
                         conn.execute("ROLLBACK")
+            except psycopg.errors.QueryCanceled:
+                raise QueryError(timeout_message(timeout_s)) from None
             except psycopg.Error as exc:
                 raise QueryError(f"SQL error: {str(exc).strip()}") from None
-            return names, rows
 
     def close(self) -> None:
         if self._executor is not None:
@@ -217,3 +231,44 @@ class PostgresStore(Store):
             self._main.close()
         if self._pool_pg is not None:
             self._pool_pg.close()
+
+
+def _as_sent(text: str) -> str:
+    """The statement as the server receives it from psycopg: each ``%s`` a ``$n``
+    parameter, ``%%`` a ``%`` (what the guard must parse)."""
+    numbers = iter(range(1, 1 << 16))
+    return re.sub(r"%([s%])", lambda m: f"${next(numbers)}" if m[1] == "s" else "%", text)
+
+
+def _fetch(
+    conn: psycopg.Connection[Any],
+    text: str,
+    params: list[Any],
+    explain: bool,
+    limit: int | None,
+    deadline: float,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names and up to ``limit`` rows of the statement, in the open
+    transaction. A query is read through a server-side cursor, ``FETCH_ROWS`` at a
+    time, so a huge result never crosses the wire whole; an ``EXPLAIN`` (which a cursor
+    cannot run) in one go, sent alone (pipeline mode: the extended protocol runs
+    exactly one statement)."""
+    if explain:
+        with conn.pipeline():
+            cursor = conn.execute(text, params)
+        names = [d.name for d in cursor.description or ()]
+        return names, cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+    with conn.cursor(name="steptrace_sql") as server:
+        server.execute(text, params)
+        names = [d.name for d in server.description or ()]
+        rows: list[tuple[Any, ...]] = []
+        while limit is None or len(rows) < limit:
+            chunk = server.fetchmany(
+                FETCH_ROWS if limit is None else min(FETCH_ROWS, limit - len(rows))
+            )
+            if not chunk:
+                break
+            rows.extend(chunk)
+            if time.monotonic() > deadline:
+                raise psycopg.errors.QueryCanceled("the time limit passed between fetches")
+        return names, rows

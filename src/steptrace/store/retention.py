@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from steptrace.config import ConfigError
 from steptrace.store import sqlite as sqlite_backend
-from steptrace.store.schema import load_postgres, prepare_schema, scheme
+from steptrace.store.schema import load_postgres, missing, prepare_schema, scheme
 from steptrace.where import parse_time
 
 BATCH_RUNS = 500
@@ -142,6 +143,10 @@ def prune(
     if keep_failed:
         conds.append("status <> 'failed'")
     chosen = f"SELECT run_id FROM runs WHERE {' AND '.join(conds)}"
+    if missing(url):
+        from steptrace.store import missing_store_message
+
+        raise ConfigError(missing_store_message(sqlite_backend.path_from_url(url)))
     prepare_schema(url)
     result = PruneResult(cutoff, 0, 0, 0, 0, dry_run, 0)
     with _open(url) as conn:

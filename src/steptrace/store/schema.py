@@ -33,15 +33,25 @@ def scheme(url: str) -> str:
     return name
 
 
+def missing(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist: reading creates no
+    store, so a reader has nothing to open (or to sweep)."""
+    if scheme(url) != "sqlite":
+        return False
+    path = sqlite_backend.path_from_url(url)
+    return path != ":memory:" and not os.path.isfile(path)
+
+
 def load_postgres() -> ModuleType:
     """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
     try:
+        import pglast  # noqa: F401  (Store.sql's parser)
         import psycopg_pool  # noqa: F401  (PostgresStore's pool)
 
         from steptrace.store import postgres
     except ImportError as exc:
         raise ConfigError(
-            f"a postgresql:// store needs psycopg 3 and psycopg-pool ({exc}): "
+            f"a postgresql:// store needs psycopg 3, psycopg-pool and pglast ({exc}): "
             "pip install 'steptrace[postgres]'"
         ) from exc
     return postgres

@@ -1008,8 +1008,10 @@ def recover(url: str) -> None:
 
 def _recover(url: str) -> None:
     from steptrace.store import open_engine
-    from steptrace.store.schema import same_store
+    from steptrace.store.schema import missing, same_store
 
+    if missing(url):
+        return  # a reader creates nothing: no store, no runs to sweep
     sink = _sink
     if sink is not None and same_store(sink.url, url):
         if journal_files.has_journals(sink.journal.directory):
