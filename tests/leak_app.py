@@ -539,7 +539,8 @@ def read(spec: dict[str, Any]) -> dict[str, Any]:
     command: Any = typer.main.get_command(app)  # what steptrace.cli.main runs, built once
     for i, (name, argv) in enumerate(spec["commands"]):
         started = time.monotonic()
-        result = runner.invoke(command, ["--store", spec["store"], *argv], prog_name="steptrace")
+        store = spec["reader_store"] if argv[0] == "sql" else spec["store"]
+        result = runner.invoke(command, ["--store", store, *argv], prog_name="steptrace")
         manifest["cli"][name] = {
             "stdout": write(out_dir, f"cli-{i:02d}.out", result.stdout_bytes),
             "exit_code": result.exit_code,

@@ -15,6 +15,7 @@ import pytest
 
 import steptrace as st
 import steptrace.config
+from steptrace.store.schema import migrate_store
 
 
 @pytest.fixture
@@ -48,8 +49,9 @@ def test_a_new_store_is_its_owners_alone(
     names = {p.name for p in folder.iterdir()}
     assert {"steptrace.db", "steptrace.db-wal", "steptrace.db-shm"} <= names
     assert {p.name: _mode(p) for p in folder.iterdir()} == dict.fromkeys(names, 0o600)
-    # A store opened for queries in new folders, too (each missing folder made 0700).
+    # A store made in new folders (`steptrace migrate`), too: each missing folder 0700.
     nested = tmp_path / "a" / "b" / "runs.db"
+    migrate_store(str(nested))
     with st.Store.open(str(nested)) as store:
         assert store.runs() == []
     assert [_mode(p) for p in (tmp_path / "a", tmp_path / "a" / "b", nested)] == [

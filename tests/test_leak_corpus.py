@@ -52,7 +52,7 @@ from typing import Any
 import pg_server
 import pytest
 from anthropic_server import FakeAnthropic, ToolUse, serve
-from helpers import recording_http_server
+from helpers import reader_url, recording_http_server
 from leak_corpus import Hit, Plan, Scanner, describe, joined, make_plan, struct
 from openai_server import Answer, FakeOpenAI
 from otlp_collector import Collector, http_collector
@@ -484,6 +484,7 @@ class Reader(Child):
         commands = cli_commands(sinks.run_ids, plan, out_dir, backfill.url)
         spec = {
             "store": store,
+            "reader_store": reader_url(store),  # `steptrace sql` refuses a superuser
             "out_dir": str(out_dir),
             "commands": commands,
             "run_ids": sinks.run_ids,

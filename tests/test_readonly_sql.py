@@ -425,5 +425,5 @@ def test_a_missing_postgresql_database_is_named_with_the_password_masked(
         main(["--store", missing, "runs"])
     _, err = capsys.readouterr()
     assert exit_info.value.code == 1
-    assert "no_such_store_db" in err and "postgres:***@" in err, err
+    assert "no_such_store_db" in err and "postgres:****@" in err, err
     assert "pw-s3cret" not in err

@@ -115,6 +115,16 @@ def stored_name(text: str) -> str:
     return cut + "…"
 
 
+def storable_key(key: str) -> str:
+    """A step key (``name#occurrence``) as stored: the name part cut as ``storable_name``
+    cuts the name, the ``#occurrence`` kept (the ``steps`` view reads it)."""
+    key = storable_or_none(key) or ""
+    prefix, sep, occurrence = key.rpartition("#")
+    if sep and occurrence.isdigit() and len(key.encode()) > NAME_MAX_BYTES:
+        return storable_name(prefix) + sep + occurrence
+    return storable_name(key)
+
+
 def _storable_logs(logs: list[tuple[int, str, str, str, str | None]]) -> None:
     for i, (ts, level, logger, message, exc_text) in enumerate(logs):
         fixed = (
@@ -132,7 +142,7 @@ def make_storable(rec: RunState | SpanRecord) -> None:
     no text from user code or a provider can make a batch fail)."""
     if isinstance(rec, SpanRecord):
         rec.name = storable_name(rec.name)
-        rec.key = None if rec.key is None else storable_name(rec.key)
+        rec.key = None if rec.key is None else storable_key(rec.key)
         rec.kind = storable_name(rec.kind) or "other"
         llm = rec.llm
         if llm is not None:

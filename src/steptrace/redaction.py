@@ -217,7 +217,10 @@ class Redactor:
         secret, the decoded text, redacted, is what is kept."""
         if "%" in text or ("+" in text and "=" in text):
             for decode in (urllib.parse.unquote_plus, urllib.parse.unquote):
-                decoded = decode(text)
+                try:
+                    decoded = decode(text)
+                except UnicodeError:  # lone surrogates: made storable later, read as is
+                    break
                 if decoded != text:
                     redacted = self._redact_plain(decoded)
                     if redacted != decoded:

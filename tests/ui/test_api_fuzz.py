@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.testclient import TestClient
 
 import steptrace as st
+from steptrace.store.schema import migrate_store
 from steptrace.ui.app import create_app
 
 EXAMPLES = int(os.environ.get("STEPTRACE_FUZZ_EXAMPLES", "8"))
@@ -198,6 +199,7 @@ def test_an_unexpected_failure_is_a_500_of_the_same_shape(
 ) -> None:
     """A store closed under the UI: the answer is a 500 of the one shape, with the
     headers and without the traceback, which goes to the log instead."""
+    migrate_store(str(tmp_path / "closed.db"))  # reading a store never creates one
     store = st.Store.open(str(tmp_path / "closed.db"))
     client = TestClient(create_app(store), base_url="http://127.0.0.1")
     assert client.get("/api/v1/workflows").json() == []
