@@ -1,18 +1,28 @@
-"""The public surface: ``steptrace.__all__`` is the contract, sorted, and importable."""
+"""The public surface: ``steptrace.__all__`` is the contract, sorted, importable, and
+the same as the package's public names (as httpx checks its own)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import types
+
+import pytest
+
 import steptrace as st
+from steptrace.errors import SchemaTooNew
 
 EXPECTED = [
     "Backoff",
     "Config",
     "ConfigError",
+    "QueryError",
     "RunNotFound",
     "RunRecord",
     "RunResult",
     "SpanView",
+    "SteptraceError",
     "Store",
+    "__version__",
     "arun",
     "configure",
     "current_run_id",
@@ -37,6 +47,40 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
     assert st.__all__ == sorted(st.__all__)
     for name in st.__all__:
         assert getattr(st, name) is not None, name
+
+
+def test_all_is_every_public_name_of_the_package() -> None:
+    """Every public name the package module holds is in ``__all__`` (submodules aside,
+    but for the ``llm`` facade), and nothing else is."""
+    public = {
+        name
+        for name, value in vars(st).items()
+        if not name.startswith("_") and (not isinstance(value, types.ModuleType) or name == "llm")
+    }
+    assert public | {"__version__"} == set(st.__all__)
+
+
+def test_version_is_the_installed_package_version() -> None:
+    assert st.__version__ == importlib.metadata.version("steptrace")
+
+
+def test_every_error_steptrace_raises_shares_one_base() -> None:
+    for error in (st.ConfigError, st.QueryError, st.RunNotFound, SchemaTooNew):
+        assert issubclass(error, st.SteptraceError), error
+    # and keeps the built-in kind existing code catches
+    assert issubclass(st.ConfigError, ValueError)
+    assert issubclass(st.QueryError, ValueError)
+    assert issubclass(st.RunNotFound, LookupError)
+    with pytest.raises(st.SteptraceError, match="no store at"):  # a ConfigError
+        st.Store.open()
+
+    @st.workflow
+    def wf() -> int:
+        return 1
+
+    wf()
+    with st.Store.open() as store, pytest.raises(st.SteptraceError, match="no run"):
+        store.run("0" * 32)
 
 
 def test_llm_facade_members() -> None:

@@ -1,12 +1,13 @@
 """steptrace: a Python runtime for AI workflows that traces every run at the step level."""
 
 from steptrace import llm
-from steptrace.config import Config, ConfigError, configure
+from steptrace.config import Config, configure
 from steptrace.decorators import RunResult, arun, last_run, run, step, tool, workflow
+from steptrace.errors import ConfigError, QueryError, RunNotFound, SteptraceError
 from steptrace.instrument import instrument
 from steptrace.runtime import current_run_id, current_traceparent
 from steptrace.spec import Backoff
-from steptrace.store import RunNotFound, Store
+from steptrace.store import Store
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.store.writer import flush, health
 
@@ -14,11 +15,14 @@ __all__ = [
     "Backoff",
     "Config",
     "ConfigError",
+    "QueryError",
     "RunNotFound",
     "RunRecord",
     "RunResult",
     "SpanView",
+    "SteptraceError",
     "Store",
+    "__version__",
     "arun",
     "configure",
     "current_run_id",
@@ -33,3 +37,18 @@ __all__ = [
     "tool",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed package's metadata when first asked for
+    (not at import: importing steptrace does no work it can avoid)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("steptrace")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "0+unknown"
+        globals()["__version__"] = found
+        return found
+    raise AttributeError(f"module 'steptrace' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steptrace.errors import ConfigError as ConfigError  # re-exported: older imports
 from steptrace.redaction import rule_problem
 
 DEFAULT_STORE_PATH = os.path.join(".steptrace", "steptrace.db")
@@ -102,10 +103,6 @@ JWT_PATTERN = r"eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"
 
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (*PROVIDER_KEY_PATTERNS, PEM_PATTERN, JWT_PATTERN)
 """Regular expressions for secret-shaped substrings of any string value."""
-
-
-class ConfigError(ValueError):
-    """Raised at start-up when steptrace is configured in a way it cannot run with."""
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from typing import IO, Any
 
 import orjson
 
+from steptrace.errors import QueryError
 from steptrace.query import Reader
 from steptrace.record import stored_name
-from steptrace.where import QueryError, RunFilter
+from steptrace.where import RunFilter
 
 _SPAN_COLUMNS = [
     "run_id",

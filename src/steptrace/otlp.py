@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 
-from steptrace.config import ConfigError
+from steptrace.errors import ConfigError
 from steptrace.masking import header_secrets, mask_headers, mask_text, mask_url, url_secrets
 
 log = logging.getLogger("steptrace")

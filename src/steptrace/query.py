@@ -29,10 +29,11 @@ from typing import Any, Protocol, TypedDict, TypeVar
 
 import orjson
 
+from steptrace.errors import QueryError
 from steptrace.record import stored_name
 from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
 from steptrace.store.model import RunRecord
-from steptrace.where import QueryError, format_path, step_field
+from steptrace.where import format_path, step_field
 
 Row = tuple[Any, ...]
 T = TypeVar("T")

@@ -24,14 +24,9 @@ from typing import Any
 
 import orjson
 
+from steptrace.errors import QueryError as QueryError  # re-exported: older imports
 from steptrace.record import stored_form, stored_name, stored_value
 from steptrace.store.dialect import Dialect, JsonPath, Sql, bound, compose
-
-
-class QueryError(ValueError):
-    """A query the store cannot answer as asked: a malformed filter, field path or SQL,
-    or a write attempted through ``Store.sql``."""
-
 
 # --- times --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType, SimpleNamespace
 from typing import Any, TypeVar
 
+from steptrace.errors import ProviderNotInstalled
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Message, Reply, ToolCall, Usage
 from steptrace.runtime import current_run_id
@@ -39,7 +40,7 @@ _TRANSPORT_KEYS = frozenset({"extra_headers", "extra_query", "timeout"})
 (headers may carry credentials)."""
 
 
-class AnthropicSDKMissing(ImportError):
+class AnthropicSDKMissing(ProviderNotInstalled):
     """The ``anthropic`` package is not installed."""
 
 

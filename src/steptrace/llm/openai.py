@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from steptrace.errors import ProviderNotInstalled
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Reply, ToolCall, Usage
 from steptrace.runtime import _frame
@@ -41,7 +42,7 @@ _NOT_PARAMS = frozenset(
 )
 
 
-class OpenAINotInstalled(ImportError):
+class OpenAINotInstalled(ProviderNotInstalled):
     """The ``openai`` package is missing."""
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
-from steptrace.config import ConfigError, get_config
+from steptrace.config import get_config
+from steptrace.errors import ConfigError, QueryError
+from steptrace.errors import RunNotFound as RunNotFound  # re-exported: older imports
 from steptrace.record import RunState, SpanRecord, stored_form
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.dialect import SQLITE, Dialect
@@ -30,7 +32,7 @@ from steptrace.store.schema import load_postgres, migrate_store, same_store
 from steptrace.store.schema import missing as _missing
 from steptrace.store.schema import prepare_schema as _prepare_schema
 from steptrace.store.schema import scheme as _scheme
-from steptrace.where import QueryError, RunFilter
+from steptrace.where import RunFilter
 
 T = TypeVar("T")
 
@@ -149,10 +151,6 @@ def missing_store_message(path: str) -> str:
         f"no store at {os.path.abspath(path)} (set STEPTRACE_STORE or --store to an "
         "existing store; a workflow run creates one)"
     )
-
-
-class RunNotFound(LookupError):
-    """No run matches the id or prefix given (or a prefix matches several)."""
 
 
 _RUN_COLUMNS = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from steptrace.errors import SchemaTooNew as SchemaTooNew  # re-exported: older imports
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -237,10 +239,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0004_export_drops", _export_drops),
     Migration("0005_durability", _durability),
 )
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer steptrace than this one."""
 
 
 def pending(applied: list[str]) -> list[Migration]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from steptrace.config import ConfigError
+from steptrace.errors import ConfigError
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.schema import load_postgres, missing, prepare_schema, scheme
 from steptrace.where import parse_time

@@ -43,7 +43,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.visitors import Visitor
 
-from steptrace.where import QueryError
+from steptrace.errors import QueryError
 
 VOLATILE_ALLOWED = frozenset(
     {

@@ -15,7 +15,7 @@ import threading
 import webbrowser
 from urllib.parse import quote
 
-from steptrace.config import ConfigError
+from steptrace.errors import ConfigError
 from steptrace.masking import mask_url
 
 INSTALL_HINT = "the web UI needs its extra: pip install 'steptrace[ui]'"

@@ -29,8 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steptrace.store import RunNotFound
-from steptrace.where import QueryError
+from steptrace.errors import QueryError, RunNotFound
 
 log = logging.getLogger("steptrace")
 
