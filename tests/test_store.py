@@ -418,6 +418,8 @@ def test_store_migrated_by_a_newer_steptrace_is_refused(store_path: Path) -> Non
             "cannot open the steptrace store",
             "no store at /proc/version/steptrace.db",
         ),
+        ("sqlite:///", "in-memory SQLite database, which the writer and the readers", None),
+        (":memory:", "in-memory SQLite database", None),
     ],
 )
 def test_unusable_store_url_raises_config_error(
@@ -429,6 +431,12 @@ def test_unusable_store_url_raises_config_error(
         wf(1)
     with pytest.raises(st.ConfigError, match=reading or message):
         st.Store.open()
+
+
+def test_an_in_memory_store_is_refused_when_configured() -> None:
+    for url in ("sqlite:///", "sqlite:///:memory:", ":memory:"):
+        with pytest.raises(st.ConfigError, match="in-memory SQLite database"):
+            st.configure(store=url)
 
 
 def test_unwritable_store_path_raises_config_error(

@@ -147,7 +147,9 @@ class Config:
     Off: a store whose schema is behind is refused until ``steptrace migrate`` runs."""
 
     def store_url(self) -> str:
-        return self.store or os.environ.get("STEPTRACE_STORE") or DEFAULT_STORE_PATH
+        url = self.store or os.environ.get("STEPTRACE_STORE") or DEFAULT_STORE_PATH
+        refuse_memory_store(url)
+        return url
 
     def durability(self) -> str:
         """The durability level in force: ``"run"``, ``"step"`` or ``"off"``."""
@@ -162,6 +164,8 @@ class Config:
         return value not in ("0", "false", "no", "off")
 
     def validate(self) -> Config:
+        if self.store:
+            refuse_memory_store(self.store)
         if self.store and "://" in self.store:
             scheme = self.store.split("://", 1)[0].lower()
             if scheme not in ("sqlite", "postgresql", "postgres"):
@@ -185,6 +189,19 @@ class Config:
         if not isinstance(self.redaction_text, str) or not self.redaction_text:
             raise ConfigError("redaction_text must be a non-empty string")
         return self
+
+
+def refuse_memory_store(url: str) -> None:
+    """An in-memory SQLite store is refused: the writer and each reader open their own
+    connection, and each connection to ``:memory:`` is a database of its own, so every
+    record would be written where nothing reads it."""
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
+    if path in ("", ":memory:") or path.startswith("file::memory:"):
+        raise ConfigError(
+            f"store {url!r} is an in-memory SQLite database, which the writer and the "
+            "readers cannot share (each connection gets its own): give a file path, e.g. "
+            "a file in a temporary directory"
+        )
 
 
 DURABILITY_LEVELS = ("run", "step", "off")
