@@ -84,14 +84,46 @@ def open_engine(url: str) -> WriterBackend:
     return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
 
 
+_SPAN_FIELDS = (
+    "span_id",
+    "parent_span_id",
+    "kind",
+    "name",
+    "attempt",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "input",
+    "output",
+    "error",
+    "step_key",
+    "input_hash",
+    "attributes",
+)
+"""The ``spans`` columns a ``SpanView`` is made of (each a field of the same name)."""
+_LLM_FIELDS = (
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "params",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "finish_reason",
+    "response_model",
+    "time_to_first_chunk_ms",
+    "tool_calls",
+    "incomplete",
+)
+"""The ``llm_calls`` columns of a span's ``llm`` dict (each a key of the same name)."""
+_JSON_FIELDS = frozenset({"input", "output", "error", "attributes", "params", "tool_calls"})
 _SPANS_OF_RUN = (
-    "SELECT s.span_id, s.parent_span_id, s.kind, s.name, s.attempt, s.status, "
-    "s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.step_key, "
-    "s.input_hash, s.attributes, l.provider, l.model, l.input_tokens, l.output_tokens, "
-    "l.cost_usd, l.params, l.cached_input_tokens, l.reasoning_tokens, l.finish_reason, "
-    "l.response_model, l.time_to_first_chunk_ms, l.tool_calls, l.incomplete "
-    "FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id "
-    "WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
+    "SELECT "
+    + ", ".join([*(f"s.{c}" for c in _SPAN_FIELDS), *(f"l.{c}" for c in _LLM_FIELDS)])
+    + " FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id"
+    " WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
 )
 _LOGS_OF_RUN = (
     "SELECT span_id, ts, level, logger, message, exception FROM logs "
@@ -463,43 +495,19 @@ class Store:
                 | ({"exception": exc_text} if exc_text else {})
             )
         run.logs = logs.get(run.span_id, [])
+        names = (*_SPAN_FIELDS, *_LLM_FIELDS)
         for r in span_rows:
-            span = SpanView(
-                span_id=r[0],
-                parent_span_id=r[1],
-                kind=r[2],
-                name=r[3],
-                attempt=r[4],
-                status=r[5],
-                started_at=r[6],
-                ended_at=r[7],
-                duration_ms=r[8],
-                input=loads(r[9]),
-                output=loads(r[10]),
-                error=loads(r[11]),
-                step_key=r[12],
-                input_hash=r[13],
-                attributes=loads(r[14]) or {},
-                logs=logs.get(r[0], []),
-            )
-            if r[15] is not None:
+            row = {n: loads(v) if n in _JSON_FIELDS else v for n, v in zip(names, r, strict=True)}
+            span = SpanView(**{n: row[n] for n in _SPAN_FIELDS}, logs=logs.get(row["span_id"], []))
+            span.attributes = span.attributes or {}
+            if row["provider"] is not None:
                 inp = span.input if isinstance(span.input, dict) else {}
-                span.llm = {
-                    "provider": r[15],
-                    "model": r[16],
+                span.llm = {n: row[n] for n in _LLM_FIELDS} | {
                     "messages": inp.get("messages"),
-                    "params": loads(r[20]) or {},
                     "response": span.output,
-                    "input_tokens": r[17],
-                    "output_tokens": r[18],
-                    "cost_usd": r[19],
-                    "cached_input_tokens": r[21],
-                    "reasoning_tokens": r[22],
-                    "finish_reason": r[23],
-                    "response_model": r[24],
-                    "time_to_first_chunk_ms": r[25],
-                    "tool_calls": loads(r[26]) or [],
-                    "incomplete": bool(r[27]),
+                    "params": row["params"] or {},
+                    "tool_calls": row["tool_calls"] or [],
+                    "incomplete": bool(row["incomplete"]),
                 }
             run.spans.append(span)
         return run
