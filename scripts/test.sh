@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the test dependencies into .venv and runs the whole suite: ruff, mypy, pytest.
+# Installs the test dependencies into .venv and runs the whole suite: ruff, mypy, the docs
+# (mkdocs build --strict, into a temporary directory), pytest.
 # This is the README's test command, and what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,6 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== mkdocs"; site="$(mktemp -d)"; .venv/bin/mkdocs build --strict -q -d "$site"; rm -rf "$site"
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"
