@@ -72,7 +72,7 @@ READER_PASSWORD = "reader-pw"
 def reader_url(url: str) -> str:
     """A PostgreSQL store's URL (of a superuser) as the role that may only read it, the
     one ``Store.sql`` asks for (created on the server if needed, granted what
-    docs/security-sql.md says on the store's tables as they are now); any other URL
+    docs/security.md says on the store's tables as they are now); any other URL
     as it is."""
     if not is_postgres(url):
         return url

@@ -286,3 +286,24 @@ def test_truncated_marker_fits_the_size_cap_even_for_escaped_text() -> None:
     _, stored_input, _ = _echo_run('"' * 5000)
     assert stored_input[MARKER] == "truncated"
     assert len(orjson.dumps(stored_input)) <= 1024
+
+
+def test_health_counts_the_values_that_could_not_be_stored_as_they_were() -> None:
+    before = st.health()
+
+    class Opaque:
+        __slots__ = ()
+
+    @st.step
+    def echo(value: object) -> object:
+        return value
+
+    @st.workflow
+    def wf() -> object:
+        return echo({"api_key": "x" * 12, "thing": Opaque()})
+
+    wf()
+    st.flush()
+    after = st.health()
+    for name in ("unserializable", "redacted"):
+        assert after[name] > before[name], name

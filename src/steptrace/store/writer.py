@@ -707,7 +707,7 @@ class Sink:
             queued_bytes=max(self.queued_bytes, 0),
             journal=self.journal.path,
             journal_bytes=self.journal.pending_bytes,
-            sanitized=counters.sanitized,
+            **counters.snapshot(),
         )
         return out
 
@@ -965,7 +965,9 @@ def health() -> dict[str, Any]:
     """What became of every record this process handed to its store: ``recorded``,
     ``written`` (``replayed`` of them from the spill journal), ``spilled``, ``pending``
     (in the journal, not yet stored), ``quarantined``, ``lost``, ``recovered`` (of dead
-    processes' journals), ``sanitized`` text fields; and ``state`` (``ok``,
+    processes' journals); the values that could not be stored as they were
+    (``unserializable``, ``truncated``, ``redacted``, ``sanitized``: counted since the
+    process started); and ``state`` (``ok``,
     ``spilling``, ``replaying``), ``last_error``, ``queued``, ``queued_bytes``,
     ``journal``, ``journal_bytes`` and ``store``."""
     sink = _sink
@@ -983,7 +985,7 @@ def health() -> dict[str, Any]:
         queued_bytes=0,
         journal=None,
         journal_bytes=0,
-        sanitized=counters.sanitized,
+        **counters.snapshot(),
     )
     return out
 
