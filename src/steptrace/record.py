@@ -474,7 +474,6 @@ class SpanRecord:
     """``input``/``output`` are only serialised: the writer still redacts and caps them."""
     otel: Any = None
     """The OTel span, ended by the writer once the values are redacted (None: ended)."""
-    otel_attributes: dict[str, Any] | None = None
     otel_error: tuple[str, str] | None = None
     """(error type, redacted message) for the OTel span status."""
 
@@ -522,7 +521,6 @@ class RunState:
     """Log records written in the run outside any step (kept with the root span)."""
     raw: bool = False
     otel: Any = None
-    otel_attributes: dict[str, Any] | None = None
     otel_error: tuple[str, str] | None = None
 
 
