@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from steptrace import conventions
 from steptrace.config import get_config
@@ -60,6 +60,7 @@ def _readable_span(
     parent: SpanContext | None,
     resource: Resource,
     openinference: bool,
+    links: Sequence[Link] = (),
 ) -> ReadableSpan:
     facts = conventions.facts_from_stored(run, span)
     if span is None:
@@ -91,6 +92,7 @@ def _readable_span(
         resource=resource,
         attributes=attributes,
         events=_events(logs),
+        links=links,
         kind=conventions.span_kind(facts.kind),
         status=conventions.span_status(facts),
         start_time=_ns(started_at),
@@ -113,9 +115,17 @@ def readable_spans(
         else None
     )
     spans = [_readable_span(run, None, root_parent, resource, openinference)]
+    last_attempt: dict[str, str] = {}  # step key -> span id of its latest attempt
     for span in run.spans:
         parent = _context(run.trace_id, span.parent_span_id or run.span_id)
-        spans.append(_readable_span(run, span, parent, resource, openinference))
+        links: list[Link] = []
+        if span.step_key is not None and span.kind in ("step", "tool"):
+            # A retry links to the attempt before it ("follows from"), as live.
+            previous = last_attempt.get(span.step_key)
+            if previous is not None and (span.attempt or 1) > 1:
+                links.append(Link(_context(run.trace_id, previous)))
+            last_attempt[span.step_key] = span.span_id
+        spans.append(_readable_span(run, span, parent, resource, openinference, links))
     return spans
 
 

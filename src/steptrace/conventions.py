@@ -238,7 +238,7 @@ def _llm_attributes(attributes: dict[str, Any], facts: SpanFacts) -> None:
         if llm.get(column) is not None:
             attributes[key] = llm[column]
     if llm.get("finish_reason"):
-        attributes["gen_ai.response.finish_reasons"] = [llm["finish_reason"]]
+        attributes["gen_ai.response.finish_reasons"] = (llm["finish_reason"],)
     if llm.get("time_to_first_chunk_ms") is not None:
         attributes["gen_ai.response.time_to_first_chunk"] = llm["time_to_first_chunk_ms"] / 1000
     if llm.get("cost_usd") is not None:
