@@ -1,7 +1,7 @@
-"""A stored record's way out to OpenTelemetry: its values redacted, then its span ended.
+"""A stored record's way out to OpenTelemetry: its span ended.
 
 The hot path starts a span and leaves it open; once the writer has redacted the
-record's values (``finish_values``) and the record is durable, ``end_spans`` gives the
+record's values (``record.finish_record_values``) and the record is durable, ``end_spans`` gives the
 span the attributes and status ``steptrace.conventions`` makes of the record, its log
 records (as OTel log records when a logs exporter is set up, else as span events) and
 ends it with the record's own timestamps.
@@ -16,37 +16,9 @@ from typing import Any
 
 from steptrace import conventions
 from steptrace.config import get_config
-from steptrace.record import (
-    RunState,
-    SpanRecord,
-    cap_value,
-    input_hash,
-    make_storable,
-    redact_values,
-)
+from steptrace.record import RunState, SpanRecord
 
 _END_CHUNK = 256
-
-
-def finish_values(records: Sequence[RunState | SpanRecord]) -> None:
-    """Redact and cap the values the hot path only serialised (one scan for the whole
-    batch), and make every text field storable: what must happen before a record is
-    stored or spilled."""
-    targets: list[tuple[RunState | SpanRecord, str, bytes]] = []
-    for rec in records:
-        if rec.raw:
-            if rec.input is not None:
-                targets.append((rec, "input", rec.input))
-            if rec.output is not None:
-                targets.append((rec, "output", rec.output))
-    if targets:
-        done = redact_values([value for _, _, value in targets])
-        for (rec, name, _), value in zip(targets, done, strict=True):
-            if name == "input" and isinstance(rec, SpanRecord) and rec.kind in ("step", "tool"):
-                rec.input_hash = input_hash(value)  # of the redacted input
-            setattr(rec, name, cap_value(value))
-    for rec in records:
-        make_storable(rec)
 
 
 def end_spans(records: Sequence[RunState | SpanRecord]) -> None:
