@@ -59,6 +59,9 @@ def _record_runs(server: FakeOpenAI) -> list[str]:
     )
     flaky_calls = []
 
+    class DraftError(RuntimeError):
+        """Defined in a function: its ``__qualname__`` is not its ``__name__``."""
+
     @st.tool
     def get_weather(city: str) -> dict[str, str]:
         return {"city": city, "sky": "sunny"}
@@ -122,7 +125,7 @@ def _record_runs(server: FakeOpenAI) -> list[str]:
     @st.step
     def draft(text: str) -> str:
         st.llm.chat("scripted:parity", [{"role": "user", "content": text}])
-        raise RuntimeError("cannot draft")
+        raise DraftError("cannot draft")
 
     @st.workflow
     def failing(text: str) -> str:

@@ -196,7 +196,9 @@ def _defer_span(
     record.otel = span
     if error is not None:
         message = redact_text(f"{type(error).__name__}: {error_message(error)}")
-        record.otel_error = (type(error).__qualname__, message)
+        # error.type is the stored error's type (``error_json``), so a span re-sent
+        # from the store says the same.
+        record.otel_error = (type(error).__name__, message)
 
 
 def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
