@@ -2,11 +2,12 @@
 names, ids, parents, kinds, statuses, attributes and log events (both are made by
 ``steptrace.conventions``; a second copy of the conventions drifted once).
 
-Runs cover every span kind: a workflow that succeeds and one that fails, a step
-retried after an exception, a step retried after its output failed validation, a
-step that fails for good, tools (one executing a model's tool call), LLM calls
-through the scripted provider and through the real OpenAI SDK (request parameters,
-a tool call in the reply, a stream, an error answer) and log records.
+Runs cover every span kind: a workflow that succeeds, one that fails and one that
+joins a carried trace (traceparent), a step retried after an exception, a step
+retried after its output failed validation, a step that fails for good, tools (one
+executing a model's tool call), LLM calls through the scripted provider and through
+the real OpenAI and Anthropic SDKs (request parameters, a tool call in the reply, a
+stream, an error answer) and log records.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pydantic
 import pytest
+from anthropic_server import FakeAnthropic, serve
 from helpers import parent_hex, span_hex, trace_hex
 from openai_server import Answer, FakeOpenAI, error
 from opentelemetry.sdk.resources import Resource
@@ -29,6 +32,7 @@ from steptrace.store.model import RunRecord
 
 KEY = "sk-proj-PARITYKEYabcdefghijklmnopqrstuvwxyz0123"
 WEATHER_CALL = ("call_weather_1", "get_weather", '{"city": "Paris"}')
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 BACKFILL_ONLY = {"steptrace.backfill"}
 """Attributes only a re-sent span has: it says the span was re-sent, not recorded now."""
@@ -47,11 +51,21 @@ def server() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _record_runs(server: FakeOpenAI) -> list[str]:
+@pytest.fixture
+def anthropic_server() -> Iterator[FakeAnthropic]:
+    with serve() as fake:
+        yield fake
+
+
+def _record_runs(server: FakeOpenAI, anthropic_server: FakeAnthropic) -> list[str]:
     """Record the runs; returns their ids."""
     log = logging.getLogger("parity")
     st.llm.script("parity", ["not json", '{"category": "billing"}', "a draft"])
     client = st.instrument(openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0))
+    claude = st.instrument(
+        anthropic.Anthropic(base_url=anthropic_server.url, api_key=KEY, max_retries=0)
+    )
+    anthropic_server.reply("Bonjour.", cache_read_input_tokens=3)
     server.answer(
         Answer(text="Let me look.", tool_calls=[WEATHER_CALL]),
         Answer(text="Sunny in Paris."),
@@ -131,13 +145,24 @@ def _record_runs(server: FakeOpenAI) -> list[str]:
     def failing(text: str) -> str:
         return draft(text)
 
+    @st.workflow
+    def translate(text: str) -> str:
+        reply = claude.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            temperature=0.5,
+            messages=[{"role": "user", "content": text}],
+        )
+        return "".join(block.text for block in reply.content if block.type == "text")
+
     triage("charged twice")
     first = st.last_run()
     with pytest.raises(RuntimeError):
         failing("x")
     second = st.last_run()
     assert first is not None and second is not None
-    return [first.run_id, second.run_id]
+    third = st.run(translate, "Hello", traceparent=TRACEPARENT)  # joins a carried trace
+    return [first.run_id, second.run_id, third.run_id]
 
 
 def _compare(live: ReadableSpan, sent: ReadableSpan) -> None:
@@ -172,10 +197,13 @@ def _compare(live: ReadableSpan, sent: ReadableSpan) -> None:
 
 @pytest.mark.parametrize("openinference", [True, False])
 def test_a_re_sent_run_has_the_spans_live_export_sent(
-    server: FakeOpenAI, exported: Callable[[], dict[str, ReadableSpan]], openinference: bool
+    server: FakeOpenAI,
+    anthropic_server: FakeAnthropic,
+    exported: Callable[[], dict[str, ReadableSpan]],
+    openinference: bool,
 ) -> None:
     st.configure(openinference=openinference)
-    run_ids = _record_runs(server)
+    run_ids = _record_runs(server, anthropic_server)
     live = {k: s for k, s in exported().items() if s.instrumentation_scope.name == "steptrace"}
     store = st.Store.open()
     runs: list[RunRecord] = [store.run(run_id) for run_id in run_ids]
@@ -203,6 +231,8 @@ def test_a_re_sent_run_has_the_spans_live_export_sent(
     ):
         assert any(key in a for a in attributes), key
     assert any(s.links for s in live.values())
+    assert any(parent_hex(s) == TRACEPARENT.split("-")[2] for s in live.values())
+    assert any(a.get("gen_ai.provider.name") == "anthropic" for a in attributes)
     assert any(s.events for s in live.values())
     if openinference:
         for key in ("llm.input_messages.0.message.content", "llm.token_count.total"):
