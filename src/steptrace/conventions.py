@@ -213,8 +213,8 @@ def span_status(facts: SpanFacts) -> Status:
 def _llm_attributes(attributes: dict[str, Any], facts: SpanFacts) -> None:
     llm = facts.llm or {}
     attributes["gen_ai.operation.name"] = "chat"
-    attributes["gen_ai.provider.name"] = llm.get("provider")
-    attributes["gen_ai.request.model"] = llm.get("model")
+    attributes["gen_ai.provider.name"] = llm.get("provider") or "unknown"
+    attributes["gen_ai.request.model"] = llm.get("model") or "unknown"
     attributes["gen_ai.input.messages"] = for_export(_dumps(llm.get("messages") or []))
     params = llm.get("params") or {}
     for key, name in _REQUEST_PARAMS.items():
@@ -256,8 +256,8 @@ def _openinference(
     attributes["openinference.span.kind"] = kind
     llm = facts.llm
     if llm is not None:
-        attributes["llm.model_name"] = llm.get("response_model") or llm.get("model")
-        attributes["llm.provider"] = llm.get("provider")
+        attributes["llm.model_name"] = llm.get("response_model") or llm.get("model") or "unknown"
+        attributes["llm.provider"] = llm.get("provider") or "unknown"
         prompt_tokens, completion_tokens = llm.get("input_tokens"), llm.get("output_tokens")
         if prompt_tokens is not None:
             attributes["llm.token_count.prompt"] = prompt_tokens
