@@ -1,9 +1,9 @@
 """Re-send stored runs to an OTLP endpoint with their original ids and timestamps.
 
 For a backend added later, or runs recorded while the collector was down. The
-spans are rebuilt from the store (already redacted) with the same names and
-attributes a live run exports: steptrace's, GenAI's and OpenInference's; values
-capped at ``export_value_bytes``; log records as ``log`` events.
+spans are rebuilt from the store (already redacted) by ``steptrace.conventions``,
+which live export uses too: the same names, kinds, attributes and statuses;
+values capped at ``export_value_bytes``; log records as ``log`` events.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
+from steptrace import conventions
+from steptrace.config import get_config
 from steptrace.masking import mask_url
-from steptrace.record import for_export
 from steptrace.store.model import RunRecord, SpanView
 
 _BATCH = 512
+_SCOPE = InstrumentationScope("steptrace")
 
 
 def _ns(iso: str | None) -> int | None:
@@ -37,138 +38,94 @@ def _context(trace_id: str, span_id: str) -> SpanContext:
     return SpanContext(int(trace_id, 16), int(span_id, 16), False, TraceFlags(1))
 
 
-def _json(value: Any) -> str:
-    return for_export(orjson.dumps(value))
-
-
-def _flat(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Attribute values OTLP can carry: primitives as they are, the rest as JSON."""
-    return {
-        k: v if isinstance(v, str | bool | int | float) else _json(v)
-        for k, v in attributes.items()
-        if v is not None
-    }
-
-
 def _events(logs: Iterable[dict[str, Any]]) -> list[Event]:
-    events = []
-    for entry in logs:
-        attributes = {
-            "log.severity": entry.get("level", ""),
-            "log.logger": entry.get("logger", ""),
-            "log.message": entry.get("message", ""),
-        }
-        if entry.get("exception"):
-            attributes["exception.stacktrace"] = entry["exception"]
-        events.append(Event("log", attributes, timestamp=_ns(entry.get("ts"))))
-    return events
-
-
-def _status(status: str, error: dict[str, Any] | None) -> Status:
-    if status == "failed":
-        message = f"{(error or {}).get('type', 'Error')}: {(error or {}).get('message', '')}"
-        return Status(StatusCode.ERROR, message)
-    return Status(StatusCode.UNSET)
-
-
-def _span_attributes(run: RunRecord, span: SpanView) -> tuple[str, SpanKind, dict[str, Any]]:
-    attributes: dict[str, Any] = {"steptrace.run.id": run.run_id, "steptrace.backfill": True}
-    if span.kind == "llm" and span.llm is not None:
-        llm = span.llm
-        attributes |= {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": llm.get("provider"),
-            "gen_ai.request.model": llm.get("model"),
-            "gen_ai.response.model": llm.get("response_model"),
-            "gen_ai.usage.input_tokens": llm.get("input_tokens"),
-            "gen_ai.usage.output_tokens": llm.get("output_tokens"),
-            "gen_ai.input.messages": _json(llm.get("messages") or []),
-            "gen_ai.output.messages": _json(
-                [{"role": "assistant", "content": llm.get("response")}]
+    return [
+        Event(
+            "log",
+            conventions.log_event_attributes(
+                entry.get("level", ""),
+                entry.get("logger", ""),
+                entry.get("message", ""),
+                entry.get("exception"),
             ),
-            "steptrace.llm.cost_usd": llm.get("cost_usd"),
-            "openinference.span.kind": "LLM",
-            "llm.model_name": llm.get("response_model") or llm.get("model"),
-            "llm.token_count.prompt": llm.get("input_tokens"),
-            "llm.token_count.completion": llm.get("output_tokens"),
-            "input.value": _json(span.input),
-            "output.value": _json(span.output),
-        }
-        return span.name, SpanKind.CLIENT, attributes
-    if span.kind in ("step", "tool"):
-        attributes |= {
-            "steptrace.step.key": span.step_key,
-            "steptrace.step.attempt": span.attempt,
-            "steptrace.step.input": _json(span.input),
-            "steptrace.step.output": _json(span.output),
-            "openinference.span.kind": "TOOL" if span.kind == "tool" else "CHAIN",
-            "input.value": _json(span.input),
-            "output.value": _json(span.output),
-        }
-        if span.kind == "tool":
-            attributes |= {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": span.name,
-                "gen_ai.tool.call.id": span.attributes.get("gen_ai.tool.call.id"),
-                "tool.name": span.name,
-            }
-            return f"execute_tool {span.name}", SpanKind.INTERNAL, attributes
-        return span.name, SpanKind.INTERNAL, attributes
-    return span.name, SpanKind.INTERNAL, attributes | span.attributes
+            timestamp=_ns(entry.get("ts")),
+        )
+        for entry in logs
+    ]
 
 
-def readable_spans(run: RunRecord, resource: Resource) -> list[ReadableSpan]:
-    """The run as OTel spans with its stored ids and timestamps."""
-    scope = InstrumentationScope("steptrace")
+def _readable_span(
+    run: RunRecord,
+    span: SpanView | None,
+    parent: SpanContext | None,
+    resource: Resource,
+    openinference: bool,
+    links: Sequence[Link] = (),
+) -> ReadableSpan:
+    facts = conventions.facts_from_stored(run, span)
+    if span is None:
+        name, span_id, started_at, ended_at, logs = (
+            conventions.span_name("run", run.workflow),
+            run.span_id,
+            run.started_at,
+            run.ended_at,
+            run.logs,
+        )
+    else:
+        name = (
+            span.name
+            if span.kind in ("llm", "other")
+            else conventions.span_name(span.kind, span.name)
+        )
+        span_id, started_at, ended_at, logs = (
+            span.span_id,
+            span.started_at,
+            span.ended_at,
+            span.logs,
+        )
+    attributes = conventions.span_attributes(facts, openinference=openinference)
+    attributes["steptrace.backfill"] = True
+    return ReadableSpan(
+        name=name,
+        context=_context(run.trace_id, span_id),
+        parent=parent,
+        resource=resource,
+        attributes=attributes,
+        events=_events(logs),
+        links=links,
+        kind=conventions.span_kind(facts.kind),
+        status=conventions.span_status(facts),
+        start_time=_ns(started_at),
+        end_time=_ns(ended_at) or _ns(started_at),
+        instrumentation_scope=_SCOPE,
+    )
+
+
+def readable_spans(
+    run: RunRecord, resource: Resource, *, openinference: bool | None = None
+) -> list[ReadableSpan]:
+    """The run as OTel spans with its stored ids and timestamps, named and attributed
+    by ``steptrace.conventions`` as live export does (``openinference``: the
+    configuration's by default), plus ``steptrace.backfill=true``."""
+    if openinference is None:
+        openinference = get_config().openinference
     root_parent = (
         _context(run.parent_trace_id, run.parent_span_id)
         if run.parent_trace_id and run.parent_span_id
         else None
     )
-    spans = [
-        ReadableSpan(
-            name=f"invoke_workflow {run.workflow}",
-            context=_context(run.trace_id, run.span_id),
-            parent=root_parent,
-            resource=resource,
-            attributes=_flat(
-                {
-                    "gen_ai.operation.name": "invoke_workflow",
-                    "steptrace.run.id": run.run_id,
-                    "steptrace.workflow.name": run.workflow,
-                    "steptrace.run.input": _json(run.input),
-                    "steptrace.run.output": _json(run.output),
-                    "steptrace.backfill": True,
-                    "openinference.span.kind": "CHAIN",
-                    "input.value": _json(run.input),
-                    "output.value": _json(run.output),
-                }
-            ),
-            events=_events(run.logs),
-            kind=SpanKind.INTERNAL,
-            status=_status(run.status, run.error),
-            start_time=_ns(run.started_at),
-            end_time=_ns(run.ended_at) or _ns(run.started_at),
-            instrumentation_scope=scope,
-        )
-    ]
+    spans = [_readable_span(run, None, root_parent, resource, openinference)]
+    last_attempt: dict[str, str] = {}  # step key -> span id of its latest attempt
     for span in run.spans:
-        name, kind, attributes = _span_attributes(run, span)
-        spans.append(
-            ReadableSpan(
-                name=name,
-                context=_context(run.trace_id, span.span_id),
-                parent=_context(run.trace_id, span.parent_span_id or run.span_id),
-                resource=resource,
-                attributes=_flat(attributes),
-                events=_events(span.logs),
-                kind=kind,
-                status=_status(span.status, span.error),
-                start_time=_ns(span.started_at),
-                end_time=_ns(span.ended_at) or _ns(span.started_at),
-                instrumentation_scope=scope,
-            )
-        )
+        parent = _context(run.trace_id, span.parent_span_id or run.span_id)
+        links: list[Link] = []
+        if span.step_key is not None and span.kind in ("step", "tool"):
+            # A retry links to the attempt before it ("follows from"), as live.
+            previous = last_attempt.get(span.step_key)
+            if previous is not None and (span.attempt or 1) > 1:
+                links.append(Link(_context(run.trace_id, previous)))
+            last_attempt[span.step_key] = span.span_id
+        spans.append(_readable_span(run, span, parent, resource, openinference, links))
     return spans
 
 

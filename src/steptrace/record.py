@@ -19,7 +19,7 @@ import hashlib
 import pathlib
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -369,13 +369,6 @@ def encode(value: Any) -> bytes:
     return data
 
 
-def finish_values(values: list[bytes]) -> list[bytes]:
-    """Redact and cap serialised values (``to_json`` output) in one batch: what the
-    writer thread does for the step values the hot path only serialised."""
-    cap = pipeline().cap
-    return [cap(v) for v in redact_values(values)]
-
-
 def redact_values(values: list[bytes]) -> list[bytes]:
     """Redact serialised values in one batch (one scan decides which need it)."""
     redactor = pipeline().redactor
@@ -474,7 +467,6 @@ class SpanRecord:
     """``input``/``output`` are only serialised: the writer still redacts and caps them."""
     otel: Any = None
     """The OTel span, ended by the writer once the values are redacted (None: ended)."""
-    otel_attributes: dict[str, Any] | None = None
     otel_error: tuple[str, str] | None = None
     """(error type, redacted message) for the OTel span status."""
 
@@ -522,8 +514,28 @@ class RunState:
     """Log records written in the run outside any step (kept with the root span)."""
     raw: bool = False
     otel: Any = None
-    otel_attributes: dict[str, Any] | None = None
     otel_error: tuple[str, str] | None = None
+
+
+def finish_record_values(records: Sequence[RunState | SpanRecord]) -> None:
+    """Redact and cap the values the hot path only serialised (one scan for the whole
+    batch), and make every text field storable: what must happen before a record is
+    stored or spilled."""
+    targets: list[tuple[RunState | SpanRecord, str, bytes]] = []
+    for rec in records:
+        if rec.raw:
+            if rec.input is not None:
+                targets.append((rec, "input", rec.input))
+            if rec.output is not None:
+                targets.append((rec, "output", rec.output))
+    if targets:
+        done = redact_values([value for _, _, value in targets])
+        for (rec, name, _), value in zip(targets, done, strict=True):
+            if name == "input" and isinstance(rec, SpanRecord) and rec.kind in ("step", "tool"):
+                rec.input_hash = input_hash(value)  # of the redacted input
+            setattr(rec, name, cap_value(value))
+    for rec in records:
+        make_storable(rec)
 
 
 def error_json(exc: BaseException, *, validation: bool = False) -> bytes:

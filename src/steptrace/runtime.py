@@ -24,8 +24,9 @@ import orjson
 import pydantic
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, Span
 
+from steptrace import conventions
 from steptrace import logs as log_capture
 from steptrace.config import get_config
 from steptrace.record import (
@@ -154,7 +155,7 @@ class _Active:
         span = tracer().start_span(
             otel_name,
             start_time=start_ns,
-            kind=SpanKind.CLIENT if kind == "llm" else SpanKind.INTERNAL,
+            kind=conventions.span_kind(kind),
             links=links,
         )
         _, span_id = span_ids(span)
@@ -171,33 +172,33 @@ class _Active:
         otel_context.detach(self.otel_token)
         _frame.reset(self.token)
 
-    def finish(self, attributes: dict[str, Any], error: BaseException | None = None) -> None:
-        """Hand the record to the writer, which redacts what is still raw, ends the OTel
-        span (with these timestamps) and stores the record."""
+    def finish(self, error: BaseException | None = None) -> None:
+        """Hand the record to the writer, which redacts what is still raw, stores the
+        record and ends the OTel span (with these timestamps)."""
         record = self.record
         record.end_ns = time.time_ns()
-        _defer_span(record, self.otel, attributes, error)
+        _defer_span(record, self.otel, error)
         self.frame.run.sink.put(record)
 
 
 def _defer_span(
     record: SpanRecord | RunState,
     span: Span,
-    attributes: dict[str, Any],
     error: BaseException | None,
 ) -> None:
-    """Leave the OTel span to the writer thread: its value attributes wait for the
-    redaction the writer does for a whole batch at once."""
+    """Leave the OTel span to the writer thread: its attributes (made of the record by
+    ``steptrace.conventions``) wait for the redaction the writer does for a whole batch
+    at once."""
     end_ns = record.end_ns
     if not span.is_recording():
         span.end(end_time=end_ns)
         return
-    attributes["steptrace.run.id"] = record.run_id
     record.otel = span
-    record.otel_attributes = attributes
     if error is not None:
         message = redact_text(f"{type(error).__name__}: {error_message(error)}")
-        record.otel_error = (type(error).__qualname__, message)
+        # error.type is the stored error's type (``error_json``), so a span re-sent
+        # from the store says the same.
+        record.otel_error = (type(error).__name__, message)
 
 
 def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
@@ -268,7 +269,7 @@ class _Call:
         record = active.record
         record.status = "succeeded"
         record.output = to_json(value)
-        active.finish(self._attributes(record))
+        active.finish()
         return value
 
     def fail(self, exc: BaseException) -> None:
@@ -281,13 +282,7 @@ class _Call:
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
         active = cast(_Active, self.active)
         _fail(active, exc, raw=raw, validation=validation)
-        active.finish(self._attributes(active.record), exc)
-
-    def _attributes(self, record: SpanRecord) -> dict[str, Any]:
-        attributes = self.spec.attributes(record)
-        if self.tool_call_id is not None:
-            attributes["gen_ai.tool.call.id"] = self.tool_call_id
-        return attributes
+        active.finish(exc)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when this was the last."""
@@ -472,11 +467,7 @@ class _RunScope:
         else:
             state.status = "failed"
             state.error = error_json(error, validation=isinstance(error, pydantic.ValidationError))
-        attributes = {
-            "gen_ai.operation.name": "invoke_workflow",
-            "steptrace.workflow.name": state.workflow,
-        }
-        _defer_span(state, self.otel, attributes, error)
+        _defer_span(state, self.otel, error)
         self.run.sink.end_run(state)
         _last_run_id = state.run_id
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pydantic
 
+from steptrace import conventions
 from steptrace.config import durability_level
-from steptrace.record import SpanRecord
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class Spec:
         self.fn = fn
         self.kind = kind
         self.name = name or fn.__name__
-        self.otel_name = {
-            "workflow": f"invoke_workflow {self.name}",
-            "tool": f"execute_tool {self.name}",
-        }.get(kind, self.name)
+        self.otel_name = conventions.span_name("run" if kind == "workflow" else kind, self.name)
         self.max_attempts = retries + 1
         self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(initial_s=backoff)
         self.retry_on = retry_on
@@ -111,15 +108,3 @@ class Spec:
         if isinstance(value, str | bytes) and adapter.core_schema.get("type") != "str":
             return adapter.validate_json(value)
         return adapter.validate_python(value)
-
-    def attributes(self, record: SpanRecord) -> dict[str, Any]:
-        """The span's small attributes; the writer adds input and output once redacted."""
-        attributes: dict[str, Any] = {}
-        if record.key is not None:
-            attributes["steptrace.step.key"] = record.key
-        if record.attempt is not None:
-            attributes["steptrace.step.attempt"] = record.attempt
-        if self.kind == "tool":
-            attributes["gen_ai.operation.name"] = "execute_tool"
-            attributes["gen_ai.tool.name"] = self.name
-        return attributes

@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from steptrace import conventions
 from steptrace.llm.prices import cost_usd
 from steptrace.llm.types import Reply
-from steptrace.record import LLMUsage, encode, for_export
+from steptrace.record import LLMUsage, encode
 
 
 class LLMSpan:
@@ -25,9 +26,7 @@ class LLMSpan:
         "active",
         "attached",
         "first_chunk_ns",
-        "messages_json",
         "model",
-        "params",
         "parent",
         "provider",
     )
@@ -36,8 +35,6 @@ class LLMSpan:
     parent: Any
     provider: str
     model: str
-    params: dict[str, Any]
-    messages_json: bytes
 
     def __init__(self) -> None:
         self.first_chunk_ns: int | None = None
@@ -70,12 +67,10 @@ class LLMSpan:
         call.parent = parent
         call.provider = provider
         call.model = model
-        call.params = params
-        name = f"{operation} {model}"
+        name = conventions.llm_span_name(operation, model)
         call.active = _Active(parent, "llm", name, name, None, None)
         record = call.active.record
         record.input = encode({"messages": list(messages), "params": params})
-        call.messages_json = encode(list(messages))
         record.llm = LLMUsage(provider=provider, model=model, params=encode(params))
         return call
 
@@ -83,20 +78,6 @@ class LLMSpan:
         """Note the arrival of a stream's first chunk (time to first chunk)."""
         if self.first_chunk_ns is None:
             self.first_chunk_ns = time.time_ns()
-
-    def _attributes(self) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": self.provider,
-            "gen_ai.request.model": self.model,
-            "gen_ai.input.messages": for_export(self.messages_json),
-        }
-        for key in ("temperature", "max_tokens", "top_p", "seed", "max_output_tokens"):
-            value = self.params.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                name = "max_tokens" if key == "max_output_tokens" else key
-                attributes[f"gen_ai.request.{name}"] = value
-        return attributes
 
     def succeed(self, reply: Reply, *, incomplete: bool = False) -> Reply:
         """Record the reply (filling in its cost when the provider did not) and return it."""
@@ -133,30 +114,7 @@ class LLMSpan:
             llm.tool_calls = encode([c.to_dict() for c in reply.tool_calls])
             self.parent.run.offer_tool_calls(reply.tool_calls)
         self.parent.last_llm_text = reply.text
-        attributes = self._attributes()
-        if reply.model:
-            attributes["gen_ai.response.model"] = reply.model
-        output_message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-        if reply.tool_calls:
-            output_message["tool_calls"] = [c.to_dict() for c in reply.tool_calls]
-        attributes["gen_ai.output.messages"] = for_export(encode([output_message]))
-        for key, value in (
-            ("gen_ai.usage.input_tokens", usage.input_tokens),
-            ("gen_ai.usage.output_tokens", usage.output_tokens),
-            ("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens),
-            ("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens),
-        ):
-            if value is not None:
-                attributes[key] = value
-        if reply.finish_reason:
-            attributes["gen_ai.response.finish_reasons"] = [reply.finish_reason]
-        if llm.time_to_first_chunk_ms is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = llm.time_to_first_chunk_ms / 1000
-        if cost is not None:
-            attributes["steptrace.llm.cost_usd"] = cost
-        if incomplete:
-            attributes["steptrace.llm.incomplete"] = True
-        active.finish(attributes)
+        active.finish()
         return reply
 
     def fail(self, exc: BaseException) -> None:
@@ -165,7 +123,7 @@ class LLMSpan:
         self.detach()
         active = self.active
         _fail(active, exc, validation=False)
-        active.finish(self._attributes(), exc)
+        active.finish(exc)
 
 
 def _with_cost(reply: Reply, cost: float) -> Reply:

@@ -32,7 +32,7 @@ _MAGIC = b"STJ1"
 _HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 SUFFIX = ".journal"
 
-_NOT_STORED = frozenset({"raw", "otel", "otel_attributes", "otel_error", "llm", "logs"})
+_NOT_STORED = frozenset({"raw", "otel", "otel_error", "llm", "logs"})
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name not in _NOT_STORED)
 _SPAN_FIELDS = tuple(f.name for f in dataclasses.fields(SpanRecord) if f.name not in _NOT_STORED)
 _LLM_FIELDS = tuple(f.name for f in dataclasses.fields(LLMUsage))

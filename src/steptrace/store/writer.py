@@ -39,7 +39,7 @@ import orjson
 from steptrace import span_end
 from steptrace.config import ConfigError, get_config
 from steptrace.masking import mask_url, url_secrets
-from steptrace.record import MARKER, RunState, SpanRecord, counters
+from steptrace.record import MARKER, RunState, SpanRecord, counters, finish_record_values
 from steptrace.store import journal as journal_files
 from steptrace.store import liveness, owner
 from steptrace.store.health import Health, gist
@@ -298,7 +298,7 @@ class Sink:
 
     def _finish(self, items: list[Record]) -> None:
         try:
-            span_end.finish_values(items)
+            finish_record_values(items)
         except Exception as exc:  # redaction failed: store nothing unredacted
             self.health.fault("failed to redact a batch", exc)
             for rec in items:
