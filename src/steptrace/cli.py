@@ -34,7 +34,6 @@ import orjson
 import pydantic
 import typer
 import typer.main
-from rich import box
 from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
@@ -42,6 +41,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 import steptrace as st
+from steptrace.cli_output import FORMAT_HELP, Column, Format, output_format, print_table
+from steptrace.cli_output import console as output_console
+from steptrace.cli_output import note as _note
+from steptrace.cli_output import print_dict_csv as _print_dict_csv
 from steptrace.config import get_config
 from steptrace.masking import mask_text, mask_url, url_secrets
 from steptrace.store.model import RunRecord, SpanView
@@ -82,7 +85,7 @@ app = typer.Typer(
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return output_console()
 
 
 def _masked(text: str) -> str:
@@ -111,10 +114,40 @@ def _store_option() -> list[str]:
 _STORE_HELP = "Store path or URL (default: $STEPTRACE_STORE, else ./.steptrace/steptrace.db)."
 
 
+def version() -> str:
+    """steptrace's version: ``steptrace.__version__`` when the package defines it, else
+    the installed distribution's."""
+    found = getattr(st, "__version__", None)
+    if isinstance(found, str):
+        return found
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("steptrace")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"steptrace {version()}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     store: Annotated[str | None, typer.Option("--store", metavar="URL", help=_STORE_HELP)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print steptrace's version and exit.",
+        ),
+    ] = False,
 ) -> None:
     _options.debug = debug
     _options.store = store
@@ -472,24 +505,44 @@ def runs_command(
         typer.Option("--tag", metavar="TAG", help="Only runs with this tag (repeatable)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON run objects.")] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (a note on stderr says when more match)."""
+    fmt = output_format(fmt, as_json)
+    filters: dict[str, Any] = {
+        "workflow": workflow,
+        "status": status.value if status else None,
+        "since": since,
+        "until": until,
+        "tag": tag,
+        "where": where,
+    }
     with st.Store.open() as store:
         try:
-            records = store.runs(
-                workflow=workflow,
-                status=status.value if status else None,
-                last=last,
-                offset=offset,
-                since=since,
-                until=until,
-                tag=tag,
-                where=where,
-            )
+            records = store.runs(last=last, offset=offset, **filters)
+            if workflow is not None and not records:
+                check_workflow(store, workflow)
+            # Counting is one more query: only when the page is full.
+            full = len(records) == last
+            total = store.count_runs(**filters) if full else offset + len(records)
         except QueryError as exc:
             raise CLIError(str(exc)) from None
-        if as_json:
-            _print_json([r.summary() for r in records])
+        more = ""
+        if total > offset + len(records):
+            shown = f"{offset + 1:,}–{offset + last:,}" if offset else f"{last:,}"
+            matching = "matching " if any(filters.values()) else ""
+            more = (
+                f"showing {shown} of {total:,} {matching}runs; --last N for more, "
+                f"--offset {offset + last} for the next page"
+            )
+        if fmt is not Format.table:
+            summaries = [r.summary() for r in records]
+            if fmt is Format.json:
+                _print_json(summaries)
+            else:
+                _print_dict_csv(summaries, _RUN_FIELDS)
+            if more:
+                _note(more)
             return
         if not records:
             filtered = workflow or status or where or since or until or tag or offset
@@ -508,19 +561,62 @@ def runs_command(
             )
             for r in records
         ]
-        console = _console()
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        widths = []
-        for i, column in enumerate(("run", "workflow", "status", "started", "duration")):
-            widths.append(max(len(column), *(row[i].cell_len for row in rows)))
-            table.add_column(column, no_wrap=True, justify="right" if i == 4 else "left")
-        # Rich would squeeze every column to fit a long error; cut the error instead.
-        room = max(12, console.width - sum(widths) - 3 * len(widths))
-        table.add_column("error", no_wrap=True, max_width=room)
-        for row in rows:
-            row[-1].truncate(room, overflow="ellipsis")
-            table.add_row(*row)
-        console.print(table)
+        columns = [
+            Column("run", fold=False),
+            Column("workflow"),
+            Column("status", fold=False),
+            Column("started", fold=False),
+            Column("duration", justify="right", fold=False),
+            Column("error", max_chars=_ERROR_CHARS, cut=True),
+        ]
+        print_table(_console(), columns, rows, whole="`show RUN_ID` or --json")
+        if more:
+            _note(more)
+
+
+_ERROR_CHARS = 160
+"""A run's error in `runs` is cut to this (with a note): `show` and --json have it."""
+_RUN_FIELDS = [
+    "run_id",
+    "workflow",
+    "status",
+    "trace_id",
+    "span_id",
+    "parent_trace_id",
+    "parent_span_id",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "input",
+    "output",
+    "error",
+    "tags",
+]
+
+
+def check_workflow(store: st.Store, workflow: str) -> None:
+    """Raise a CLIError listing the workflows when the store has no runs of
+    ``workflow``."""
+    known = store.workflows()
+    if workflow not in known:
+        raise CLIError(
+            f"no workflow named {workflow!r} in {store.url}; "
+            + (f"workflows: {', '.join(known)}" if known else "the store has no runs")
+        )
+
+
+def check_step(store: st.Store, step: str, workflow: str | None = None) -> None:
+    """Raise a CLIError listing the steps when none named ``step`` was recorded (in runs
+    of ``workflow``)."""
+    if workflow is not None:
+        check_workflow(store, workflow)
+    known = store.step_names(workflow)
+    if step not in known:
+        scope = f" in workflow {workflow!r}" if workflow else ""
+        raise CLIError(
+            f"no step named {step!r}{scope}; "
+            + (f"steps: {', '.join(known)}" if known else "no steps are recorded")
+        )
 
 
 @app.command()
