@@ -629,8 +629,28 @@ def show(
         record = store.run(run_id)
     if as_json:
         _print_json(record.to_dict())
-    else:
-        _console().print(run_tree(record))
+        return
+    console = _console()
+    tree = run_tree(record)
+    console.print(tree)
+    cut = _cut_lines(tree, console.width)
+    if cut:
+        _note(
+            f"{cut:,} value(s) were cut to one line (…): "
+            f"{shlex.join(['show', run_id, '--json'])} prints them whole"
+        )
+
+
+def _cut_lines(tree: Tree, width: int, depth: int = 0) -> int:
+    """How many one-line values of ``tree`` are cut: abbreviated, or longer than the
+    width left after the tree's guides (4 columns a level)."""
+    cut = 0
+    label = tree.label
+    if isinstance(label, Text) and label.no_wrap:
+        cut += label.plain.endswith("…") or label.cell_len + 4 * depth > width
+    for child in tree.children:
+        cut += _cut_lines(child, width, depth + 1)
+    return cut
 
 
 _MARKS = {
