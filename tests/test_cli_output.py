@@ -184,6 +184,14 @@ def test_listings_print_json_and_csv(cli: Cli) -> None:
     rows = parse_csv(ok(cli("compare", failed["run_id"], "-f", "csv")))
     assert [r["kind"] for r in rows] == [f["kind"] for f in compared["findings"]]
 
+    a, b = failed["run_id"], next(r for r in runs if r["status"] == "succeeded")["run_id"]
+    diff = json.loads(ok(cli("diff", a, b, "--json")))
+    rows = parse_csv(ok(cli("diff", a, b, "-f", "csv")))
+    assert [(r["key"], r["status_a"], r["status_b"], r["changed"]) for r in rows] == [
+        (s["key"], s["status"]["a"] or "", s["status"]["b"] or "", str(s["changed"]).lower())
+        for s in diff["steps"]
+    ]
+
     one_error(cli("runs", "--json", "--format", "csv"), "--json and --format csv disagree")
 
 
@@ -223,7 +231,7 @@ def test_unknown_names_are_errors_that_list_what_exists(cli: Cli) -> None:
     assert cli("stats", "--format", "xml").code == 2
 
 
-def test_stats_names_the_window_it_used(cli: Cli) -> None:
+def test_stats_and_dist_name_the_window_they_used(cli: Cli) -> None:
     runs = json.loads(ok(cli("runs", "--json", "--last", "100")))
     newest, fifth = runs[0]["started_at"], runs[4]["started_at"]
 
@@ -234,6 +242,10 @@ def test_stats_names_the_window_it_used(cli: Cli) -> None:
     assert title == (
         f"steps of the last 5 runs of triage, {stamp(fifth)} → {stamp(newest)}, most time first"
     )
+    title = ok(cli("dist", "classify", "category", "-n", "5", columns=None)).splitlines()[0]
+    assert title == "classify.category  over the last 5 runs that ran classify"
+    title = ok(cli("dist", "classify", "category", columns=None)).splitlines()[0]
+    assert title == f"classify.category  over all {N_RUNS} runs that ran classify (1,000 asked for)"
     title = ok(cli("stats", columns=None)).splitlines()[0]
     oldest = runs[-1]["started_at"]
     assert title.startswith(

@@ -197,6 +197,8 @@ def json_cell(value: Any) -> Any:
     """A value for CSV: text as is, numbers as numbers, anything nested as JSON."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict | list | tuple):
         return orjson.dumps(value).decode()
     if isinstance(value, bytes):

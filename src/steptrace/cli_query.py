@@ -36,6 +36,7 @@ from steptrace.cli_output import (
     FORMAT_HELP,
     Column,
     Format,
+    note,
     output_format,
     print_csv,
     print_dict_csv,
@@ -128,7 +129,7 @@ def dist_command(
             rows.append([None, result["missing"], result["missing"] / result["occurrences"], True])
         print_csv(("value", "count", "share", "missing"), rows)
     else:
-        _print_distribution(result, top)
+        _print_distribution(result, top, last, workflow)
 
 
 def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None:
@@ -152,12 +153,16 @@ def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None
     )
 
 
-def _print_distribution(d: Distribution, top: int) -> None:
+def _print_distribution(d: Distribution, top: int, last: int, workflow: str | None) -> None:
     console = _console()
+    n = d["runs"]
+    runs = f"run{'' if n == 1 else 's'}" + (f" of {workflow}" if workflow else "")
+    window = f"the last {_count(n)} {runs}" if n >= last else f"all {_count(n)} {runs}"
     title = Text.assemble(
         (f"{d['step']}.{d['field'] or 'output'}", "bold"),
-        f"  over the last {_count(d['runs'])} runs that ran {d['step']}",
-        f" ({_count(d['occurrences'])} occurrences)" if d["occurrences"] != d["runs"] else "",
+        f"  over {window} that ran {d['step']}",
+        f" ({_count(last)} asked for)" if n < last else "",
+        f", {_count(d['occurrences'])} occurrences" if d["occurrences"] != d["runs"] else "",
     )
     console.print(title)
     if not d["occurrences"]:
@@ -288,19 +293,59 @@ def diff_command(
     run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="A run id or prefix.")],
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged steps too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    fmt: Annotated[
+        Format | None,
+        typer.Option("--format", "-f", help=FORMAT_HELP + " CSV: one row per step."),
+    ] = None,
 ) -> None:
     """Step-by-step structural diff of two runs: status, attempts, durations, inputs,
     outputs and LLM calls."""
+    fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         result = store.diff(run_a, run_b)
         prefixes = (
             _short_prefix(store, result["a"]["run_id"]),
             _short_prefix(store, result["b"]["run_id"]),
         )
-    if as_json:
+    if fmt is Format.json:
         _print_json(result)
-        return
-    _print_diff(result, prefixes, show_all)
+    elif fmt is Format.csv:
+        print_csv(
+            _DIFF_HEADERS,
+            [
+                [
+                    step["key"],
+                    step["kind"],
+                    step["only_in"],
+                    step["status"]["a"],
+                    step["status"]["b"],
+                    step["attempts"]["a"],
+                    step["attempts"]["b"],
+                    step["duration_ms"]["a"],
+                    step["duration_ms"]["b"],
+                    step["changed"],
+                    [c["path"] for c in step["changes"]],
+                ]
+                for step in result["steps"]
+            ],
+        )
+    else:
+        _print_diff(result, prefixes, show_all)
+
+
+_DIFF_HEADERS = (
+    "key",
+    "kind",
+    "only_in",
+    "status_a",
+    "status_b",
+    "attempts_a",
+    "attempts_b",
+    "duration_ms_a",
+    "duration_ms_b",
+    "changed",
+    "changed_paths",
+)
 
 
 def _pair(a: Any, b: Any, fmt: Callable[[Any], str] = str) -> str:
@@ -347,8 +392,9 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
             style="dim",
         )
     )
+    cut = [0]
     for change in d["run"]["changes"]:
-        _print_change(console, change, indent="  run ")
+        _print_change(console, change, "  run ", cut)
     for step in d["steps"]:
         if not step["changed"] and step["only_in"] is None and not show_all:
             continue
@@ -379,10 +425,12 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
             )
         )
         for change in step["changes"]:
-            _print_change(console, change, indent="    ")
+            _print_change(console, change, "    ", cut)
+    if cut[0]:
+        note(f"{cut[0]:,} diff line(s) were cut to the terminal's width (…): --json has them")
 
 
-def _print_change(console: Any, change: Change, indent: str) -> None:
+def _print_change(console: Any, change: Change, indent: str, cut: list[int]) -> None:
     path = change["path"]
     if change["change"] == "added":
         console.print(Text.assemble(indent, (f"+ {path}: ", "green"), _abbrev(change["b"], 200)))
@@ -392,6 +440,7 @@ def _print_change(console: Any, change: Change, indent: str) -> None:
         console.print(Text.assemble(indent, (f"~ {path}:", "yellow")))
         for line in change["lines"]:  # cut to the terminal's width: --json has them whole
             style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")
+            cut[0] += len(indent) + 4 + len(line) > console.width
             console.print(
                 Text(f"{indent}    {line}", style=style), no_wrap=True, overflow="ellipsis"
             )
