@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import click
 import orjson
 import pydantic
 import typer
@@ -824,6 +825,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _report(exc: Exception) -> int:
+    if isinstance(exc, click.UsageError):  # raised by a command's body: still exit code 2
+        sys.stdout.flush()
+        sys.stderr.write(f"error: {_masked(_one_line(exc.format_message()))}\n")
+        return 2
     expected = isinstance(exc, CLIError | st.ConfigError | st.RunNotFound)
     if _options.debug:
         sys.stderr.write(_masked("".join(traceback.format_exception(exc))))

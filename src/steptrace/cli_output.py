@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import click
 import orjson
 from rich import box
 from rich.console import Console
@@ -48,9 +49,7 @@ FORMAT_HELP = "table (fits the terminal), json, or csv (one row per line, a head
 def output_format(fmt: Format | None, as_json: bool) -> Format:
     """The format asked for: ``--json`` is a shortcut for ``--format json``."""
     if as_json and fmt not in (None, Format.json):
-        from steptrace.cli import CLIError
-
-        raise CLIError(f"--json and --format {fmt} disagree: give one of them")
+        raise click.UsageError(f"--json and --format {fmt} disagree: give one of them")
     return Format.json if as_json else (fmt or Format.table)
 
 
