@@ -54,6 +54,8 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+    # Piped output has no width limit: nothing may pad itself out to it.
+    assert max(len(line) for line in proc.stdout.splitlines()) < 200
     return store
 
 

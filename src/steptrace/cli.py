@@ -280,7 +280,7 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
     for label, value in rows:
         grid.add_row(label, value)
     console.print(Text(f"Ran the triage workflow {len(records)} times.", style="bold"))
-    console.print(Padding(grid, (0, 0, 0, 2)))
+    console.print(Padding(grid, (0, 0, 0, 2), expand=False))
 
 
 def _short_prefix(store: st.Store, run_id: str) -> str:

@@ -3,10 +3,11 @@ and the same rows as JSON or CSV.
 
 A table is laid out by ``print_table``: at its natural width when that fits; else
 its text columns fold inside their cells (key and number columns never do); else,
-when not even the headers fit, one block per row (``column  value`` lines, like
-psql's expanded display). A column is never dropped and a cell never cut without a
-note on stderr saying how to see it whole. Output that is not a terminal (piped,
-redirected) has no width unless ``COLUMNS`` sets one: lines are never cut to 80.
+when not even the headers fit or a cell would fold into more than a few lines, one
+block per row (``column  value`` lines, like psql's expanded display). A column
+is never dropped and a cell never cut without a note on stderr saying how to see it
+whole. Output that is not a terminal (piped, redirected) has no width unless
+``COLUMNS`` sets one: lines are never cut to 80.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from rich.table import Table
 from rich.text import Text
 
 PIPE_WIDTH = 100_000
-"""The width of output that is not a terminal when ``COLUMNS`` is not set: unlimited."""
+"""The width of output that is not a terminal when ``COLUMNS`` is not set: unlimited
+(so nothing printed through this console may expand to the full width)."""
 _GAP = 2
 """Characters between two columns of the tables below."""
 _FOLD_FLOOR = 6
