@@ -48,6 +48,7 @@ from steptrace.cli_output import note as _note
 from steptrace.cli_output import print_dict_csv as _print_dict_csv
 from steptrace.config import get_config
 from steptrace.masking import mask_text, mask_url, url_secrets
+from steptrace.record import stored_name
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.where import QueryError
 
@@ -599,7 +600,7 @@ def check_workflow(store: st.Store, workflow: str) -> None:
     """Raise a CLIError listing the workflows when the store has no runs of
     ``workflow``."""
     known = store.workflows()
-    if workflow not in known:
+    if stored_name(workflow) not in known:
         raise CLIError(
             f"no workflow named {workflow!r} in {store.url}; "
             + (f"workflows: {', '.join(known)}" if known else "the store has no runs")
@@ -612,7 +613,7 @@ def check_step(store: st.Store, step: str, workflow: str | None = None) -> None:
     if workflow is not None:
         check_workflow(store, workflow)
     known = store.step_names(workflow)
-    if step not in known:
+    if stored_name(step) not in known:
         scope = f" in workflow {workflow!r}" if workflow else ""
         raise CLIError(
             f"no step named {step!r}{scope}; "
