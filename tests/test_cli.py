@@ -169,7 +169,10 @@ def test_runs_filters_and_limit(demo_store: Path) -> None:
     assert len(default) == 20
 
     none = steptrace("runs", "--json", "--workflow", "nope", store=demo_store)
-    assert none.returncode == 0 and json.loads(none.stdout) == []
+    assert none.returncode == 1 and none.stdout == ""
+    assert_one_line_error(none, "no workflow named 'nope'", "workflows: triage")
+    nothing = steptrace("runs", "--json", "--status", "running", store=demo_store)
+    assert nothing.returncode == 0 and json.loads(nothing.stdout) == []
 
 
 def test_runs_table(demo_store: Path) -> None:

@@ -82,7 +82,8 @@ def test_dist(data: Recorded) -> None:
     assert last["numeric"]["max"] == PLANS[-1].confidence
 
     text = cli("dist", "classify", "classification", "-w", "triage", store=data.url).stdout
-    assert "classify.classification" in text and f"last {N_RUNS} runs" in text
+    assert "classify.classification" in text
+    assert f"over all {N_RUNS} runs of triage that ran classify (1,000 asked for)" in text
     line = next(line for line in text.splitlines() if line.startswith("billing"))
     assert f"{billing / N_RUNS:.1%}" in line and "█" in line
     assert "(missing)" in text
@@ -249,3 +250,19 @@ def test_index(data: Recorded, tmp_path: Path) -> None:
     assert "is indexed (field_" in made
     assert cli_json("dist", "classify", "classification", store=copy) == before
     assert "dropped" in cli("index", "classify", "classification", "--drop", store=copy).stdout
+
+
+def test_counts_windows_and_unknown_names(data: Recorded) -> None:
+    """On every backend: `runs` counts what it left out, `stats` names its window, an
+    unknown step or workflow lists the ones there are."""
+    page = cli("runs", "-w", "triage", "-n", "3", "--offset", "3", "--json", store=data.url)
+    assert len(json.loads(page.stdout)) == 3
+    assert f"showing 4–6 of {N_RUNS} matching runs" in page.stderr
+    title = cli("stats", "triage", "--last", "4", store=data.url).stdout.splitlines()[0]
+    assert title.startswith("steps of the last 4 runs of triage, ")
+    one_line_error(
+        cli("dist", "clasify", "classification", "-w", "triage", store=data.url, returncode=1),
+        "no step named 'clasify' in workflow 'triage'; steps: ",
+        "classify",
+    )
+    one_line_error(cli("stats", "triag", store=data.url, returncode=1), "workflows: other, triage")

@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import click
 import orjson
 import pydantic
 import typer
 import typer.main
-from rich import box
 from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
@@ -42,8 +42,13 @@ from rich.text import Text
 from rich.tree import Tree
 
 import steptrace as st
+from steptrace.cli_output import FORMAT_HELP, Column, Format, output_format, print_table
+from steptrace.cli_output import console as output_console
+from steptrace.cli_output import note as _note
+from steptrace.cli_output import print_dict_csv as _print_dict_csv
 from steptrace.config import get_config
 from steptrace.masking import mask_text, mask_url, url_secrets
+from steptrace.record import stored_name
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.where import QueryError
 
@@ -82,7 +87,7 @@ app = typer.Typer(
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return output_console()
 
 
 def _masked(text: str) -> str:
@@ -111,10 +116,40 @@ def _store_option() -> list[str]:
 _STORE_HELP = "Store path or URL (default: $STEPTRACE_STORE, else ./.steptrace/steptrace.db)."
 
 
+def version() -> str:
+    """steptrace's version: ``steptrace.__version__`` when the package defines it, else
+    the installed distribution's."""
+    found = getattr(st, "__version__", None)
+    if isinstance(found, str):
+        return found
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("steptrace")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"steptrace {version()}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     store: Annotated[str | None, typer.Option("--store", metavar="URL", help=_STORE_HELP)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print steptrace's version and exit.",
+        ),
+    ] = False,
 ) -> None:
     _options.debug = debug
     _options.store = store
@@ -246,7 +281,7 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
     for label, value in rows:
         grid.add_row(label, value)
     console.print(Text(f"Ran the triage workflow {len(records)} times.", style="bold"))
-    console.print(Padding(grid, (0, 0, 0, 2)))
+    console.print(Padding(grid, (0, 0, 0, 2), expand=False))
 
 
 def _short_prefix(store: st.Store, run_id: str) -> str:
@@ -472,24 +507,44 @@ def runs_command(
         typer.Option("--tag", metavar="TAG", help="Only runs with this tag (repeatable)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON run objects.")] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (a note on stderr says when more match)."""
+    fmt = output_format(fmt, as_json)
+    filters: dict[str, Any] = {
+        "workflow": workflow,
+        "status": status.value if status else None,
+        "since": since,
+        "until": until,
+        "tag": tag,
+        "where": where,
+    }
     with st.Store.open() as store:
         try:
-            records = store.runs(
-                workflow=workflow,
-                status=status.value if status else None,
-                last=last,
-                offset=offset,
-                since=since,
-                until=until,
-                tag=tag,
-                where=where,
-            )
+            records = store.runs(last=last, offset=offset, **filters)
+            if workflow is not None and not records:
+                check_workflow(store, workflow)
+            # Counting is one more query: only when the page is full.
+            full = len(records) == last
+            total = store.count_runs(**filters) if full else offset + len(records)
         except QueryError as exc:
             raise CLIError(str(exc)) from None
-        if as_json:
-            _print_json([r.summary() for r in records])
+        more = ""
+        if total > offset + len(records):
+            shown = f"{offset + 1:,}–{offset + last:,}" if offset else f"{last:,}"
+            matching = "matching " if any(filters.values()) else ""
+            more = (
+                f"showing {shown} of {total:,} {matching}runs; --last N for more, "
+                f"--offset {offset + last} for the next page"
+            )
+        if fmt is not Format.table:
+            summaries = [r.summary() for r in records]
+            if fmt is Format.json:
+                _print_json(summaries)
+            else:
+                _print_dict_csv(summaries, _RUN_FIELDS)
+            if more:
+                _note(more)
             return
         if not records:
             filtered = workflow or status or where or since or until or tag or offset
@@ -508,19 +563,62 @@ def runs_command(
             )
             for r in records
         ]
-        console = _console()
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        widths = []
-        for i, column in enumerate(("run", "workflow", "status", "started", "duration")):
-            widths.append(max(len(column), *(row[i].cell_len for row in rows)))
-            table.add_column(column, no_wrap=True, justify="right" if i == 4 else "left")
-        # Rich would squeeze every column to fit a long error; cut the error instead.
-        room = max(12, console.width - sum(widths) - 3 * len(widths))
-        table.add_column("error", no_wrap=True, max_width=room)
-        for row in rows:
-            row[-1].truncate(room, overflow="ellipsis")
-            table.add_row(*row)
-        console.print(table)
+        columns = [
+            Column("run", fold=False),
+            Column("workflow"),
+            Column("status", fold=False),
+            Column("started", fold=False),
+            Column("duration", justify="right", fold=False),
+            Column("error", max_chars=_ERROR_CHARS, cut=True),
+        ]
+        print_table(_console(), columns, rows, whole="`show RUN_ID` or --json")
+        if more:
+            _note(more)
+
+
+_ERROR_CHARS = 160
+"""A run's error in `runs` is cut to this (with a note): `show` and --json have it."""
+_RUN_FIELDS = [
+    "run_id",
+    "workflow",
+    "status",
+    "trace_id",
+    "span_id",
+    "parent_trace_id",
+    "parent_span_id",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "input",
+    "output",
+    "error",
+    "tags",
+]
+
+
+def check_workflow(store: st.Store, workflow: str) -> None:
+    """Raise a CLIError listing the workflows when the store has no runs of
+    ``workflow``."""
+    known = store.workflows()
+    if stored_name(workflow) not in known:
+        raise CLIError(
+            f"no workflow named {workflow!r} in {store.url}; "
+            + (f"workflows: {', '.join(known)}" if known else "the store has no runs")
+        )
+
+
+def check_step(store: st.Store, step: str, workflow: str | None = None) -> None:
+    """Raise a CLIError listing the steps when none named ``step`` was recorded (in runs
+    of ``workflow``)."""
+    if workflow is not None:
+        check_workflow(store, workflow)
+    known = store.step_names(workflow)
+    if stored_name(step) not in known:
+        scope = f" in workflow {workflow!r}" if workflow else ""
+        raise CLIError(
+            f"no step named {step!r}{scope}; "
+            + (f"steps: {', '.join(known)}" if known else "no steps are recorded")
+        )
 
 
 @app.command()
@@ -533,8 +631,28 @@ def show(
         record = store.run(run_id)
     if as_json:
         _print_json(record.to_dict())
-    else:
-        _console().print(run_tree(record))
+        return
+    console = _console()
+    tree = run_tree(record)
+    console.print(tree)
+    cut = _cut_lines(tree, console.width)
+    if cut:
+        _note(
+            f"{cut:,} value(s) were cut to one line (…): "
+            f"{shlex.join(['show', run_id, '--json'])} prints them whole"
+        )
+
+
+def _cut_lines(tree: Tree, width: int, depth: int = 0) -> int:
+    """How many one-line values of ``tree`` are cut: abbreviated, or longer than the
+    width left after the tree's guides (4 columns a level)."""
+    cut = 0
+    label = tree.label
+    if isinstance(label, Text) and label.no_wrap:
+        cut += label.plain.endswith("…") or label.cell_len + 4 * depth > width
+    for child in tree.children:
+        cut += _cut_lines(child, width, depth + 1)
+    return cut
 
 
 _MARKS = {
@@ -708,6 +826,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _report(exc: Exception) -> int:
+    if isinstance(exc, click.UsageError):  # raised by a command's body: still exit code 2
+        sys.stdout.flush()
+        sys.stderr.write(f"error: {_masked(_one_line(exc.format_message()))}\n")
+        return 2
     expected = isinstance(exc, CLIError | st.ConfigError | st.RunNotFound)
     if _options.debug:
         sys.stderr.write(_masked("".join(traceback.format_exception(exc))))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -68,12 +72,71 @@ def export_otlp_command(
             runs = [store.run(r.run_id) for r in chosen]
     if not runs:
         raise CLIError("no runs match: nothing to send")
-    try:
-        sent = export_runs(runs, url, headers or None)
-    except RuntimeError as exc:
-        raise CLIError(mask_text(str(exc), secrets)) from None
+    with _exporter_quiet() as heard:
+        try:
+            sent = export_runs(runs, url, headers or None)
+        except RuntimeError as exc:
+            reason = _reason(heard) or _unreachable(url)
+            message = f"{exc}: {reason}" if reason else str(exc)
+            raise CLIError(mask_text(message, secrets)) from None
     target = mask_url(traces_endpoint(url))
     sys.stdout.write(f"sent {len(runs):,} run(s), {sent:,} span(s) to {target}\n")
+
+
+_EXPORTER_LOGGER = "opentelemetry.exporter.otlp"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[list[str]]:
+    """Keep the OTLP exporter's own warnings (one per retry) off the terminal while
+    ``export-otlp`` sends: the command reports the failure once, with their reason."""
+    logger = logging.getLogger(_EXPORTER_LOGGER)
+    collect = _Collect()
+    saved = logger.propagate
+    logger.addHandler(collect)
+    logger.propagate = False
+    try:
+        yield collect.messages
+    finally:
+        logger.propagate = saved
+        logger.removeHandler(collect)
+
+
+def _reason(messages: list[str]) -> str:
+    """Why the exporter failed, in a few words, from the last of its warnings."""
+    for message in reversed(messages):
+        errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", message)
+        if errno:
+            return errno.group(1).strip().lower()
+        if "Failed to export" in message and "timeout" not in message:
+            return " ".join(message.split())[:200]
+        if "Transient error" in message:
+            return " ".join(message.split())[:200]
+    return ""
+
+
+def _unreachable(url: str) -> str:
+    """Why ``url``'s host cannot be reached (``connection refused``…), or ``""`` when it
+    can: the exporter gives no reason when its timeout ends its retries."""
+    import socket
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=2):
+            return ""
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "strerror", None) or exc).lower()
 
 
 def register(app: typer.Typer) -> None:

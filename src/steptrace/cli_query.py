@@ -17,8 +17,6 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich import box
-from rich.table import Table
 from rich.text import Text
 
 import steptrace as st
@@ -31,9 +29,22 @@ from steptrace.cli import (
     _print_json,
     _short_prefix,
     _status,
+    check_step,
+    check_workflow,
+)
+from steptrace.cli_output import (
+    FORMAT_HELP,
+    Column,
+    Format,
+    note,
+    output_format,
+    print_csv,
+    print_dict_csv,
+    print_table,
 )
 from steptrace.compare import Comparison
 from steptrace.diff import Change, RunDiff
+from steptrace.overview import RunWindow
 from steptrace.query import Distribution
 from steptrace.stats import StepStats
 from steptrace.store import SQL_TIMEOUT_S
@@ -45,6 +56,8 @@ _JSON_HELP = "Print JSON (the shape the Store method returns)."
 SQL_LIMIT_ROWS = 10_000
 """Rows ``steptrace sql`` shows unless ``--limit`` says otherwise."""
 _BAR_WIDTH = 30
+_VALUE_CHARS = 200
+"""A value in a `dist` or `sql` table is cut to this (with a note): --json has it whole."""
 
 
 def _questions(fn: F) -> F:
@@ -68,8 +81,8 @@ def _share(x: float) -> str:
     return f"{x:.1%}"
 
 
-def _bar(share: float, top: float) -> Text:
-    eighths = round(_BAR_WIDTH * 8 * (share / top if top else 0.0))
+def _bar(share: float, top: float, width: int = _BAR_WIDTH) -> Text:
+    eighths = round(width * 8 * (share / top if top else 0.0))
     full, rest = divmod(eighths, 8)
     return Text("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest else ""), style="cyan")
 
@@ -96,44 +109,94 @@ def dist_command(
     ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Values to draw.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
     """The distribution of a field of a step's output over the last N runs."""
+    fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         result = store.distribution(step, field, last=last, workflow=workflow)
-    if as_json:
+        if not result["occurrences"]:
+            check_step(store, step, workflow)
+        elif not result["values"]:
+            _check_field(store, result, workflow)
+    if fmt is Format.json:
         _print_json(result)
-        return
-    _print_distribution(result, top)
+    elif fmt is Format.csv:
+        rows: list[list[Any]] = [
+            [v["value"], v["count"], v["share"], False] for v in result["values"]
+        ]
+        if result["missing"]:
+            rows.append([None, result["missing"], result["missing"] / result["occurrences"], True])
+        print_csv(("value", "count", "share", "missing"), rows)
+    else:
+        _print_distribution(result, top, last, workflow)
 
 
-def _print_distribution(d: Distribution, top: int) -> None:
+def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None:
+    """Raise a CLIError naming the fields there are when ``d``'s field is in no
+    occurrence of its step."""
+    field = d["field"]
+    parent = field.rpartition(".")[0]
+    fields: set[str] = set()
+    try:
+        around = store.distribution(d["step"], parent or ".", last=d["runs"], workflow=workflow)
+    except QueryError:
+        around = None
+    for v in around["values"] if around else []:
+        if isinstance(v["value"], dict):
+            fields.update(v["value"])
+    where = f"{parent} of {d['step']}'s output" if parent else f"{d['step']}'s output"
+    known = ", ".join(sorted(fields)) or "none (not an object)"
+    raise CLIError(
+        f"no field {field!r} in {d['step']}'s output over the last {d['runs']:,} runs that "
+        f"ran it; fields of {where}: {known}"
+    )
+
+
+def _print_distribution(d: Distribution, top: int, last: int, workflow: str | None) -> None:
     console = _console()
+    n = d["runs"]
+    runs = f"run{'' if n == 1 else 's'}" + (f" of {workflow}" if workflow else "")
+    window = f"the last {_count(n)} {runs}" if n >= last else f"all {_count(n)} {runs}"
     title = Text.assemble(
         (f"{d['step']}.{d['field'] or 'output'}", "bold"),
-        f"  over the last {_count(d['runs'])} runs that ran {d['step']}",
-        f" ({_count(d['occurrences'])} occurrences)" if d["occurrences"] != d["runs"] else "",
+        f"  over {window} that ran {d['step']}",
+        f" ({_count(last)} asked for)" if n < last else "",
+        f", {_count(d['occurrences'])} occurrences" if d["occurrences"] != d["runs"] else "",
     )
     console.print(title)
     if not d["occurrences"]:
         console.print(Text("no runs executed this step", style="dim"))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column("value", overflow="ellipsis", max_width=48, no_wrap=True)
-    table.add_column("count", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("", no_wrap=True)
     shown = d["values"][:top]
-    peak = max([v["share"] for v in shown] + [d["missing"] / d["occurrences"]])
-    for v in shown:
-        table.add_row(
-            _abbrev(v["value"], 48), _count(v["count"]), _share(v["share"]), _bar(v["share"], peak)
-        )
+    rows: list[list[Text]] = [
+        [Text(_abbrev(v["value"], 10_000)), Text(_count(v["count"])), Text(_share(v["share"]))]
+        for v in shown
+    ]
+    shares = [v["share"] for v in shown]
     if d["missing"]:
-        share = d["missing"] / d["occurrences"]
-        table.add_row(
-            Text("(missing)", style="dim"), _count(d["missing"]), _share(share), _bar(share, peak)
+        rows.append(
+            [
+                Text("(missing)", style="dim"),
+                Text(_count(d["missing"])),
+                Text(_share(d["missing"] / d["occurrences"])),
+            ]
         )
-    console.print(table)
+        shares.append(d["missing"] / d["occurrences"])
+    columns = [
+        Column("value", max_chars=_VALUE_CHARS),
+        Column("count", justify="right", fold=False),
+        Column("share", justify="right", fold=False),
+    ]
+    # The bars take what room the numbers leave (they are drawn, not data).
+    used = max([5, *(min(r[0].cell_len, _VALUE_CHARS) for r in rows)]) + 5 + 6 + 3 * 3
+    bar_width = min(_BAR_WIDTH, console.width - used)
+    if bar_width >= 5:
+        peak = max(shares)
+        columns.append(Column("", fold=False))
+        for row, share in zip(rows, shares, strict=True):
+            row.append(_bar(share, peak, bar_width))
+    print_table(console, columns, rows)
     hidden = len(d["values"]) - len(shown)
     if hidden:
         console.print(Text(f"… and {hidden:,} more values (--top, --json)", style="dim"))
@@ -158,20 +221,46 @@ def stats_command(
     ] = None,
     last: Annotated[int, typer.Option("--last", "-n", min=1, help="Over the last N runs.")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
-    """Per-step count, failure and retry rates, p50/p95/p99 duration, tokens and cost."""
+    """Per-step count, failure and retry rates, p50/p95/p99 duration, tokens and cost,
+    over the last N runs (the table's title says which runs those were)."""
+    fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         stats = store.step_stats(workflow, last=last)
-    if as_json:
+        if workflow is not None and not stats:
+            check_workflow(store, workflow)
+        window = store.run_window(workflow, last) if fmt is Format.table else None
+    if fmt is Format.json:
         _print_json(stats)
-        return
-    _print_stats(stats, workflow, last)
+    elif fmt is Format.csv:
+        print_dict_csv([dict(s) for s in stats], list(StepStats.__annotations__))
+    else:
+        assert window is not None
+        _print_stats(stats, workflow, last, window)
 
 
-def _print_stats(stats: list[StepStats], workflow: str | None, last: int) -> None:
+def _window(workflow: str | None, last: int, window: RunWindow) -> str:
+    """What a window of runs covered: ``last 100 runs of triage, 2026-11-29 10:02 →
+    2026-11-30 12:00`` (and how many were asked for when fewer exist)."""
+    n = window["runs"]
+    scope = f" of {workflow}" if workflow else ""
+    text = f"the last {_count(n)} run{'' if n == 1 else 's'}{scope}"
+    if n < last:
+        text = f"all {_count(n)} run{'' if n == 1 else 's'}{scope} ({_count(last)} asked for)"
+    first, newest = window["first_started_at"], window["last_started_at"]
+    if first and newest:
+        text += f", {first[:16].replace('T', ' ')} → {newest[:16].replace('T', ' ')}"
+    return text
+
+
+def _print_stats(
+    stats: list[StepStats], workflow: str | None, last: int, window: RunWindow
+) -> None:
     console = _console()
-    scope = f"runs of {workflow}" if workflow else "runs"
-    console.print(Text(f"steps of the last {_count(last)} {scope}, most time first", style="bold"))
+    console.print(
+        Text(f"steps of {_window(workflow, last, window)}, most time first", style="bold")
+    )
     if not stats:
         console.print(Text("no steps recorded", style="dim"))
         return
@@ -190,22 +279,9 @@ def _print_stats(stats: list[StepStats], workflow: str | None, last: int) -> Non
             f"${s['cost_usd']:.4f}" if s["cost_usd"] is not None else "–",
         ]
         rows.append([c if isinstance(c, Text) else Text(c) for c in cells])
-    headers = ("step", "count", "failed", "retried", "p50", "p95", "p99", "tokens", "cost")
-    table, width = _fitted_table(headers, rows)
-    console.print(table, width=max(console.width, width))
-
-
-def _fitted_table(headers: tuple[str, ...], rows: list[list[Text]]) -> tuple[Table, int]:
-    """A table of unbroken cells, and the width it needs."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1))
-    total = 0
-    for i, name in enumerate(headers):
-        width = max([len(name), *(row[i].cell_len for row in rows)])
-        total += width + 2
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
-    for row in rows:
-        table.add_row(*row)
-    return table, total
+    numbers = ("count", "failed", "retried", "p50", "p95", "p99", "tokens", "cost")
+    columns = [Column("step"), *(Column(h, justify="right", fold=False) for h in numbers)]
+    print_table(console, columns, rows)
 
 
 # --- diff -----------------------------------------------------------------------------
@@ -217,19 +293,59 @@ def diff_command(
     run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="A run id or prefix.")],
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged steps too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    fmt: Annotated[
+        Format | None,
+        typer.Option("--format", "-f", help=FORMAT_HELP + " CSV: one row per step."),
+    ] = None,
 ) -> None:
     """Step-by-step structural diff of two runs: status, attempts, durations, inputs,
     outputs and LLM calls."""
+    fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         result = store.diff(run_a, run_b)
         prefixes = (
             _short_prefix(store, result["a"]["run_id"]),
             _short_prefix(store, result["b"]["run_id"]),
         )
-    if as_json:
+    if fmt is Format.json:
         _print_json(result)
-        return
-    _print_diff(result, prefixes, show_all)
+    elif fmt is Format.csv:
+        print_csv(
+            _DIFF_HEADERS,
+            [
+                [
+                    step["key"],
+                    step["kind"],
+                    step["only_in"],
+                    step["status"]["a"],
+                    step["status"]["b"],
+                    step["attempts"]["a"],
+                    step["attempts"]["b"],
+                    step["duration_ms"]["a"],
+                    step["duration_ms"]["b"],
+                    step["changed"],
+                    [c["path"] for c in step["changes"]],
+                ]
+                for step in result["steps"]
+            ],
+        )
+    else:
+        _print_diff(result, prefixes, show_all)
+
+
+_DIFF_HEADERS = (
+    "key",
+    "kind",
+    "only_in",
+    "status_a",
+    "status_b",
+    "attempts_a",
+    "attempts_b",
+    "duration_ms_a",
+    "duration_ms_b",
+    "changed",
+    "changed_paths",
+)
 
 
 def _pair(a: Any, b: Any, fmt: Callable[[Any], str] = str) -> str:
@@ -276,8 +392,9 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
             style="dim",
         )
     )
+    cut = [0]
     for change in d["run"]["changes"]:
-        _print_change(console, change, indent="  run ")
+        _print_change(console, change, "  run ", cut)
     for step in d["steps"]:
         if not step["changed"] and step["only_in"] is None and not show_all:
             continue
@@ -308,10 +425,12 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
             )
         )
         for change in step["changes"]:
-            _print_change(console, change, indent="    ")
+            _print_change(console, change, "    ", cut)
+    if cut[0]:
+        note(f"{cut[0]:,} diff line(s) were cut to the terminal's width (…): --json has them")
 
 
-def _print_change(console: Any, change: Change, indent: str) -> None:
+def _print_change(console: Any, change: Change, indent: str, cut: list[int]) -> None:
     path = change["path"]
     if change["change"] == "added":
         console.print(Text.assemble(indent, (f"+ {path}: ", "green"), _abbrev(change["b"], 200)))
@@ -321,6 +440,7 @@ def _print_change(console: Any, change: Change, indent: str) -> None:
         console.print(Text.assemble(indent, (f"~ {path}:", "yellow")))
         for line in change["lines"]:  # cut to the terminal's width: --json has them whole
             style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")
+            cut[0] += len(indent) + 4 + len(line) > console.width
             console.print(
                 Text(f"{indent}    {line}", style=style), no_wrap=True, overflow="ellipsis"
             )
@@ -349,15 +469,22 @@ def compare_command(
         ),
     ] = 100,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    fmt: Annotated[
+        Format | None, typer.Option("--format", "-f", help=FORMAT_HELP + " CSV: the findings.")
+    ] = None,
 ) -> None:
     """How a run differs from the last N successful runs of its workflow."""
+    fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         result = store.compare(run_id, baseline=baseline)
         prefix = _short_prefix(store, result["run_id"])
-    if as_json:
+    if fmt is Format.json:
         _print_json(result)
-        return
-    _print_comparison(result, prefix)
+    elif fmt is Format.csv:
+        findings: list[dict[str, Any]] = [dict(f) for f in result["findings"]]
+        print_dict_csv(findings, ["kind", "step", "key", "detail", "score"])
+    else:
+        _print_comparison(result, prefix)
 
 
 _KIND_STYLES = {
@@ -387,17 +514,15 @@ def _print_comparison(c: Comparison, prefix: str) -> None:
     if not c["findings"]:
         console.print(Text("nothing unusual", style="green"))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column("finding", no_wrap=True)
-    table.add_column("step", no_wrap=True)
-    table.add_column("detail")
-    for f in c["findings"]:
-        table.add_row(
+    rows = [
+        [
             Text(f["kind"], style=_KIND_STYLES.get(f["kind"], "")),
-            f["key"] or "(run)",
+            Text(f["key"] or "(run)"),
             Text(f["detail"]),
-        )
-    console.print(table)
+        ]
+        for f in c["findings"]
+    ]
+    print_table(console, [Column("finding", fold=False), Column("step"), Column("detail")], rows)
 
 
 # --- sql ------------------------------------------------------------------------------
@@ -409,6 +534,7 @@ def sql_command(
         str, typer.Argument(metavar="QUERY", help="One SELECT statement (- reads it from stdin).")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, help="Show at most N rows (a note says so).")
     ] = SQL_LIMIT_ROWS,
@@ -428,6 +554,7 @@ def sql_command(
     superuser (docs/security.md says how to make one). A query stops at
     --timeout; at most --limit rows are shown; Ctrl-C stops it (exit code 130).
     """
+    fmt = output_format(fmt, as_json)
     if query == "-":
         query = sys.stdin.read()
     try:
@@ -439,7 +566,10 @@ def sql_command(
         raise typer.Exit(130) from None
     cut = len(rows) > limit
     rows = rows[:limit]
-    if as_json:  # a BLOB (none in steptrace's tables) as base64 text
+    if fmt is Format.csv:
+        if rows:
+            print_csv(list(rows[0]), [list(r.values()) for r in rows])
+    elif fmt is Format.json:  # a BLOB (none in steptrace's tables) as base64 text
         _print_json(
             [
                 {
@@ -461,12 +591,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print(Text("no rows", style="dim"))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name in rows[0]:
-        table.add_column(name, overflow="ellipsis", max_width=60, no_wrap=True)
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row.values()))
-    console.print(table)
+    columns = [Column(name, max_chars=_VALUE_CHARS) for name in rows[0]]
+    print_table(console, columns, [[_cell(v) for v in row.values()] for row in rows])
     console.print(Text(f"{len(rows):,} row(s)", style="dim"))
 
 
@@ -525,6 +651,10 @@ def export_command(
     if fmt == "parquet" and output == "-":
         raise CLIError("--format parquet needs --output FILE")
     with st.Store.open() as store:
+        if step is not None:
+            check_step(store, step, workflow)
+        elif workflow is not None:
+            check_workflow(store, workflow)
         options: dict[str, Any] = {
             "workflow": workflow,
             "status": status.value if status else None,

@@ -76,6 +76,38 @@ def workflows(reader: Reader) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+class RunWindow(TypedDict):
+    runs: int
+    """How many runs the window holds (at most the ``last`` asked for)."""
+    first_started_at: str | None
+    last_started_at: str | None
+
+
+def run_window(reader: Reader, workflow: str | None = None, last: int = 1000) -> RunWindow:
+    """The last ``last`` runs (of ``workflow``) as ``step_stats`` reads them: how many
+    there are and when the oldest and the newest started."""
+    from steptrace.query import check_last, runs_window
+
+    check_last(last)
+    edge, params = runs_window(reader.dialect, workflow, columns="started_at")
+    ((n, first, newest),) = reader.rows(
+        f"SELECT count(*), min(w.started_at), max(w.started_at) FROM ({edge}) w",
+        [*params, last],
+    )
+    return {"runs": int(n), "first_started_at": first, "last_started_at": newest}
+
+
+def step_names(reader: Reader, workflow: str | None = None) -> list[str]:
+    """The names of the steps and tools recorded (in runs of ``workflow``), sorted: what
+    an error about an unknown step lists."""
+    sql = "SELECT DISTINCT s.name FROM spans s WHERE s.step_key IS NOT NULL"
+    params: list[Any] = []
+    if workflow is not None:
+        sql += " AND EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id AND r.workflow = ?)"
+        params.append(stored_name(workflow))
+    return sorted(str(r[0]) for r in reader.rows(sql, params))
+
+
 def step_durations(
     reader: Reader, step: str, workflow: str | None = None, last: int = 1000
 ) -> list[float]:

@@ -39,7 +39,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from steptrace.compare import Comparison
     from steptrace.diff import RunDiff
-    from steptrace.overview import RunTotals, StoreStatus
+    from steptrace.overview import RunTotals, RunWindow, StoreStatus
     from steptrace.query import Distribution
     from steptrace.stats import StepStats
 
@@ -457,6 +457,21 @@ class Store:
         )
         return [_run_from_row(r) for r in rows]
 
+    def count_runs(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        *,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+        tag: str | Sequence[str] | None = None,
+        where: str | Sequence[str] | None = None,
+    ) -> int:
+        """How many runs ``runs`` with the same filters would list without a limit."""
+        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
+        clause = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return int(self._query(f"SELECT count(*) FROM runs{clause}", params)[0][0])
+
     def resolve(self, run_id: str) -> str:
         """The full id of the run whose id is ``run_id`` or starts with it."""
         rows = self._query("SELECT run_id FROM runs WHERE run_id = ?", [run_id])
@@ -567,6 +582,19 @@ class Store:
         from steptrace.overview import store_status
 
         return store_status(self._reader, reports)
+
+    def run_window(self, workflow: str | None = None, last: int = 1000) -> RunWindow:
+        """What ``step_stats(workflow, last)`` covers: how many runs, and when the
+        oldest and newest of them started."""
+        from steptrace.overview import run_window
+
+        return run_window(self._reader, workflow, last)
+
+    def step_names(self, workflow: str | None = None) -> list[str]:
+        """The step and tool names recorded (in runs of ``workflow``), sorted."""
+        from steptrace.overview import step_names
+
+        return step_names(self._reader, workflow)
 
     def workflows(self) -> list[str]:
         """The names of the workflows that have runs in the store, sorted."""
