@@ -42,6 +42,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 import steptrace as st
+from steptrace import export as export_tables
 from steptrace.cli_output import FORMAT_HELP, Column, Format, output_format, print_table
 from steptrace.cli_output import console as output_console
 from steptrace.cli_output import note as _note
@@ -542,7 +543,7 @@ def runs_command(
             if fmt is Format.json:
                 _print_json(summaries)
             else:
-                _print_dict_csv(summaries, _RUN_FIELDS)
+                _print_dict_csv(summaries, export_tables.TABLES["runs"])
             if more:
                 _note(more)
             return
@@ -578,22 +579,6 @@ def runs_command(
 
 _ERROR_CHARS = 160
 """A run's error in `runs` is cut to this (with a note): `show` and --json have it."""
-_RUN_FIELDS = [
-    "run_id",
-    "workflow",
-    "status",
-    "trace_id",
-    "span_id",
-    "parent_trace_id",
-    "parent_span_id",
-    "started_at",
-    "ended_at",
-    "duration_ms",
-    "input",
-    "output",
-    "error",
-    "tags",
-]
 
 
 def check_workflow(store: st.Store, workflow: str) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Query
@@ -163,6 +164,9 @@ def _histogram(durations: list[float], bins: int) -> dict[str, Any]:
     }
 
 
+_Route = TypeVar("_Route", bound=Callable[..., Any])
+
+
 def create_app(
     store: Store,
     *,
@@ -199,37 +203,29 @@ def create_app(
 
     # -- API ---------------------------------------------------------------------------
 
-    @app.get(
-        f"{API}/config",
-        tags=["ui"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.Config),
-    )
+    def api_get(path: str, tag: str, model: Any) -> Callable[[_Route], _Route]:
+        """A JSON GET route under the API prefix, its 200 described by ``model``."""
+        return app.get(
+            f"{API}{path}",
+            tags=[tag],
+            response_class=_Json,
+            response_model=None,
+            responses=_ok(model),
+        )
+
+    @api_get("/config", "ui", schema.Config)
     def config() -> Any:
         """What the pages need to know of the server: the store (its password masked)
         and the trace link template."""
         shown = mask_url(trace_url) if trace_url else None
         return {"store": mask_url(store.url), "trace_url": shown, "page_size_max": PAGE_SIZE_MAX}
 
-    @app.get(
-        f"{API}/workflows",
-        tags=["runs"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(list[str]),
-    )
+    @api_get("/workflows", "runs", list[str])
     def workflows() -> Any:
         """The workflow names that have runs, sorted."""
         return store.workflows()
 
-    @app.get(
-        f"{API}/runs",
-        tags=["runs"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.RunsPage),
-    )
+    @api_get("/runs", "runs", schema.RunsPage)
     def runs(
         workflow: str | None = None,
         status: str | None = None,
@@ -268,13 +264,7 @@ def create_app(
             items.append(item)
         return {"runs": items, "limit": limit, "offset": offset, "has_more": len(found) > limit}
 
-    @app.get(
-        f"{API}/runs/{{run_id}}",
-        tags=["runs"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.Run),
-    )
+    @api_get("/runs/{run_id}", "runs", schema.Run)
     def run(
         run_id: str,
         values: Annotated[
@@ -295,13 +285,7 @@ def create_app(
         data["trace_link"] = _trace_link(trace_url, record)
         return data
 
-    @app.get(
-        f"{API}/runs/{{run_id}}/spans/{{span_id}}",
-        tags=["runs"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.Span | schema.RootSpan),
-    )
+    @api_get("/runs/{run_id}/spans/{span_id}", "runs", schema.Span | schema.RootSpan)
     def span(run_id: str, span_id: str) -> Any:
         """One span of a run, whole: input, output, error with traceback, LLM call
         (messages, params, response, tool calls), logs and attributes."""
@@ -313,36 +297,18 @@ def create_app(
             return {"span_id": record.span_id, "kind": "run", "name": record.workflow}
         return error(404, f"no span {span_id!r} in run {record.run_id}")
 
-    @app.get(
-        f"{API}/diff",
-        tags=["questions"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.diff_model()),
-    )
+    @api_get("/diff", "questions", schema.diff_model())
     def diff(a: str, b: str) -> Any:
         """How run ``b`` differs from run ``a``, step by step (``Store.diff``)."""
         return store.diff(a, b)
 
-    @app.get(
-        f"{API}/runs/{{run_id}}/compare",
-        tags=["questions"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.compare_model()),
-    )
+    @api_get("/runs/{run_id}/compare", "questions", schema.compare_model())
     def compare(run_id: str, baseline: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
         """The run against the last ``baseline`` successful runs of its workflow:
         ranked findings (``Store.compare``)."""
         return store.compare(run_id, baseline)
 
-    @app.get(
-        f"{API}/stats",
-        tags=["questions"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.stats_model()),
-    )
+    @api_get("/stats", "questions", schema.stats_model())
     def stats(
         workflow: str | None = None, last: Annotated[int, Query(ge=1, le=100_000)] = 1000
     ) -> Any:
@@ -350,13 +316,7 @@ def create_app(
         p50/p95/p99 duration, tokens, cost (``Store.step_stats``)."""
         return store.step_stats(workflow or None, last)
 
-    @app.get(
-        f"{API}/distribution",
-        tags=["questions"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.distribution_model()),
-    )
+    @api_get("/distribution", "questions", schema.distribution_model())
     def distribution(
         step: str,
         field: str,
@@ -367,13 +327,7 @@ def create_app(
         ``last`` runs that ran it (``Store.distribution``)."""
         return store.distribution(step, field, last, workflow or None)
 
-    @app.get(
-        f"{API}/histogram",
-        tags=["questions"],
-        response_class=_Json,
-        response_model=None,
-        responses=_ok(schema.Histogram),
-    )
+    @api_get("/histogram", "questions", schema.Histogram)
     def histogram(
         step: str,
         workflow: str | None = None,

@@ -64,7 +64,9 @@ class RunError(_Open):
     message: Any = None
 
 
-class RunItem(_Open):
+class _RunFields(_Open):
+    """What a run row and a run share."""
+
     run_id: str
     workflow: str
     status: str
@@ -75,6 +77,9 @@ class RunItem(_Open):
     started_at: str
     ended_at: str | None
     duration_ms: float | None
+
+
+class RunItem(_RunFields):
     error: RunError | None
     tags: list[str]
     totals: Totals
@@ -141,17 +146,7 @@ class RootSpan(_Open):
     name: str
 
 
-class Run(_Open):
-    run_id: str
-    workflow: str
-    status: str
-    trace_id: str
-    span_id: str
-    parent_trace_id: str | None
-    parent_span_id: str | None
-    started_at: str
-    ended_at: str | None
-    duration_ms: float | None
+class Run(_RunFields):
     input: Any
     output: Any
     error: dict[str, Any] | None
