@@ -245,6 +245,56 @@ def test_a_lapsed_heartbeat_of_another_host_interrupts_its_runs(store_url: str) 
     assert statuses == {"run-of-elsewhere:1:1": "interrupted", "run-of-elsewhere:2:1": "running"}
 
 
+def test_a_run_started_after_its_owner_ended_is_interrupted_once_the_owner_is_gone(
+    store_url: str,
+) -> None:
+    """A thread may start a run after the exit (or a SIGTERM) marked the process's runs
+    interrupted and its owner ended: once that process is gone the run is interrupted
+    too, not left ``running`` for ever."""
+
+    @st.workflow
+    def wf() -> int:
+        return 1
+
+    wf()
+    old = "2020-01-01T00:00:00.000000Z"
+    fresh = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    here_dead = f"{st.store.owner.hostname()}:{int(gone.stdout)}:1"
+    owners = {
+        here_dead: (old, fresh),  # this host, the pid is gone: interrupted at once
+        "elsewhere:3:1": (old, old),  # another host, ended long ago: interrupted
+        "elsewhere:4:1": (old, fresh),  # another host, ended just now: not yet known
+    }
+    for owner, (heartbeat, ended) in owners.items():
+        raw_sql(
+            store_url,
+            "INSERT INTO owners (owner, host, pid, process_started_at, started_at, "
+            "heartbeat_at, ended_at) VALUES (?, 'h', 1, '1', ?, ?, ?)",
+            (owner, old, heartbeat, ended),
+        )
+        raw_sql(
+            store_url,
+            "INSERT INTO runs (run_id, workflow, status, trace_id, span_id, started_at, owner) "
+            "VALUES (?, 'late', 'running', 't', 's', ?, ?)",
+            (f"run-of-{owner}", old, owner),
+        )
+    st.store.writer._recovered_at.clear()
+    with st.Store.open(store_url) as store:
+        statuses = {r.run_id: r.status for r in store.runs(workflow="late")}
+    assert statuses == {
+        f"run-of-{here_dead}": "interrupted",
+        "run-of-elsewhere:3:1": "interrupted",
+        "run-of-elsewhere:4:1": "running",
+    }
+    assert _status(store_url, f"run-of-{here_dead}") == "interrupted"
+
+
 def test_a_run_that_ends_after_it_was_marked_interrupted_keeps_its_real_outcome(
     store_url: str,
 ) -> None:

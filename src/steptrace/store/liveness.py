@@ -66,25 +66,33 @@ def _interrupt(owner_id: str, now: str) -> Statements:
             "UPDATE runs SET status = 'interrupted' WHERE owner = ? AND status = 'running'",
             (owner_id,),
         ),
-        ("UPDATE owners SET ended_at = ? WHERE owner = ?", (now, owner_id)),
+        ("UPDATE owners SET ended_at = COALESCE(ended_at, ?) WHERE owner = ?", (now, owner_id)),
     ]
 
 
 def dead_owners(rows: Sequence[tuple[Any, ...]], now_ns: int) -> list[str]:
-    """Of ``(owner, heartbeat_at)`` rows of owners not known to have ended, those gone."""
+    """Of ``(owner, heartbeat_at, ended_at)`` rows, the owners that are gone: the pid is
+    dead on this host, or (another host) the heartbeat lapsed. An owner that ended is
+    listed only while it still has runs ``running``: a thread may start one after the
+    exit marked the rest (a signal, daemon threads), and once the process is gone such a
+    run is interrupted too."""
     lapsed = iso_from_ns(lapsed_before(now_ns))
     dead = []
-    for owner_id, heartbeat_at in rows:
+    for owner_id, heartbeat_at, ended_at in rows:
         owner = Owner.parse(owner_id)
         alive = None if owner is None else owner.is_alive()
-        if alive is False or (alive is None and heartbeat_at < lapsed):
+        last_seen = heartbeat_at if ended_at is None else max(heartbeat_at, ended_at)
+        if alive is False or (alive is None and last_seen < lapsed):
             dead.append(owner_id)
     return dead
 
 
 def sweep(engine: Engine, now_ns: int) -> int:
     """Mark the runs of owners that are gone as interrupted; returns how many owners."""
-    rows = engine.query("SELECT owner, heartbeat_at FROM owners WHERE ended_at IS NULL")
+    rows = engine.query(
+        "SELECT owner, heartbeat_at, ended_at FROM owners WHERE ended_at IS NULL "
+        "OR owner IN (SELECT owner FROM runs WHERE status = 'running')"
+    )
     dead = dead_owners(rows, now_ns)
     if dead:
         now = iso_from_ns(now_ns)

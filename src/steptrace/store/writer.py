@@ -744,9 +744,18 @@ class Sink:
             self.end_spans()
         for event in others:
             event.wait(1.0)
-        if self.store_ok and self._backend_ready() and not self.backend.in_transaction():
-            with self._store_lock, contextlib.suppress(Exception):
-                self._call(lambda: self.backend.execute(liveness.end(self.owner, time.time_ns())))
+        # Under the store lock: the writer thread may be in the middle of a commit, and
+        # its transaction ends before the lock is given (the interrupted frame's was
+        # dropped above, so one still open here is not this thread's to wait for).
+        if self.store_ok and self._backend_ready() and self._store_lock.acquire(timeout=2.0):
+            try:
+                if not self.backend.in_transaction():
+                    with contextlib.suppress(Exception):
+                        self._call(
+                            lambda: self.backend.execute(liveness.end(self.owner, time.time_ns()))
+                        )
+            finally:
+                self._store_lock.release()
         line = self.health.exit_line(self.journal.path)
         if line is not None:
             log.warning("%s", line)
