@@ -354,7 +354,7 @@ def _postgres(args: argparse.Namespace) -> None:
 def _questions(path: str, args: argparse.Namespace) -> None:
     with Store.open(path) as store:  # applies this version's migrations to an older store
         if args.analyze:
-            store._query("ANALYZE")
+            store.engine.ddl("ANALYZE")
         store.drop_field_index("classify", "classification")  # measure without it first
         _checkpoint(path)
         recent = [r.run_id for r in store.runs(last=10_000)]

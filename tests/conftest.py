@@ -5,6 +5,8 @@ Every test gets a fresh SQLite store in its own ``tmp_path`` (through
 in-memory span exporter. Tests that take ``store_url`` (or the query tests' ``data``)
 run once per backend: SQLite, and PostgreSQL in a fresh database of a throwaway
 server this session starts (``pg_server.py``; or of ``STEPTRACE_TEST_POSTGRES_URL``).
+The runtime's own tests take ``runtime_store_url``: the in-memory store
+(``memory://``, what ``steptrace.testing`` gives users) and PostgreSQL.
 Without PostgreSQL those runs are skipped with the reason, except in CI (``CI`` set),
 where they fail. The OpenTelemetry SDK is the real one: one
 ``TracerProvider`` exporting to memory is installed for the whole session, the
@@ -17,6 +19,7 @@ import itertools
 import os
 import sqlite3
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import steptrace
 import steptrace.config
+from steptrace.store import memory
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -89,6 +94,11 @@ def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
         configured = os.environ.get("STEPTRACE_STORE", "")
         if is_postgres(configured):
             return raw_sql(configured, sql, params)
+        if configured.startswith("memory://"):
+            steptrace.flush()
+            database = memory.database(configured, create=False)
+            with database.lock:
+                return list(database.conn.execute(sql, params))
         conn = sqlite3.connect(store_path)
         try:
             return list(conn.execute(sql, params))
@@ -157,6 +167,27 @@ def store_url(
     url: str = request.getfixturevalue("new_postgres_database")()
     monkeypatch.setenv("STEPTRACE_STORE", url)
     return url
+
+
+RUNTIME_BACKENDS = ("memory", "postgresql")
+"""Where the runtime's own tests (values, retries, logs, LLM calls) record: the
+in-memory store (the same SQL as a SQLite file, without the disk) and PostgreSQL."""
+
+
+@pytest.fixture(params=RUNTIME_BACKENDS)
+def runtime_store_url(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """This test's store, once per runtime backend (also set as ``STEPTRACE_STORE``)."""
+    if request.param == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+    else:
+        url = request.getfixturevalue("new_postgres_database")()
+    monkeypatch.setenv("STEPTRACE_STORE", url)
+    yield url
+    if request.param == "memory":
+        steptrace.config.reset()
+        memory.drop(url)
 
 
 @pytest.fixture

@@ -60,6 +60,20 @@ def test_all_is_every_public_name_of_the_package() -> None:
     assert public | {"__version__"} == set(st.__all__)
 
 
+def test_the_testing_module_exports_its_public_names() -> None:
+    import steptrace.testing as testing
+
+    public = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", testing.__name__) == testing.__name__
+    }
+    assert set(testing.__all__) == public | {"script"}
+    assert testing.__all__ == ["MEMORY_SCHEME", "memory_store", "script"]
+
+
 def test_version_is_the_installed_package_version() -> None:
     assert st.__version__ == importlib.metadata.version("steptrace")
 

@@ -9,7 +9,7 @@ import pytest
 import steptrace as st
 from steptrace.llm import Reply, ToolCall, Usage
 
-pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 
 
 def _weather_script() -> None:

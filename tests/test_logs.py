@@ -17,7 +17,7 @@ from helpers import parse_ts, run_python
 
 import steptrace as st
 
-pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ def test_distribution_of_an_unknown_step_or_a_bad_path(store: st.Store) -> None:
 
 
 def _plan(store: st.Store, sql: str, params: list[Any]) -> list[str]:
-    return [row[3] for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    return [str(row["detail"]) for row in store.sql(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from helpers import parse_ts
 
 import steptrace as st
 
-pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 
 
 class Label(pydantic.BaseModel):

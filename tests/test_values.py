@@ -19,7 +19,7 @@ import pytest
 import steptrace as st
 from steptrace.record import counters
 
-pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
+pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 
 MARKER = "__steptrace__"
 

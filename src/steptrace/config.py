@@ -168,10 +168,10 @@ class Config:
             refuse_memory_store(self.store)
         if self.store and "://" in self.store:
             scheme = self.store.split("://", 1)[0].lower()
-            if scheme not in ("sqlite", "postgresql", "postgres"):
+            if scheme not in ("sqlite", "postgresql", "postgres", "memory"):
                 raise ConfigError(
-                    f"unknown store URL scheme {scheme!r}: use a file path, sqlite:///path "
-                    "or postgresql://user@host/database"
+                    f"unknown store URL scheme {scheme!r}: use a file path, sqlite:///path, "
+                    "postgresql://user@host/database or memory://NAME (tests)"
                 )
         if self.durable is not None:
             durability_level(self.durable, "durable")
@@ -199,8 +199,9 @@ def refuse_memory_store(url: str) -> None:
     if path in ("", ":memory:") or path.startswith("file::memory:"):
         raise ConfigError(
             f"store {url!r} is an in-memory SQLite database, which the writer and the "
-            "readers cannot share (each connection gets its own): give a file path, e.g. "
-            "a file in a temporary directory"
+            "readers cannot share (each connection gets its own): give a file path, or "
+            "memory://NAME for a store in this process's memory (for tests; see "
+            "steptrace.testing)"
         )
 
 

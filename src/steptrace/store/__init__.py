@@ -1,37 +1,37 @@
 """The store: where runs are written (by the background writer) and read (by ``Store``).
 
-``open_writer(url)`` and ``Store.open(url)`` pick the backend by URL scheme:
-a path or ``sqlite:///path`` is the embedded SQLite file. ``Store`` answers the
-questions of ``steptrace.query``, ``steptrace.diff``, ``steptrace.compare`` and
-``steptrace.export`` through thin methods; ``Store.sql`` runs read-only SQL on a
-connection the engine itself keeps from writing.
+``Store`` is a facade over one read engine (``store/engine.py``: SQLite, PostgreSQL or
+memory, picked by the URL's scheme); ``open_writer(url)`` gives the background writer
+the same engine's write side. ``Store`` answers the questions of ``steptrace.query``,
+``steptrace.diff``, ``steptrace.compare`` and ``steptrace.export`` through thin
+methods, after writing what this process itself recorded; ``Store.sql`` runs
+read-only SQL in a way the engine itself keeps from writing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import sqlite3
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from steptrace.config import get_config
-from steptrace.errors import ConfigError, QueryError
+from steptrace.errors import QueryError
 from steptrace.errors import RunNotFound as RunNotFound  # re-exported: older imports
-from steptrace.record import RunState, SpanRecord, stored_form
+from steptrace.record import stored_form
+from steptrace.store import memory, memory_engine
 from steptrace.store import sqlite as sqlite_backend
-from steptrace.store.dialect import SQLITE, Dialect
+from steptrace.store.dialect import Dialect
+from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.model import RunRecord, SpanView, loads
-from steptrace.store.schema import check_schema as _check_schema
-from steptrace.store.schema import load_postgres, migrate_store, same_store
-from steptrace.store.schema import missing as _missing
-from steptrace.store.schema import prepare_schema as _prepare_schema
-from steptrace.store.schema import scheme as _scheme
+from steptrace.store.schema import (
+    load_postgres,
+    migrate_store,
+    prepare_schema,
+    same_store,
+    scheme,
+)
 from steptrace.where import RunFilter
 
 T = TypeVar("T")
@@ -44,32 +44,13 @@ if TYPE_CHECKING:
     from steptrace.stats import StepStats
 
 
-class WriterBackend(Protocol):
-    """What the sink needs of an engine: one attempt per call (the sink decides what a
-    failure means), ``cancel`` callable from another thread to break a call off."""
-
-    def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None: ...
-
-    def execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None: ...
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
-
-    def cancel(self) -> None: ...
-
-    def in_transaction(self) -> bool: ...
-
-    def abandon(self) -> None: ...
-
-    def checkpoint(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def open_writer(url: str) -> WriterBackend:
     """Open (creating and migrating if needed) the store at ``url`` for writing."""
-    scheme = _scheme(url)
-    _prepare_schema(url)
-    if scheme == "postgresql":
+    kind = scheme(url)
+    if kind == "memory":
+        return memory_engine.MemoryWriter(memory.database(url, create=True))
+    prepare_schema(url)
+    if kind == "postgresql":
         writer: WriterBackend = load_postgres().PostgresWriter(url)
         return writer
     return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
@@ -78,10 +59,28 @@ def open_writer(url: str) -> WriterBackend:
 def open_engine(url: str) -> WriterBackend:
     """A writing connection to a store that exists (no migration): for the sweep of
     interrupted runs."""
-    if _scheme(url) == "postgresql":
+    kind = scheme(url)
+    if kind == "memory":
+        return memory_engine.MemoryWriter(memory.database(url, create=False))
+    if kind == "postgresql":
         engine: WriterBackend = load_postgres().PostgresWriter(url)
         return engine
     return sqlite_backend.SQLiteWriter(sqlite_backend.path_from_url(url))
+
+
+def open_read_engine(url: str) -> Engine:
+    """The read engine for the store at ``url`` (which must exist)."""
+    kind = scheme(url)
+    if kind == "memory":
+        return memory_engine.MemoryEngine.open(url)
+    if kind == "postgresql":
+        load_postgres()  # says what to install when psycopg is missing
+        from steptrace.store.postgres_engine import PostgresEngine
+
+        return PostgresEngine.open(url)
+    from steptrace.store.sqlite_engine import SQLiteEngine
+
+    return SQLiteEngine.open(url)
 
 
 _SPAN_FIELDS = (
@@ -135,25 +134,21 @@ def record_export_report(row: dict[str, Any], url: str | None = None) -> None:
     """Append a row to ``otel_export`` (spans the OTLP export dropped) in the configured
     store. Uses its own short connection: reports also come at exit, after the writer
     has closed."""
-    from steptrace.config import get_config
-    from steptrace.store.schema import load_postgres, prepare_schema
-
     url = url or get_config().store_url()
-    prepare_schema(url)
     columns = ", ".join(row)
-    if _scheme(url) == "postgresql":
+    statement = f"INSERT INTO otel_export ({columns}) VALUES ({', '.join('?' for _ in row)})"
+    if scheme(url) == "memory":
+        open_engine(url).execute([(statement, list(row.values()))])
+        return
+    prepare_schema(url)
+    if scheme(url) == "postgresql":
         pg = load_postgres()
-        marks = ", ".join("%s" for _ in row)
         with pg.connect(url) as pg_conn:
-            pg_conn.execute(
-                f"INSERT INTO otel_export ({columns}) VALUES ({marks})".encode(),
-                list(row.values()),
-            )
+            pg_conn.execute(pg.placeholders(statement), list(row.values()))
         return
     conn = sqlite_backend.connect(sqlite_backend.path_from_url(url))
     try:
-        marks = ", ".join("?" for _ in row)
-        conn.execute(f"INSERT INTO otel_export ({columns}) VALUES ({marks})", list(row.values()))
+        conn.execute(statement, list(row.values()))
     finally:
         conn.close()
 
@@ -167,22 +162,6 @@ def query_params(params: Sequence[Any]) -> list[Any]:
 
 SQL_TIMEOUT_S = 30.0
 """How long ``Store.sql`` lets a statement run, unless told otherwise."""
-_PROGRESS_STEPS = 10_000
-"""SQLite virtual-machine steps between two checks of a running ``sql`` statement."""
-
-
-def timeout_message(timeout_s: float) -> str:
-    return (
-        f"SQL error: the query was stopped at its time limit of {timeout_s:g} s "
-        "(statement timeout; steptrace sql --timeout SECONDS allows more)"
-    )
-
-
-def missing_store_message(path: str) -> str:
-    return (
-        f"no store at {os.path.abspath(path)} (set STEPTRACE_STORE or --store to an "
-        "existing store; a workflow run creates one)"
-    )
 
 
 _RUN_COLUMNS = (
@@ -210,117 +189,47 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
     )
 
 
-def take_runs(
-    fetchmany: Callable[[int], Sequence[tuple[Any, ...]]], runs: int
-) -> list[tuple[Any, ...]]:
-    """Rows (first column: a run id) up to the first row of the ``runs + 1``-th run: at
-    least one row a run, so ``runs`` rows are fetched at once, then a few at a time,
-    and the query computes few rows past the stopping point."""
-    seen: set[Any] = set()
-    out: list[tuple[Any, ...]] = []
-    size = runs
-    while chunk := fetchmany(size):
-        for row in chunk:
-            if row[0] not in seen:
-                if len(seen) == runs:
-                    return out
-                seen.add(row[0])
-            out.append(row)
-        size = 16
-    return out
-
-
-class _Reader:
-    """What the query modules use of a ``Store`` (``steptrace.query.Reader``)."""
+class StoreReader:
+    """What the query modules use of a ``Store`` (``steptrace.query.Reader``): the
+    engine's answers, after this process's own records are written."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.dialect: Dialect = store.dialect
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._store._query(sql, params)
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        self._store.flush_own_writes()
+        return self._store.engine.rows(sql, query_params(params))
 
-    def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
-        return self._store._rows_of_runs(sql, params, runs)
+    def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> Rows:
+        self._store.flush_own_writes()
+        return self._store.engine.rows_of_runs(sql, query_params(params), runs)
 
-    def rows_many(
-        self,
-        queries: Sequence[tuple[str, Sequence[Any]]],
-        transform: Callable[[list[tuple[Any, ...]]], T],
-    ) -> list[T]:
-        return self._store._query_many(queries, transform)
+    def rows_many(self, queries: Queries, transform: Callable[[Rows], T]) -> list[T]:
+        self._store.flush_own_writes()
+        return self._store.engine.rows_many(
+            [(sql, query_params(params)) for sql, params in queries], transform
+        )
 
     def run(self, run_id: str) -> RunRecord:
         return self._store.run(run_id)
 
 
-class _ConnectionPool:
-    """Worker threads with a read-only connection each, for the independent parts of a
-    large query: SQLite releases the GIL while it computes, so they run on separate
-    cores."""
-
-    def __init__(self, path: str, workers: int) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="steptrace-query")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite_backend.connect(self._path, readonly=True)
-            sqlite_backend.tune_for_reads(conn)
-            self._local.conn = conn
-            with self._lock:
-                self._opened.append(conn)
-        return conn
-
-    def _rows(
-        self, sql: str, params: Sequence[Any], transform: Callable[[list[tuple[Any, ...]]], T]
-    ) -> T:
-        return transform(self._conn().execute(sql, params).fetchall())
-
-    def map(
-        self,
-        queries: Sequence[tuple[str, Sequence[Any]]],
-        transform: Callable[[list[tuple[Any, ...]]], T],
-    ) -> list[T]:
-        futures = [
-            self._executor.submit(self._rows, sql, query_params(params), transform)
-            for sql, params in queries
-        ]
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        with self._lock:
-            for conn in self._opened:
-                conn.close()
-            self._opened.clear()
-
-
 class Store:
     """Read access to a store. ``Store.open()`` opens the configured one.
 
-    One ``Store`` may be shared by threads; its queries take turns on one connection.
-    ``Store.open`` of a ``postgresql://`` URL gives a ``PostgresStore``, which answers the
-    same questions with the same results.
+    A ``Store`` is a facade over one engine (``steptrace.store.engine``): SQLite for a
+    path, PostgreSQL for a ``postgresql://`` URL, memory for ``memory://NAME``; each
+    answers the same questions with the same results. One ``Store`` may be shared by
+    threads.
     """
 
-    dialect: Dialect = SQLITE
-    _tiebreak = "s.rowid"
-    """Orders spans that started in the same microsecond: in the order they were written."""
-
-    def __init__(self, url: str, conn: sqlite3.Connection) -> None:
-        self.url = url
-        self._dsn = url
-        """The URL to connect with (``url`` is what messages show)."""
-        self._conn = conn
-        self._lock = threading.Lock()
-        self._readonly: sqlite3.Connection | None = None
-        self._pool: _ConnectionPool | None = None
-        self._reader = _Reader(self)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url
+        """The store's URL as messages show it (a password masked)."""
+        self.dialect: Dialect = engine.dialect
+        self._reader = StoreReader(self)
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:
@@ -332,91 +241,27 @@ class Store:
         from steptrace.store.writer import recover
 
         url = url or get_config().store_url()
-        if _scheme(url) == "postgresql":
-            load_postgres()  # says what to install when psycopg is missing
-            from steptrace.store.postgres_store import PostgresStore
-
-            pg_store = PostgresStore.connect(url)
-            recover(url)
-            return pg_store
-        path = sqlite_backend.path_from_url(url)
-        if _missing(url):
-            raise ConfigError(missing_store_message(path))
-        try:
-            conn = sqlite_backend.connect(path)
-        except (OSError, sqlite3.Error) as exc:
-            from steptrace.store.schema import open_error
-
-            raise ConfigError(open_error(url, exc)) from exc
-        if sqlite_backend.has_pending(conn):
-            try:
-                if get_config().auto_migrate_enabled():
-                    sqlite_backend.migrate(conn)
-                else:
-                    _check_schema(url, sqlite_backend.applied(conn))
-            except BaseException:
-                conn.close()
-                raise
-        sqlite_backend.tune_for_reads(conn)
+        engine = open_read_engine(url)
         recover(url)
-        return cls(url, conn)
+        return cls(engine)
 
     # -- plumbing -----------------------------------------------------------------
-    def _same_process_flush(self) -> None:
+    def flush_own_writes(self) -> None:
         """Before a query: what this process recorded is written, and (every few
         seconds) runs of processes that died are marked interrupted."""
         from steptrace.store import writer
 
-        writer.recover(self._dsn)
+        writer.recover(self.engine.dsn)
         sink = writer.current_sink()
         if sink is not None and same_store(sink.url, self.url):
             sink.flush(timeout_s=5.0)
 
-    def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
-        self._same_process_flush()
-        with self._lock:
-            cursor = self._conn.execute(sql, query_params(params))
-            try:
-                return take_runs(cursor.fetchmany, runs)
-            finally:
-                cursor.close()
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self._same_process_flush()
-        with self._lock:
-            return list(self._conn.execute(sql, query_params(params)))
-
-    def _query_batch(
-        self, queries: Sequence[tuple[str, Sequence[Any]]]
-    ) -> list[list[tuple[Any, ...]]]:
-        """The rows of each of a few small queries (PostgreSQL sends them in one round
-        trip)."""
-        return [self._query(sql, params) for sql, params in queries]
-
-    def _query_many(
-        self,
-        queries: Sequence[tuple[str, Sequence[Any]]],
-        transform: Callable[[list[tuple[Any, ...]]], T],
-    ) -> list[T]:
-        """Independent queries, run at the same time on the pool's connections, each
-        result passed through ``transform`` on the thread that fetched it."""
-        if len(queries) < 2 or (os.cpu_count() or 1) < 2:
-            return [transform(self._query(sql, params)) for sql, params in queries]
-        self._same_process_flush()
-        with self._lock:
-            if self._pool is None:
-                self._pool = _ConnectionPool(
-                    sqlite_backend.path_from_url(self.url), min(4, os.cpu_count() or 1)
-                )
-            pool = self._pool
-        return pool.map(queries, transform)
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        self.flush_own_writes()
+        return self.engine.rows(sql, query_params(params))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        if self._readonly is not None:
-            self._readonly.close()
-        self._conn.close()
+        self.engine.close()
 
     def __enter__(self) -> Store:
         return self
@@ -450,7 +295,7 @@ class Store:
         (see ``steptrace.where``). Raises ``QueryError`` for a malformed filter."""
         conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
         clause = f"WHERE {' AND '.join(conds)} " if conds else ""
-        rows = self._query(
+        rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs {clause}"
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
             [*params, last, offset],
@@ -470,14 +315,14 @@ class Store:
         """How many runs ``runs`` with the same filters would list without a limit."""
         conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
         clause = f" WHERE {' AND '.join(conds)}" if conds else ""
-        return int(self._query(f"SELECT count(*) FROM runs{clause}", params)[0][0])
+        return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run whose id is ``run_id`` or starts with it."""
-        rows = self._query("SELECT run_id FROM runs WHERE run_id = ?", [run_id])
+        rows = self._rows("SELECT run_id FROM runs WHERE run_id = ?", [run_id])
         if rows:
             return str(rows[0][0])
-        rows = self._query(
+        rows = self._rows(
             "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? LIMIT 2",
             [run_id, run_id + "\U0010ffff"],
         )
@@ -491,10 +336,11 @@ class Store:
         """The run with this id (or unambiguous id prefix), with all its spans."""
 
         def read(full: str) -> list[list[tuple[Any, ...]]]:
-            return self._query_batch(
+            self.flush_own_writes()
+            return self.engine.rows_batch(
                 [
                     (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full]),
-                    (_SPANS_OF_RUN.format(tiebreak=self._tiebreak), [full]),
+                    (_SPANS_OF_RUN.format(tiebreak=self.engine.tiebreak), [full]),
                     (_LOGS_OF_RUN, [full]),
                 ]
             )
@@ -609,78 +455,20 @@ class Store:
         from steptrace.query import field_index_sql
 
         name, sql = field_index_sql(self.dialect, step, field)
-        self._execute(sql)
+        self.flush_own_writes()
+        self.engine.ddl(sql)
         return name
-
-    def _execute(self, sql: str) -> None:
-        """A statement that changes the schema (an index), not a query."""
-        self._query(sql)
-
-    def _index_exists(self, name: str) -> bool:
-        return bool(
-            self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", [name])
-        )
 
     def drop_field_index(self, step: str, field: str) -> bool:
         """Drop the index ``index_field(step, field)`` made; False if there was none."""
         from steptrace.query import field_index_name
 
         name = field_index_name(step, field)
-        existed = self._index_exists(name)
-        self._execute(f"DROP INDEX IF EXISTS {name}")
+        existed = self.engine.index_exists(name)
+        self.engine.ddl(f"DROP INDEX IF EXISTS {name}")
         return existed
 
     # -- SQL --------------------------------------------------------------------------
-    def _readonly_conn(self) -> sqlite3.Connection:
-        if self._readonly is None:
-            self._readonly = sqlite_backend.connect_readonly(sqlite_backend.path_from_url(self.url))
-        return self._readonly
-
-    def _sql_rows(
-        self, query: str, params: Sequence[Any], limit: int | None, timeout_s: float
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """On the read-only connection, with a progress handler that stops the
-        statement at the time limit; Ctrl-C stops it too (``KeyboardInterrupt``)."""
-        deadline = time.monotonic() + timeout_s
-        timed_out = False
-
-        def progress() -> int:
-            nonlocal timed_out
-            timed_out = time.monotonic() > deadline
-            return int(timed_out)
-
-        with self._lock:
-            conn = self._readonly_conn()
-            # A SIGINT's Python handler runs inside this handler (the only Python code
-            # while SQLite works): the KeyboardInterrupt it raises there aborts the
-            # statement ("interrupted") and is swallowed by sqlite3, so an interrupted
-            # statement that did not time out was interrupted by the user.
-            conn.set_progress_handler(progress, _PROGRESS_STEPS)
-            try:
-                cursor = conn.execute(query, params)
-                try:
-                    names = [d[0] for d in cursor.description or ()]
-                    rows: list[tuple[Any, ...]] = []
-                    while limit is None or len(rows) < limit:
-                        size = 1000 if limit is None else min(1000, limit - len(rows))
-                        chunk = cursor.fetchmany(size)
-                        if not chunk:
-                            break
-                        rows.extend(chunk)
-                    return names, rows
-                finally:
-                    cursor.close()
-            except sqlite3.OperationalError as exc:
-                if str(exc) != "interrupted":
-                    raise QueryError(f"SQL error: {exc}") from None
-                if timed_out:
-                    raise QueryError(timeout_message(timeout_s)) from None
-                raise KeyboardInterrupt from None
-            except (sqlite3.Error, sqlite3.Warning, OverflowError, UnicodeEncodeError) as exc:
-                raise QueryError(f"SQL error: {exc}") from None
-            finally:
-                conn.set_progress_handler(None, 0)
-
     def sql(
         self,
         query: str,
@@ -710,8 +498,8 @@ class Store:
             raise QueryError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
         if stored_form(query) != query:
             raise QueryError("SQL error: the statement holds a NUL or a lone surrogate")
-        self._same_process_flush()
-        names, rows = self._sql_rows(query, query_params(params), limit, timeout_s)
+        self.flush_own_writes()
+        names, rows = self.engine.sql_rows(query, query_params(params), limit, timeout_s)
         decode = [n in JSON_COLUMNS for n in names]
         return [
             {

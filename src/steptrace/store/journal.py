@@ -49,7 +49,7 @@ def spill_dir(url: str, root: str | None = None) -> str:
         )
     from steptrace.store.schema import scheme
 
-    key = url if scheme(url) == "postgresql" else os.path.abspath(_sqlite_path(url))
+    key = url if scheme(url) != "sqlite" else os.path.abspath(_sqlite_path(url))
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return os.path.join(root, digest)
 

@@ -42,7 +42,7 @@ def is_url(url: str) -> bool:
     return "://" in url and url.split("://", 1)[0].lower() in SCHEMES
 
 
-def _libpq_url(url: str) -> str:
+def libpq_url(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1]
 
 
@@ -67,7 +67,7 @@ def configure(conn: psycopg.Connection[Any]) -> None:
 def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
     conn = psycopg.connect(
-        _libpq_url(url), autocommit=autocommit, application_name="steptrace", **kwargs
+        libpq_url(url), autocommit=autocommit, application_name="steptrace", **kwargs
     )
     configure(conn)
     return conn

@@ -19,8 +19,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from steptrace.errors import ConfigError
+from steptrace.store import memory
 from steptrace.store import sqlite as sqlite_backend
-from steptrace.store.schema import load_postgres, missing, prepare_schema, scheme
+from steptrace.store.schema import (
+    load_postgres,
+    missing,
+    missing_store_message,
+    prepare_schema,
+    scheme,
+)
 from steptrace.where import parse_time
 
 BATCH_RUNS = 500
@@ -51,9 +58,15 @@ class _Conn:
     def __init__(self, url: str) -> None:
         self.url = url
         self.postgres = scheme(url) == "postgresql"
+        self._memory: memory.MemoryDatabase | None = None
         if self.postgres:
             self._pg = load_postgres()
             self._pgconn = self._pg.connect(url)
+        elif scheme(url) == "memory":
+            # The one connection of the database, held (its lock) for the whole prune.
+            self._memory = memory.database(url, create=False)
+            self._memory.lock.acquire()
+            self._sqlite = self._memory.conn
         else:
             self._sqlite = sqlite_backend.connect(sqlite_backend.path_from_url(url))
 
@@ -96,6 +109,8 @@ class _Conn:
     def close(self) -> None:
         if self.postgres:
             self._pgconn.close()
+        elif self._memory is not None:
+            self._memory.lock.release()
         else:
             self._sqlite.close()
 
@@ -144,9 +159,7 @@ def prune(
         conds.append("status <> 'failed'")
     chosen = f"SELECT run_id FROM runs WHERE {' AND '.join(conds)}"
     if missing(url):
-        from steptrace.store import missing_store_message
-
-        raise ConfigError(missing_store_message(sqlite_backend.path_from_url(url)))
+        raise ConfigError(missing_store_message(url))
     prepare_schema(url)
     result = PruneResult(cutoff, 0, 0, 0, 0, dry_run, 0)
     with _open(url) as conn:

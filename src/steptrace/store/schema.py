@@ -2,9 +2,11 @@
 
 ``scheme(url)`` picks the backend (a path or ``sqlite:///`` URL: SQLite;
 ``postgresql://``: PostgreSQL, whose module is loaded only then, so psycopg stays an
-optional dependency). ``migrate_store`` applies pending migrations; ``prepare_schema``
-is what opening a store does: migrate (``auto_migrate``, the default) or refuse a
-schema that is behind with a message to run ``steptrace migrate``.
+optional dependency; ``memory://NAME``: a database in this process's memory, which is
+created with the current schema and has nothing to migrate). ``migrate_store``
+applies pending migrations; ``prepare_schema`` is what opening a store does: migrate
+(``auto_migrate``, the default) or refuse a schema that is behind with a message to
+run ``steptrace migrate``.
 """
 
 from __future__ import annotations
@@ -14,39 +16,54 @@ from types import ModuleType
 
 from steptrace.config import ConfigError, get_config
 from steptrace.masking import mask_text, mask_url, url_secrets
+from steptrace.store import memory
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.migrations import SchemaTooNew, pending
 
 
 def scheme(url: str) -> str:
-    """``"sqlite"`` or ``"postgresql"``; ``ConfigError`` for anything else."""
+    """``"sqlite"``, ``"postgresql"`` or ``"memory"``; ``ConfigError`` for anything
+    else."""
     if "://" not in url:
         return "sqlite"
     name = url.split("://", 1)[0].lower()
     if name in ("postgres", "postgresql"):
         return "postgresql"
-    if name != "sqlite":
+    if name not in ("sqlite", "memory"):
         raise ConfigError(
             f"unknown store URL scheme {name!r} in STEPTRACE_STORE: use a file path, "
-            "sqlite:///path or postgresql://user@host/database"
+            "sqlite:///path, postgresql://user@host/database or memory://NAME (tests)"
         )
     return name
 
 
 def missing(url: str) -> bool:
-    """Whether ``url`` names a SQLite file that does not exist: reading creates no
-    store, so a reader has nothing to open (or to sweep)."""
-    if scheme(url) != "sqlite":
+    """Whether ``url`` names a store that does not exist (a SQLite file, an in-memory
+    database of this process): reading creates no store, so a reader has nothing to
+    open (or to sweep)."""
+    kind = scheme(url)
+    if kind == "memory":
+        return not memory.exists(url)
+    if kind != "sqlite":
         return False
-    path = sqlite_backend.path_from_url(url)
-    return path != ":memory:" and not os.path.isfile(path)
+    return not os.path.isfile(sqlite_backend.path_from_url(url))
+
+
+def missing_store_message(url: str) -> str:
+    if scheme(url) == "memory":
+        return memory.missing_message(url)
+    path = os.path.abspath(sqlite_backend.path_from_url(url))
+    return (
+        f"no store at {path} (set STEPTRACE_STORE or --store to an existing store; a "
+        "workflow run creates one)"
+    )
 
 
 def load_postgres() -> ModuleType:
     """The PostgreSQL backend module; ``ConfigError`` when psycopg is not installed."""
     try:
         import pglast  # noqa: F401  (Store.sql's parser)
-        import psycopg_pool  # noqa: F401  (PostgresStore's pool)
+        import psycopg_pool  # noqa: F401  (PostgresEngine's pool)
 
         from steptrace.store import postgres
     except ImportError as exc:
@@ -100,6 +117,9 @@ def migrate_store(url: str) -> list[str]:
     their names (empty when the schema is current). Raises ``ConfigError`` for a store a
     newer steptrace migrated, or one that cannot be opened."""
     try:
+        if scheme(url) == "memory":
+            memory.database(url, create=True)  # made with the current schema
+            return []
         if scheme(url) == "postgresql":
             pg = load_postgres()
             with pg.connect(url) as conn:
@@ -115,7 +135,7 @@ def migrate_store(url: str) -> list[str]:
 
 def prepare_schema(url: str) -> None:
     """Migrate the store on first use, or (automatic migration off) check it is current."""
-    if get_config().auto_migrate_enabled():
+    if get_config().auto_migrate_enabled() or scheme(url) == "memory":
         migrate_store(url)
         return
     if scheme(url) == "postgresql":
@@ -134,8 +154,10 @@ def same_store(a: str, b: str) -> bool:
     """Whether two store URLs name the same store."""
     if scheme(a) != scheme(b):
         return False
-    if scheme(a) == "postgresql":  # a PostgresStore's url has its password masked
+    if scheme(a) == "postgresql":  # a PostgresEngine's url has its password masked
         return mask_url(a) == mask_url(b)
+    if scheme(a) == "memory":
+        return memory.name_of(a) == memory.name_of(b)
     return os.path.abspath(sqlite_backend.path_from_url(a)) == os.path.abspath(
         sqlite_backend.path_from_url(b)
     )

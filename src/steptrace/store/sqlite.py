@@ -117,7 +117,7 @@ _REFUSED_ACTIONS = frozenset(
 )
 
 
-def _authorize(
+def authorize_read(
     action: int, arg1: str | None, arg2: str | None, _db: str | None, _source: str | None
 ) -> int:
     """Keep a read-only connection read-only: no ATTACH (which would open or create
@@ -138,7 +138,7 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     conn = connect(path, readonly=True)
     conn.execute("PRAGMA query_only=ON")
     tune_for_reads(conn)
-    conn.set_authorizer(_authorize)
+    conn.set_authorizer(authorize_read)
     return conn
 
 
@@ -391,9 +391,9 @@ class SQLiteWriter:
     replaced since it was opened fails it with ``StoreMoved`` (checked before and after
     the commit, so a batch is never counted as written into a removed file)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, conn: sqlite3.Connection | None = None) -> None:
         self.path = path
-        self.conn = connect(path)
+        self.conn = connect(path) if conn is None else conn
         self.conn.execute(f"PRAGMA busy_timeout={WRITE_BUSY_MS}")
         # Checkpoints (copying the WAL into the database, with an fsync) are done by the
         # sink's background thread (``checkpoint``), not by the commit that happens to

@@ -1,7 +1,7 @@
-"""``Store`` over PostgreSQL: the same questions, the same answers.
+"""Reading a PostgreSQL store: ``PostgresEngine``, the same questions, the same answers.
 
 Query modules write SQL once (``?`` placeholders, a ``Dialect`` for what differs);
-``PostgresStore`` runs it on a connection of its own, and the independent halves of
+``PostgresEngine`` runs it on a connection of its own, and the independent halves of
 a large question side by side on connections from a psycopg pool (opened when first
 needed). ``sql`` runs the user's statement on a session of its own, read-only by
 default, as a role that may not reach the server's files or programs, after
@@ -23,13 +23,14 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from steptrace.config import ConfigError, get_config
+from steptrace.config import get_config
+from steptrace.errors import ConfigError, QueryError
 from steptrace.masking import mask_url
-from steptrace.store import Store, query_params, sql_guard, take_runs, timeout_message
 from steptrace.store import postgres as pg
+from steptrace.store import sql_guard
 from steptrace.store.dialect import POSTGRESQL, Dialect
+from steptrace.store.engine import Queries, Rows, take_runs, timeout_message
 from steptrace.store.schema import check_schema, migrate_store, open_error
-from steptrace.where import QueryError
 
 T = TypeVar("T")
 
@@ -44,27 +45,24 @@ def _fetch_from(rows: list[tuple[Any, ...]]) -> Callable[[int], list[tuple[Any, 
     return lambda _size: next(chunks, [])
 
 
-class PostgresStore(Store):
-    """Read access to a PostgreSQL store (``Store.open("postgresql://…")``)."""
+class PostgresEngine:
+    """A PostgreSQL server, read (``Store.open("postgresql://…")``)."""
 
     dialect: Dialect = POSTGRESQL
-    _tiebreak = "s.ctid"
+    tiebreak = "s.ctid"
 
     def __init__(self, url: str) -> None:
         self.url = mask_url(url)
         """What messages show: the URL with its password masked."""
-        self._dsn = url
+        self.dsn = url
         self._pool_pg: ConnectionPool[Any] | None = None
         self._main: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._readonly_pg: psycopg.Connection[Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        from steptrace.store import _Reader
-
-        self._reader = _Reader(self)
 
     @classmethod
-    def connect(cls, url: str) -> PostgresStore:
+    def open(cls, url: str) -> PostgresEngine:
         """Open the store, migrating it first (``auto_migrate``) or checking its schema."""
         try:
             if get_config().auto_migrate_enabled():
@@ -79,14 +77,14 @@ class PostgresStore(Store):
     def _main_conn(self) -> psycopg.Connection[Any]:
         """The store's own connection (hold ``_lock``), reopened after a failure."""
         if self._main is None or self._main.closed:
-            self._main = pg.connect(self._dsn)
+            self._main = pg.connect(self.dsn)
         return self._main
 
     def _parallel_pool(self) -> ConnectionPool[Any]:
         with self._lock:
             if self._pool_pg is None:
                 self._pool_pg = ConnectionPool(
-                    pg._libpq_url(self._dsn),
+                    pg.libpq_url(self.dsn),
                     min_size=1,
                     max_size=POOL_MAX,
                     kwargs={"autocommit": True, "application_name": "steptrace"},
@@ -96,33 +94,26 @@ class PostgresStore(Store):
                 )
             return self._pool_pg
 
-    # -- plumbing -----------------------------------------------------------------
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """On the store's own connection (a pool checkout costs as much as a small
         query); the pool serves the queries run side by side."""
-        self._same_process_flush()
         with self._lock:
             conn = self._main_conn()
             try:
-                rows: list[tuple[Any, ...]] = conn.execute(
-                    pg.placeholders(sql), query_params(params)
-                ).fetchall()
+                rows: Rows = conn.execute(pg.placeholders(sql), params).fetchall()
             except psycopg.OperationalError:
                 conn.close()  # reconnect on the next query
                 raise
             return rows
 
-    def _query_batch(
-        self, queries: Sequence[tuple[str, Sequence[Any]]]
-    ) -> list[list[tuple[Any, ...]]]:
+    def rows_batch(self, queries: Queries) -> list[Rows]:
         """The queries in one pipeline: one round trip for all of them."""
-        self._same_process_flush()
         with self._lock:
             conn = self._main_conn()
             try:
                 with conn.pipeline():
                     cursors = [
-                        conn.cursor().execute(pg.placeholders(sql), query_params(params))
+                        conn.cursor().execute(pg.placeholders(sql), params)
                         for sql, params in queries
                     ]
                 return [c.fetchall() for c in cursors]
@@ -130,31 +121,26 @@ class PostgresStore(Store):
                 conn.close()
                 raise
 
-    def _execute(self, sql: str) -> None:
+    def ddl(self, sql: str) -> None:
         with self._lock:
             conn = self._main_conn()
             conn.execute(sql.encode())
 
-    def _rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> list[tuple[Any, ...]]:
+    def rows_of_runs(self, sql: str, params: Sequence[Any], runs: int) -> Rows:
         """The query with a ``LIMIT`` a little past ``runs`` rows (most runs have one
         row), raised fourfold until the rows hold one run more than asked for or the
         query is exhausted: one round trip in the usual case, where a server-side cursor
         takes four."""
         limit = runs + runs // 4 + 16
         while True:
-            rows = self._query(f"{sql} LIMIT {limit}", params)
+            rows = self.rows(f"{sql} LIMIT {limit}", params)
             if len(rows) < limit or len({r[0] for r in rows}) > runs:
                 return take_runs(_fetch_from(rows), runs)
             limit *= 4
 
-    def _query_many(
-        self,
-        queries: Sequence[tuple[str, Sequence[Any]]],
-        transform: Callable[[list[tuple[Any, ...]]], T],
-    ) -> list[T]:
+    def rows_many(self, queries: Queries, transform: Callable[[Rows], T]) -> list[T]:
         if len(queries) < 2:
-            return [transform(self._query(sql, params)) for sql, params in queries]
-        self._same_process_flush()
+            return [transform(self.rows(sql, params)) for sql, params in queries]
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(POOL_MAX, thread_name_prefix="steptrace-pg")
@@ -164,15 +150,13 @@ class PostgresStore(Store):
 
         def one(sql: str, params: Sequence[Any]) -> T:
             with pool.connection() as conn:
-                return transform(
-                    conn.execute(pg.placeholders(sql), query_params(params)).fetchall()
-                )
+                return transform(conn.execute(pg.placeholders(sql), params).fetchall())
 
         futures = [executor.submit(one, sql, params) for sql, params in queries]
         return [f.result() for f in futures]
 
-    def _index_exists(self, name: str) -> bool:
-        return bool(self._query("SELECT 1 FROM pg_indexes WHERE indexname = ?", [name]))
+    def index_exists(self, name: str) -> bool:
+        return bool(self.rows("SELECT 1 FROM pg_indexes WHERE indexname = ?", [name]))
 
     def _sql_conn(self) -> psycopg.Connection[Any]:
         """The ``sql`` session (hold ``_lock``): read-only by default, literals read as
@@ -181,7 +165,7 @@ class PostgresStore(Store):
         conn = self._readonly_pg
         if conn is not None and not conn.closed:
             return conn
-        conn = pg.connect(self._dsn, options=sql_guard.session_options(self._dsn))
+        conn = pg.connect(self.dsn, options=sql_guard.session_options(self.dsn))
         try:
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             row = conn.execute(sql_guard.ROLE_SQL).fetchone()
@@ -194,9 +178,9 @@ class PostgresStore(Store):
         self._readonly_pg = conn
         return conn
 
-    def _sql_rows(
+    def sql_rows(
         self, query: str, params: Sequence[Any], limit: int | None, timeout_s: float
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    ) -> tuple[list[str], Rows]:
         text = pg.placeholders(query) if params else query.replace("%", "%%")
         statement = sql_guard.parse(_as_sent(text))
         deadline = time.monotonic() + timeout_s
