@@ -331,11 +331,11 @@ def run_command(
     ] = "{}",
 ) -> None:
     """Run a @steptrace.workflow once and print its run id, status and output."""
-    from steptrace.decorators import _spec_of
+    from steptrace.decorators import spec_of
 
     workflow = _load_workflow(target)
     try:
-        spec = _spec_of(workflow)
+        spec = spec_of(workflow)
     except TypeError as exc:
         raise CLIError(f"{target}: {exc}") from None
     args, kwargs = _arguments(spec.fn, spec.signature, input_json)

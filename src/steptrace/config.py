@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,8 +276,6 @@ def configure(
     Raises ``ConfigError`` at once for values steptrace cannot work with.
     """
     global _config
-    from steptrace import record  # local: record imports config
-
     current = get_config()
     changes: dict[str, Any] = {}
     if store is not None:
@@ -318,24 +316,32 @@ def configure(
         )
     with _lock:
         _config = new
-    record.reset_processors()
-    from steptrace.store import writer
-
-    writer.close_sink()  # the next run opens the (maybe new) store
+    _changed(reset=False)  # e.g. the writer closes: the next run opens the (maybe new) store
     return new
 
 
 def reset() -> None:
     """Back to defaults, closing the store writer. For tests."""
     global _config
-    from steptrace import record
-    from steptrace.store import writer
-
-    writer.close_sink()
-    writer.uninstall_sigterm_handler()
+    _changed(reset=True)
     with _lock:
         _config = None
-    record.reset_processors()
+
+
+_listeners: list[Callable[[bool], None]] = []
+
+
+def on_change(listener: Callable[[bool], None]) -> None:
+    """Call ``listener(reset)`` after each ``configure`` (``reset`` False) and before a
+    ``reset`` (True). Modules that keep something made from the configuration (the
+    value pipeline, the store writer) register here when they are imported, so the
+    configuration need not know them."""
+    _listeners.append(listener)
+
+
+def _changed(*, reset: bool) -> None:
+    for listener in list(_listeners):
+        listener(reset)
 
 
 __all__ = ["Config", "ConfigError", "configure", "get_config", "reset"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from steptrace import runtime
-from steptrace.runtime import _run_async, _run_sync, _RunScope
+from steptrace.runtime import RunScope, run_step_async, run_step_sync
 from steptrace.spec import Backoff, Spec
 from steptrace.store.model import RunRecord
 
@@ -24,14 +24,14 @@ def _wrap(spec: Spec) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await _run_async(spec, args, kwargs)
+            return await run_step_async(spec, args, kwargs)
 
         async_wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
         return async_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _run_sync(spec, args, kwargs)
+        return run_step_sync(spec, args, kwargs)
 
     wrapper.__steptrace_spec__ = spec  # type: ignore[attr-defined]
     return wrapper
@@ -137,7 +137,7 @@ class RunResult:
             return store.run(self.run_id)
 
 
-def _spec_of(fn: Callable[..., Any]) -> Spec:
+def spec_of(fn: Callable[..., Any]) -> Spec:
     spec = getattr(fn, "__steptrace_spec__", None)
     if not isinstance(spec, Spec) or spec.kind != "workflow":
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @steptrace.workflow")
@@ -155,10 +155,10 @@ def run(
     request) makes the run a child of that span, in that trace; it is not passed to
     the workflow.
     """
-    spec = _spec_of(workflow)
+    spec = spec_of(workflow)
     if inspect.iscoroutinefunction(spec.fn):
         raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
-    scope = _RunScope(spec, args, kwargs, traceparent)
+    scope = RunScope(spec, args, kwargs, traceparent)
     try:
         output = spec.fn(*args, **kwargs)
     except Exception as exc:
@@ -179,8 +179,8 @@ async def arun(
     **kwargs: Any,
 ) -> RunResult:
     """The async twin of ``run``."""
-    spec = _spec_of(workflow)
-    scope = _RunScope(spec, args, kwargs, traceparent)
+    spec = spec_of(workflow)
+    scope = RunScope(spec, args, kwargs, traceparent)
     try:
         output = await spec.fn(*args, **kwargs)
     except Exception as exc:

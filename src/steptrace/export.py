@@ -239,7 +239,8 @@ def write_csv(columns: Sequence[str], rows: Iterator[list[Any]], out: IO[bytes])
     return n
 
 
-def _arrow() -> Any:
+def require_arrow() -> Any:
+    """pyarrow, or a ``QueryError`` saying how to install it (for Parquet)."""
     try:
         import pyarrow
         import pyarrow.parquet
@@ -253,7 +254,7 @@ def _arrow() -> Any:
 def write_parquet(
     columns: Sequence[str], rows: Iterator[list[Any]], out: IO[bytes], batch_rows: int = 10_000
 ) -> int:
-    pa = _arrow()
+    pa = require_arrow()
     schema = pa.schema(
         [
             (

@@ -26,7 +26,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel
 
-from steptrace.config import Config, get_config
+from steptrace.config import Config, get_config, on_change
 from steptrace.redaction import Redactor
 
 MARKER = "__steptrace__"
@@ -356,9 +356,13 @@ def pipeline() -> _Pipeline:
     return current
 
 
-def reset_processors() -> None:
+def reset_processors(_reset: bool = True) -> None:
+    """Forget the pipeline: the next value builds it from the configuration in force."""
     global _pipeline
     _pipeline = None
+
+
+on_change(reset_processors)
 
 
 def encode(value: Any) -> bytes:

@@ -292,7 +292,9 @@ class _Call:
         return spec.backoff.delay_s(attempt)
 
 
-def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a decorated function: a step inside a run, a run of its own for a workflow
+    (or a step called outside one, when configured), else the plain call."""
     parent = _frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
@@ -331,7 +333,8 @@ def _run_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return value
 
 
-async def _run_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``run_step_sync`` for a coroutine function."""
     parent = _frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
@@ -397,7 +400,7 @@ async def _untraced_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, A
 # --- runs ---------------------------------------------------------------------------
 
 
-class _RunScope:
+class RunScope:
     """Starts a run (root span, ``runs`` row) and finishes it."""
 
     __slots__ = ("otel", "otel_token", "run", "spec", "token")
@@ -473,11 +476,13 @@ class _RunScope:
 
 
 def _workflow_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    scope = _RunScope(spec, args, kwargs)
+    scope = RunScope(spec, args, kwargs)
     try:
         # A step recorded as a one-step run goes through its attempt loop inside the run.
         result = (
-            spec.fn(*args, **kwargs) if spec.kind == "workflow" else _run_sync(spec, args, kwargs)
+            spec.fn(*args, **kwargs)
+            if spec.kind == "workflow"
+            else run_step_sync(spec, args, kwargs)
         )
     except BaseException as exc:
         scope.finish(error=exc)
@@ -487,12 +492,12 @@ def _workflow_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 
 async def _workflow_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    scope = _RunScope(spec, args, kwargs)
+    scope = RunScope(spec, args, kwargs)
     try:
         if spec.kind == "workflow":
             result = await spec.fn(*args, **kwargs)
         else:
-            result = await _run_async(spec, args, kwargs)
+            result = await run_step_async(spec, args, kwargs)
     except BaseException as exc:
         await scope.afinish(error=exc)
         raise

@@ -71,9 +71,9 @@ def _log_emitter() -> Any | None:
     if not isinstance(provider, sdk_logs.LoggerProvider):
         return None
     if _emitter is None or _emitter[0] is not provider:
-        from steptrace.telemetry import _version
+        from steptrace.telemetry import package_version
 
-        _emitter = (provider, provider.get_logger("steptrace", _version()))
+        _emitter = (provider, provider.get_logger("steptrace", package_version()))
     return _emitter[1]
 
 

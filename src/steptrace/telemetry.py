@@ -31,11 +31,11 @@ def tracer() -> Tracer:
     if _tracer is None:
         # Before an application installs a provider this is a proxy that starts
         # delegating once one is set, so caching it is safe.
-        _tracer = trace.get_tracer("steptrace", _version())
+        _tracer = trace.get_tracer("steptrace", package_version())
     return _tracer
 
 
-def _version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

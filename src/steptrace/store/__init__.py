@@ -536,7 +536,7 @@ class Store:
                 f"unknown format {format!r}: choose one of {', '.join(export.FORMATS)}"
             )
         if format == "parquet":
-            export._arrow()  # fail before creating the file
+            export.require_arrow()  # fail before creating the file
         runs = RunFilter.of(workflow, status, since, until, tag, where)
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         if isinstance(dest, str | Path):

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import orjson
 
 from steptrace import span_end
-from steptrace.config import ConfigError, get_config
+from steptrace.config import ConfigError, get_config, on_change
 from steptrace.masking import mask_url, url_secrets
 from steptrace.record import MARKER, RunState, SpanRecord, counters, finish_record_values
 from steptrace.store import journal as journal_files
@@ -1047,6 +1047,16 @@ def close_sink() -> None:
         sink, _sink = _sink, None
     if sink is not None:
         sink.close()
+
+
+def _configuration_changed(reset: bool) -> None:
+    """The next run opens the (maybe new) store; a reset also gives back SIGTERM."""
+    close_sink()
+    if reset:
+        uninstall_sigterm_handler()
+
+
+on_change(_configuration_changed)
 
 
 def _after_fork_in_child() -> None:
