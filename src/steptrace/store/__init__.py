@@ -335,13 +335,14 @@ class Store:
     def run(self, run_id: str) -> RunRecord:
         """The run with this id (or unambiguous id prefix), with all its spans."""
 
-        def read(full: str) -> list[list[tuple[Any, ...]]]:
+        def read(run_id: str) -> list[list[tuple[Any, ...]]]:
             self.flush_own_writes()
+            key = query_params([run_id])
             return self.engine.rows_batch(
                 [
-                    (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [full]),
-                    (_SPANS_OF_RUN.format(tiebreak=self.engine.tiebreak), [full]),
-                    (_LOGS_OF_RUN, [full]),
+                    (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", key),
+                    (_SPANS_OF_RUN.format(tiebreak=self.engine.tiebreak), key),
+                    (_LOGS_OF_RUN, key),
                 ]
             )
 
