@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the test dependencies into .venv and runs the whole suite: ruff, mypy, the docs
-# (mkdocs build --strict, into a temporary directory), pytest.
+# Installs the test dependencies into .venv and runs the whole suite: ruff, mypy,
+# import-linter, the docs (mkdocs build --strict, into a temporary directory), pytest.
 # This is the README's test command, and what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,8 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== import-linter (the layering contracts in .importlinter)"
+.venv/bin/lint-imports --no-cache
 echo "== mkdocs"; site="$(mktemp -d)"; .venv/bin/mkdocs build --strict -q -d "$site"; rm -rf "$site"
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,7 +1,8 @@
 """steptrace: a Python runtime for AI workflows that traces every run at the step level."""
 
 from steptrace import llm
-from steptrace.config import Config, configure
+from steptrace.config import Config
+from steptrace.configure import configure
 from steptrace.decorators import RunResult, arun, last_run, run, step, tool, workflow
 from steptrace.errors import ConfigError, QueryError, RunNotFound, SteptraceError
 from steptrace.instrument import instrument

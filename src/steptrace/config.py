@@ -7,13 +7,11 @@ variables (``STEPTRACE_STORE``) are read when the configuration is first needed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from steptrace.errors import ConfigError as ConfigError  # re-exported: older imports
 from steptrace.redaction import rule_problem
@@ -240,80 +238,10 @@ def get_config() -> Config:
     return config
 
 
-def configure(
-    *,
-    store: str | None = None,
-    max_value_bytes: int | None = None,
-    export_value_bytes: int | None = None,
-    redact: bool | None = None,
-    secret_keys: Sequence[str] | None = None,
-    extra_secret_keys: Sequence[str] = (),
-    secret_patterns: Sequence[str] | None = None,
-    extra_secret_patterns: Sequence[str] = (),
-    capture_logs: bool | None = None,
-    log_level: int | str | None = None,
-    capture_foreign_spans: bool | None = None,
-    openinference: bool | None = None,
-    record_steps_outside_workflow: bool | None = None,
-    auto_migrate: bool | None = None,
-    durable: bool | str | None = None,
-    otel_sdk: bool = False,
-    otlp_endpoint: str | None = None,
-    otlp_protocol: str | None = None,
-    otlp_headers: dict[str, str] | None = None,
-    otlp_logs: bool | None = None,
-) -> Config:
-    """Set the process configuration; arguments left out keep their current value.
-
-    ``otel_sdk=True`` (implied by ``otlp_endpoint``) installs the OpenTelemetry SDK as
-    steptrace's own command does: a ``TracerProvider`` from the standard ``OTEL_*``
-    variables, exporting over OTLP (HTTP/protobuf, or ``otlp_protocol="grpc"``) through
-    a bounded queue that never blocks the workflow and counts what it drops;
-    ``otlp_logs=True`` (or ``OTEL_LOGS_EXPORTER=otlp``) also exports step log records
-    as OTel log records. An SDK provider the application installed is kept (an
-    explicit endpoint adds an exporter to it).
-
-    Raises ``ConfigError`` at once for values steptrace cannot work with.
-    """
+def apply(new: Config) -> Config:
+    """Put ``new`` (validated) in force and tell the listeners (``on_change``): what
+    ``configure`` does once it has built and checked the new configuration."""
     global _config
-    current = get_config()
-    changes: dict[str, Any] = {}
-    if store is not None:
-        changes["store"] = store
-    if max_value_bytes is not None:
-        changes["max_value_bytes"] = max_value_bytes
-    if export_value_bytes is not None:
-        changes["export_value_bytes"] = export_value_bytes
-    if redact is not None:
-        changes["redact"] = redact
-    keys = tuple(secret_keys) if secret_keys is not None else current.secret_keys
-    changes["secret_keys"] = (*keys, *extra_secret_keys)
-    patterns = tuple(secret_patterns) if secret_patterns is not None else current.secret_patterns
-    changes["secret_patterns"] = (*patterns, *extra_secret_patterns)
-    if capture_logs is not None:
-        changes["capture_logs"] = capture_logs
-    if log_level is not None:
-        level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
-        if not isinstance(level, int):
-            raise ConfigError(f"log_level={log_level!r} is not a logging level name")
-        changes["log_level"] = level
-    if openinference is not None:
-        changes["openinference"] = openinference
-    if capture_foreign_spans is not None:
-        changes["capture_foreign_spans"] = capture_foreign_spans
-    if record_steps_outside_workflow is not None:
-        changes["record_steps_outside_workflow"] = record_steps_outside_workflow
-    if auto_migrate is not None:
-        changes["auto_migrate"] = auto_migrate
-    if durable is not None:
-        changes["durable"] = durability_level(durable)
-    new = dataclasses.replace(current, **changes).validate()
-    if otel_sdk or otlp_endpoint is not None or otlp_protocol is not None:
-        from steptrace.otlp import configure_sdk
-
-        configure_sdk(
-            endpoint=otlp_endpoint, protocol=otlp_protocol, headers=otlp_headers, logs=otlp_logs
-        )
     with _lock:
         _config = new
     _changed(reset=False)  # e.g. the writer closes: the next run opens the (maybe new) store
@@ -344,4 +272,4 @@ def _changed(*, reset: bool) -> None:
         listener(reset)
 
 
-__all__ = ["Config", "ConfigError", "configure", "get_config", "reset"]
+__all__ = ["Config", "ConfigError", "apply", "get_config", "on_change", "reset"]

@@ -324,7 +324,7 @@ class ExportQueue(SpanProcessor):
             window.describe(),
         )
         try:
-            from steptrace.store import record_export_report
+            from steptrace.store.engines import record_export_report
 
             record_export_report(self._report_row(window, seconds))
         except Exception as exc:  # reporting must not fail the export thread

@@ -31,7 +31,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from steptrace.config import configure, reset
+from steptrace.config import reset
+from steptrace.configure import configure
 from steptrace.llm.scripted import script
 from steptrace.store import Store
 from steptrace.store import memory as memory_databases

@@ -507,7 +507,7 @@ class Sink:
         self._report()
 
     def _open_backend(self) -> None:
-        from steptrace.store import open_writer
+        from steptrace.store.engines import open_writer
 
         backend = open_writer(self.url)
         try:
@@ -1018,7 +1018,7 @@ def recover(url: str) -> None:
 
 
 def _recover(url: str) -> None:
-    from steptrace.store import open_engine
+    from steptrace.store.engines import open_engine
     from steptrace.store.schema import missing, same_store
 
     if missing(url):
