@@ -52,34 +52,27 @@ def configure(
     Raises ``ConfigError`` at once for values steptrace cannot work with.
     """
     current = get_config()
-    changes: dict[str, Any] = {}
-    if store is not None:
-        changes["store"] = store
-    if max_value_bytes is not None:
-        changes["max_value_bytes"] = max_value_bytes
-    if export_value_bytes is not None:
-        changes["export_value_bytes"] = export_value_bytes
-    if redact is not None:
-        changes["redact"] = redact
+    given: dict[str, Any] = {
+        "store": store,
+        "max_value_bytes": max_value_bytes,
+        "export_value_bytes": export_value_bytes,
+        "redact": redact,
+        "capture_logs": capture_logs,
+        "openinference": openinference,
+        "capture_foreign_spans": capture_foreign_spans,
+        "record_steps_outside_workflow": record_steps_outside_workflow,
+        "auto_migrate": auto_migrate,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
     keys = tuple(secret_keys) if secret_keys is not None else current.secret_keys
     changes["secret_keys"] = (*keys, *extra_secret_keys)
     patterns = tuple(secret_patterns) if secret_patterns is not None else current.secret_patterns
     changes["secret_patterns"] = (*patterns, *extra_secret_patterns)
-    if capture_logs is not None:
-        changes["capture_logs"] = capture_logs
     if log_level is not None:
         level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
         if not isinstance(level, int):
             raise ConfigError(f"log_level={log_level!r} is not a logging level name")
         changes["log_level"] = level
-    if openinference is not None:
-        changes["openinference"] = openinference
-    if capture_foreign_spans is not None:
-        changes["capture_foreign_spans"] = capture_foreign_spans
-    if record_steps_outside_workflow is not None:
-        changes["record_steps_outside_workflow"] = record_steps_outside_workflow
-    if auto_migrate is not None:
-        changes["auto_migrate"] = auto_migrate
     if durable is not None:
         changes["durable"] = durability_level(durable)
     new = dataclasses.replace(current, **changes).validate()
