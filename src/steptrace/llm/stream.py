@@ -10,11 +10,12 @@ are wrapped in a ``RecordedStreamManager``, which gives the SDK's own helper str
 entering and reads its raw stream through a ``RecordedStream``.
 
 A streamed call is recorded exactly once, when the first of these happens: the stream
-runs out, the SDK raises while it is read, the caller closes it (``close()``, the end
-of its ``with`` block or of the helper's), the task reading it is cancelled (or a
-``KeyboardInterrupt`` stops it), or it is garbage-collected unfinished. Leaving a loop
-with ``break`` does not end a stream (reading it can go on, as with the SDK's own);
-it is recorded when one of the above follows. The outcome:
+runs out, the SDK raises while it is read, the caller closes it (``close()`` or the
+end of its ``with`` block; for a helper, the end of the helper's ``with`` block), the
+task reading it is cancelled (or a ``KeyboardInterrupt`` stops it), or it is
+garbage-collected unfinished. Leaving a loop with ``break`` does not end a stream
+(reading it can go on, as with the SDK's own); it is recorded when one of the above
+follows. The outcome:
 
 - ``failed``: the SDK raised an exception while the stream was read (an error event,
   a dropped connection, a timeout), or the provider reported in the stream that the
