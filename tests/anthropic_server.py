@@ -59,6 +59,10 @@ class Answer:
     """Wait this long between streamed events."""
     error_after_events: int | None = None
     """Streaming: send this many events, then an ``overloaded_error`` error event."""
+    cut_after_events: int | None = None
+    """Streaming: send this many events, then end the body as if the stream were over."""
+    drop_after_events: int | None = None
+    """Streaming: send this many events, then break the connection mid-body."""
 
 
 @dataclass
@@ -229,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, fake: FakeAnthropic, answer: Answer, body: dict[str, Any]) -> None:
         events = stream_events(message_json(fake, answer, body), answer)
+        for stop in (answer.cut_after_events, answer.drop_after_events):
+            events = events if stop is None else events[:stop]
         if answer.error_after_events is not None:
             error = {"type": "overloaded_error", "message": "Overloaded"}
             events = events[: answer.error_after_events]
@@ -245,6 +251,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if answer.event_delay_s:
                 time.sleep(answer.event_delay_s)
+        if answer.drop_after_events is not None:
+            self.close_connection = True
+            return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

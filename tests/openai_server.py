@@ -51,6 +51,11 @@ class Answer:
     chunk_delay_s: float = 0.0
     cut_after: int | None = None
     """Streams only: close the connection after this many events, without the end."""
+    error_after: int | None = None
+    """Streams only: after this many events, send an error event (the SDK raises it)."""
+    drop_after: int | None = None
+    """Streams only: break the connection after this many events, leaving the body
+    short of the length it announced (the SDK raises ``APIConnectionError``)."""
 
 
 def error(status: int, message: str = "", type_: str = "") -> Answer:
@@ -197,10 +202,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
+        if answer.drop_after is not None:
+            self.send_header("content-length", str(1 << 20))
         self.end_headers()
         for n, event in enumerate(events):
-            if answer.cut_after is not None and n >= answer.cut_after:
+            if n in (answer.cut_after, answer.drop_after):
                 break
+            if n == answer.error_after:
+                error = {"message": "overloaded mid-stream", "type": "server_error"}
+                event = {"type": "error", "error": error}
             if isinstance(event, str):
                 frame = f"data: {event}\n\n"
             elif named:
@@ -209,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
                 frame = f"data: {json.dumps(event)}\n\n"
             self.wfile.write(frame.encode())
             self.wfile.flush()
+            if n == answer.error_after:
+                break
             if answer.chunk_delay_s:
                 time.sleep(answer.chunk_delay_s)
 

@@ -9,7 +9,7 @@ become Anthropic's ``system=`` parameter and ``max_tokens`` defaults to 1024.
 ``stream`` on an ``Anthropic`` / ``AsyncAnthropic`` client's ``messages`` in place: inside a
 run each call is an ``llm`` span recorded through ``LLMSpan``, exactly like a ``chat``
 call; outside a run the SDK is called unrecorded. Streams pass every event through
-unchanged and are recorded once complete, or as incomplete when abandoned half-way.
+unchanged; how and when they are recorded is ``steptrace.llm.stream``'s.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType, SimpleNamespace
 from typing import Any, TypeVar
 
 from steptrace.errors import ProviderNotInstalled
+from steptrace.llm import stream as streaming
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Message, Reply, ToolCall, Usage
 from steptrace.runtime import current_run_id
@@ -120,19 +121,20 @@ class _Block:
             return raw
 
 
-class StreamAssembler:
-    """Builds a ``Reply`` from a stream's raw events: text and tool_use blocks (input
-    assembled from ``input_json`` deltas), usage from ``message_start`` and
-    ``message_delta``, the stop reason. ``complete`` once ``message_stop`` arrived."""
+class _MessageAccumulator:
+    """Builds a ``Reply`` from a stream's raw events (a ``StreamAccumulator``): text and
+    tool_use blocks (input assembled from ``input_json`` deltas), usage from
+    ``message_start`` and ``message_delta``, the stop reason; complete once
+    ``message_stop`` arrived."""
 
-    __slots__ = ("_blocks", "_model", "_stop_reason", "_usage", "complete")
+    __slots__ = ("_blocks", "_complete", "_model", "_stop_reason", "_usage")
 
     def __init__(self) -> None:
         self._blocks: dict[int, _Block] = {}
         self._model = ""
         self._stop_reason: str | None = None
         self._usage: dict[str, Any] = {}
-        self.complete = False
+        self._complete = False
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
@@ -155,7 +157,13 @@ class StreamAssembler:
             self._stop_reason = getattr(event.delta, "stop_reason", None)
             self._merge_usage(getattr(event, "usage", None))
         elif kind == "message_stop":
-            self.complete = True
+            self._complete = True
+
+    def complete(self) -> bool:
+        return self._complete
+
+    def error(self) -> BaseException | None:
+        return None  # errors come as an ``error`` event, which the SDK raises
 
     def _merge_usage(self, usage: Any) -> None:
         # message_delta counts are running totals; a count it leaves out (None) keeps
@@ -186,230 +194,8 @@ class StreamAssembler:
         )
 
 
-# --- streams ------------------------------------------------------------------------
-
-
-class _StreamRecorder:
-    """A streamed call's span and what its events assembled: recorded exactly once, as
-    complete, incomplete (abandoned) or failed."""
-
-    __slots__ = ("_assembler", "_span", "done")
-
-    def __init__(self, span: LLMSpan) -> None:
-        self._span = span
-        self._assembler = StreamAssembler()
-        self.done = False
-
-    def event(self, event: Any) -> None:
-        if self.done:
-            return
-        self._span.first_chunk()
-        assembler = self._assembler
-        try:
-            assembler.add(event)
-        except Exception:  # an event shape unknown here must not break the caller's stream
-            return
-        if assembler.complete:
-            self.record(assembler.reply(), incomplete=False)
-
-    def abandon(self) -> None:
-        if not self.done:
-            self.record(self._assembler.reply(), incomplete=True)
-
-    def record(self, reply: Reply, *, incomplete: bool) -> None:
-        if not self.done:
-            self.done = True
-            self._span.succeed(reply, incomplete=incomplete)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.done:
-            self.done = True
-            self._span.fail(exc)
-
-
-class _Observed:
-    __slots__ = ("__weakref__", "_recorder", "_stream")
-
-    def __init__(self, stream: Any, recorder: _StreamRecorder) -> None:
-        self._stream = stream
-        self._recorder = recorder
-        # Dropped unfinished: recorded when collected (not at interpreter exit, when
-        # the store may be gone already).
-        weakref.finalize(self, recorder.abandon).atexit = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class RecordedStream(_Observed):
-    """The SDK's ``Stream`` of a ``messages.create(stream=True)`` call made in a run: every
-    event passes through unchanged; anything else is the SDK stream's own."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> Any:
-        recorder = self._recorder
-        try:
-            for event in self._stream:
-                recorder.event(event)
-                yield event
-        except GeneratorExit:  # the loop was left: the caller may go on reading
-            raise
-        except BaseException as exc:
-            recorder.fail(exc)
-            raise
-        recorder.abandon()  # ran out: complete only if message_stop arrived
-
-    def __next__(self) -> Any:
-        try:
-            event = next(self._stream)
-        except StopIteration:
-            self._recorder.abandon()
-            raise
-        except BaseException as exc:
-            self._recorder.fail(exc)
-            raise
-        self._recorder.event(event)
-        return event
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        finally:
-            self._recorder.abandon()
-
-    def __enter__(self) -> RecordedStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class RecordedAsyncStream(_Observed):
-    """The async twin of ``RecordedStream`` (the SDK's ``AsyncStream``)."""
-
-    __slots__ = ()
-
-    async def __aiter__(self) -> Any:
-        recorder = self._recorder
-        try:
-            async for event in self._stream:
-                recorder.event(event)
-                yield event
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            recorder.fail(exc)
-            raise
-        recorder.abandon()  # ran out: complete only if message_stop arrived
-
-    async def __anext__(self) -> Any:
-        try:
-            event = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._recorder.abandon()
-            raise
-        except BaseException as exc:
-            self._recorder.fail(exc)
-            raise
-        self._recorder.event(event)
-        return event
-
-    async def close(self) -> None:
-        try:
-            await self._stream.close()
-        finally:
-            self._recorder.abandon()
-
-    async def __aenter__(self) -> RecordedAsyncStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-def _hook_message_stream(message_stream: Any, recorder: _StreamRecorder, wrap: type) -> None:
-    """Route the raw events of the SDK's ``MessageStream`` through the recorder, so that
-    all its ways of reading (iteration, ``text_stream``, ``get_final_message``) are seen.
-    Every SDK since 0.34 keeps them in ``_raw_stream``; without it the call is recorded
-    as incomplete when the block is left."""
-    raw = getattr(message_stream, "_raw_stream", None)
-    if raw is not None:
-        message_stream._raw_stream = wrap(raw, recorder)
-
-
-class _Manager:
-    __slots__ = ("_manager", "_recorder", "_start")
-
-    def __init__(self, manager: Any, start: Callable[[], LLMSpan | None]) -> None:
-        self._manager = manager
-        self._start = start
-        self._recorder: _StreamRecorder | None = None
-
-    def _entered(self, span: LLMSpan, stream: Any, wrap: type) -> Any:
-        span.detach()
-        self._recorder = _StreamRecorder(span)
-        _hook_message_stream(stream, self._recorder, wrap)
-        return stream
-
-    def _left(self) -> None:
-        if self._recorder is not None:
-            self._recorder.abandon()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager, name)
-
-
-class RecordedStreamManager(_Manager):
-    """Wraps the SDK's ``MessageStreamManager`` (``messages.stream(...)``): entering makes
-    the request inside an LLM span and gives the SDK's own ``MessageStream``; leaving
-    closes it and records the call (as incomplete when left before the end)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> Any:
-        span = self._start()
-        if span is None:
-            return self._manager.__enter__()
-        try:
-            stream = self._manager.__enter__()
-        except BaseException as exc:
-            span.fail(exc)
-            raise
-        return self._entered(span, stream, RecordedStream)
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> Any:
-        try:
-            return self._manager.__exit__(exc_type, exc, tb)
-        finally:
-            self._left()
-
-
-class RecordedAsyncStreamManager(_Manager):
-    """The async twin of ``RecordedStreamManager`` (``async with client.messages.stream``)."""
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> Any:
-        span = self._start()
-        if span is None:
-            return await self._manager.__aenter__()
-        try:
-            stream = await self._manager.__aenter__()
-        except BaseException as exc:
-            span.fail(exc)
-            raise
-        return self._entered(span, stream, RecordedAsyncStream)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> Any:
-        try:
-            return await self._manager.__aexit__(exc_type, exc, tb)
-        finally:
-            self._left()
+def _recording(span: LLMSpan) -> streaming.StreamRecording:
+    return streaming.StreamRecording(span, _MessageAccumulator())
 
 
 # --- instrumentation ----------------------------------------------------------------
@@ -450,6 +236,11 @@ class _Calls:
             and not isinstance(value, self.skip_types)
         }
         return LLMSpan.start(PROVIDER, str(kwargs.get("model", "")), recorded, params)
+
+    def start_stream(self, kwargs: dict[str, Any]) -> streaming.StreamRecording | None:
+        """Start the recording of a ``messages.stream`` call, or None outside a run."""
+        span = self.start(kwargs)
+        return None if span is None else _recording(span)
 
     def record(self, span: LLMSpan, message: Any) -> None:
         """Record a non-streamed call's ``Message`` (None: a result that is not one)."""
@@ -498,15 +289,14 @@ def _wrap_sync(messages: Any, calls: _Calls) -> None:
             span.fail(exc)
             raise
         if kwargs.get("stream") and isinstance(result, calls.stream_types):
-            span.detach()
-            return RecordedStream(result, _StreamRecorder(span))
+            return streaming.RecordedStream(result, _recording(span))
         calls.record(span, result if isinstance(result, calls.message_type) else _parse(result))
         return result
 
     def recorded_stream(*args: Any, **kwargs: Any) -> Any:
         calls.listed(kwargs)  # the request is prepared now, the span starts on entering
         manager = stream(*args, **kwargs)
-        return RecordedStreamManager(manager, lambda: calls.start(kwargs))
+        return streaming.RecordedStreamManager(manager, lambda: calls.start_stream(kwargs))
 
     _install(messages, recorded_create, recorded_stream)
 
@@ -525,8 +315,7 @@ def _wrap_async(messages: Any, calls: _Calls) -> None:
             span.fail(exc)
             raise
         if kwargs.get("stream") and isinstance(result, calls.stream_types):
-            span.detach()
-            return RecordedAsyncStream(result, _StreamRecorder(span))
+            return streaming.AsyncRecordedStream(result, _recording(span))
         message = result if isinstance(result, calls.message_type) else _parse(result)
         if inspect.isawaitable(message):  # an async raw response parses when awaited
             message = await _awaited(message)
@@ -536,7 +325,7 @@ def _wrap_async(messages: Any, calls: _Calls) -> None:
     def recorded_stream(*args: Any, **kwargs: Any) -> Any:
         calls.listed(kwargs)
         manager = stream(*args, **kwargs)
-        return RecordedAsyncStreamManager(manager, lambda: calls.start(kwargs))
+        return streaming.AsyncRecordedStreamManager(manager, lambda: calls.start_stream(kwargs))
 
     _install(messages, recorded_create, recorded_stream)
 
@@ -674,11 +463,7 @@ class AnthropicProvider:
         kwargs = request_kwargs(model, messages, params, _accepted_names(create))
         result = create(**kwargs)
         if kwargs.get("stream"):
-            assembler = StreamAssembler()
-            with result:
-                for event in result:
-                    assembler.add(event)
-            return assembler.reply()
+            return streaming.read_stream(result, _MessageAccumulator())
         return reply_from_message(result)
 
     async def acomplete(
@@ -688,11 +473,7 @@ class AnthropicProvider:
         kwargs = request_kwargs(model, messages, params, _accepted_names(create))
         result = await create(**kwargs)
         if kwargs.get("stream"):
-            assembler = StreamAssembler()
-            async with result:
-                async for event in result:
-                    assembler.add(event)
-            return assembler.reply()
+            return await streaming.aread_stream(result, _MessageAccumulator())
         return reply_from_message(result)
 
 

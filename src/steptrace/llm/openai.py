@@ -7,16 +7,15 @@ chat completions (lazily created ``openai.OpenAI()`` / ``AsyncOpenAI()`` clients
 ``instrument_openai(client)`` (what ``st.instrument`` calls) replaces ``create`` and
 ``parse`` on the client's own ``chat.completions`` and ``responses`` objects with
 wrappers that record each call made inside a run as an LLM span, like ``st.llm.chat``.
-Streamed calls return a stream wrapper that passes every chunk through unchanged and
-records once the stream ends; a stream closed or dropped before its end is recorded
-as incomplete. SDK errors are recorded and re-raised as they are. Only request
-arguments and responses are recorded, never the client's key or request headers.
+Streamed calls return a stream wrapper that passes every chunk through unchanged (how and
+when a stream is recorded is ``steptrace.llm.stream``'s). SDK errors are recorded and
+re-raised as they are. Only request arguments and responses are recorded, never the
+client's key or request headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -26,9 +25,10 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from steptrace.errors import ProviderNotInstalled
+from steptrace.llm import stream as streaming
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.types import Reply, ToolCall, Usage
-from steptrace.runtime import _frame
+from steptrace.runtime import current_run_id
 
 C = TypeVar("C")
 
@@ -153,8 +153,8 @@ def reply_from_response(response: Any) -> Reply:
 # --- streams ------------------------------------------------------------------------------
 
 
-class _Assembly:
-    """Builds the reply of a stream from its items."""
+class _Accumulator:
+    """Builds the reply of a stream from its items (a ``StreamAccumulator``)."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -164,8 +164,7 @@ class _Assembly:
     def add(self, item: Any) -> None:
         raise NotImplementedError
 
-    def finished(self) -> bool:
-        """Whether the provider said the answer is complete."""
+    def complete(self) -> bool:
         raise NotImplementedError
 
     def reply(self) -> Reply:
@@ -181,7 +180,7 @@ class _Assembly:
         )
 
 
-class _ChatAssembly(_Assembly):
+class _ChatAccumulator(_Accumulator):
     """Chat completion chunks (choice 0); usage comes in a last chunk when the request
     asked for it with ``stream_options={"include_usage": True}``."""
 
@@ -208,7 +207,7 @@ class _ChatAssembly(_Assembly):
                     entry[2].append(call.function.arguments or "")
             self.finish_reason = choice.finish_reason or self.finish_reason
 
-    def finished(self) -> bool:
+    def complete(self) -> bool:
         return self.finish_reason is not None
 
     def reply(self) -> Reply:
@@ -222,7 +221,7 @@ class _ChatAssembly(_Assembly):
         )
 
 
-class _ResponsesAssembly(_Assembly):
+class _ResponsesAccumulator(_Accumulator):
     """Responses API events; the final one (``response.completed``, ``.incomplete`` or
     ``.failed``) carries the whole response, usage included."""
 
@@ -250,7 +249,7 @@ class _ResponsesAssembly(_Assembly):
             self.final = event.response
             self.failed = kind == "response.failed"
 
-    def finished(self) -> bool:
+    def complete(self) -> bool:
         return self.final is not None
 
     def error(self) -> BaseException | None:
@@ -267,141 +266,6 @@ class _ResponsesAssembly(_Assembly):
             reply = reply_from_response(self.final)
             return reply if reply.text or not text else replace(reply, text=text)
         return Reply(text=text, model=self.model, provider=PROVIDER, tool_calls=self.tool_calls())
-
-
-class _StreamRecording:
-    """The recording side of a stream: fed every item, it finishes the span exactly once
-    (at the end, on an error, or as incomplete when the stream is closed or dropped
-    before its end). It holds no reference to the stream wrapper, so it can be that
-    wrapper's finalizer."""
-
-    __slots__ = ("assembly", "done", "span")
-
-    def __init__(self, span: LLMSpan, assembly: _Assembly) -> None:
-        self.span = span
-        self.assembly = assembly
-        self.done = False
-
-    def item(self, item: Any) -> None:
-        self.span.first_chunk()
-        with contextlib.suppress(Exception):  # an odd chunk must not break the caller's loop
-            self.assembly.add(item)
-
-    def _reply(self) -> Reply:
-        try:
-            return self.assembly.reply()
-        except Exception:
-            return Reply(text="", provider=PROVIDER)
-
-    def end(self) -> None:
-        if not self.done:
-            self.done = True
-            error = self.assembly.error()
-            if error is not None:
-                self.span.fail(error)
-            else:
-                self.span.succeed(self._reply(), incomplete=not self.assembly.finished())
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.done:
-            self.done = True
-            self.span.fail(exc)
-
-    def abandon(self) -> None:
-        if not self.done:
-            self.done = True
-            self.span.succeed(self._reply(), incomplete=True)
-
-
-class _RecordedStreamBase:
-    __slots__ = ("__weakref__", "_finalizer", "_recording", "_stream")
-
-    def __init__(self, stream: Any, recording: _StreamRecording) -> None:
-        self._stream = stream
-        self._recording = recording
-        self._finalizer = weakref.finalize(self, recording.abandon)
-
-    def _ended(self, exc: BaseException | None = None) -> None:
-        self._finalizer.detach()
-        if exc is None:
-            self._recording.end()
-        else:
-            self._recording.fail(exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(object.__getattribute__(self, "_stream"), name)
-
-    def __repr__(self) -> str:
-        return f"<steptrace {type(self).__name__} of {self._stream!r}>"
-
-
-class RecordedStream(_RecordedStreamBase):
-    """An SDK ``Stream`` that records its LLM span: iterate it, use it in ``with`` or
-    ``close()`` it as the SDK's own; other attributes are the SDK stream's."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> RecordedStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            item = self._stream.__next__()
-        except StopIteration:
-            self._ended()
-            raise
-        except BaseException as exc:
-            self._ended(exc)
-            raise
-        self._recording.item(item)
-        return item
-
-    def close(self) -> None:
-        """Close the response; a stream not read to its end is recorded as incomplete."""
-        self._finalizer()
-        self._stream.close()
-
-    def __enter__(self) -> RecordedStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class AsyncRecordedStream(_RecordedStreamBase):
-    """The async twin of ``RecordedStream`` (``async for``, ``async with``,
-    ``await close()``)."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> AsyncRecordedStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            item = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._ended()
-            raise
-        except asyncio.CancelledError:
-            self._finalizer()  # the caller gave up on it: incomplete, not failed
-            raise
-        except BaseException as exc:
-            self._ended(exc)
-            raise
-        self._recording.item(item)
-        return item
-
-    async def close(self) -> None:
-        """Close the response; a stream not read to its end is recorded as incomplete."""
-        self._finalizer()
-        await self._stream.close()
-
-    async def __aenter__(self) -> AsyncRecordedStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 # --- instrumentation ------------------------------------------------------------------------
@@ -482,12 +346,11 @@ class _Endpoint:
     def finish(self, span: LLMSpan, result: Any) -> Any:
         """Record a returned result; a stream is wrapped, to be recorded when it ends."""
         if isinstance(result, self.streams):
-            span.detach()  # the caller's code that reads the stream is not the LLM call
-            assembly = _ChatAssembly() if self.chat else _ResponsesAssembly()
-            recording = _StreamRecording(span, assembly)
+            accumulator = _ChatAccumulator() if self.chat else _ResponsesAccumulator()
+            recording = streaming.StreamRecording(span, accumulator)
             if isinstance(result, self.streams[1]):
-                return AsyncRecordedStream(result, recording)
-            return RecordedStream(result, recording)
+                return streaming.AsyncRecordedStream(result, recording)
+            return streaming.RecordedStream(result, recording)
         try:
             parsed = result
             if callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
@@ -501,7 +364,7 @@ class _Endpoint:
 
 def _wrap_sync(method: Callable[..., Any], endpoint: _Endpoint) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        if _frame.get() is None:
+        if current_run_id() is None:
             return method(*args, **kwargs)
         span, kwargs = endpoint.start(kwargs)
         if span is None:
@@ -518,7 +381,7 @@ def _wrap_sync(method: Callable[..., Any], endpoint: _Endpoint) -> Callable[...,
 
 def _wrap_async(method: Callable[..., Any], endpoint: _Endpoint) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
-        if _frame.get() is None:
+        if current_run_id() is None:
             return await method(*args, **kwargs)
         span, kwargs = endpoint.start(kwargs)
         if span is None:
@@ -529,6 +392,18 @@ def _wrap_async(method: Callable[..., Any], endpoint: _Endpoint) -> Callable[...
             span.fail(exc)
             raise
         return endpoint.finish(span, result)
+
+    return _mark(call, method)
+
+
+def _wrap_stream(method: Callable[..., Any], manager: type) -> Callable[..., Any]:
+    """``.stream()``: its request goes through the instrumented ``create``; the manager
+    records the stream as its block is left (the SDK's helper closes only the response)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if current_run_id() is None:
+            return method(*args, **kwargs)
+        return manager(method(*args, **kwargs))
 
     return _mark(call, method)
 
@@ -550,16 +425,17 @@ def instrument_openai(client: C) -> C:
     """Record the calls made through ``client`` (``openai.OpenAI`` or ``AsyncOpenAI``, or a
     subclass such as ``AzureOpenAI``) inside a run as LLM spans; returns ``client``.
 
-    Patches ``create`` and ``parse`` on this client's ``chat.completions`` and
-    ``responses``, in place and idempotently (the ``.stream()`` helpers go through
-    ``create``). Raw-response variants obtained before instrumenting, clients made later
-    with ``with_options``/``copy``, and ``with_streaming_response`` are not recorded.
+    Patches ``create``, ``parse`` and ``stream`` on this client's ``chat.completions``
+    and ``responses``, in place and idempotently. Raw-response variants obtained before
+    instrumenting, clients made later with ``with_options``/``copy``, and
+    ``with_streaming_response`` are not recorded.
     """
     sdk = _sdk()
+    manager: type
     if isinstance(client, sdk.AsyncOpenAI):
-        wrap = _wrap_async
+        wrap, manager = _wrap_async, streaming.AsyncRecordedStreamManager
     elif isinstance(client, sdk.OpenAI):
-        wrap = _wrap_sync
+        wrap, manager = _wrap_sync, streaming.RecordedStreamManager
     else:
         raise TypeError(
             f"instrument_openai() needs an openai.OpenAI or AsyncOpenAI, not {client!r}"
@@ -574,6 +450,9 @@ def instrument_openai(client: C) -> C:
             method = getattr(resource, name, None)
             if method is not None and not hasattr(method, _ORIGINAL):
                 setattr(resource, name, wrap(method, endpoint))
+        stream = getattr(resource, "stream", None)
+        if stream is not None and not hasattr(stream, _ORIGINAL):
+            resource.stream = _wrap_stream(stream, manager)
     return client
 
 
@@ -627,11 +506,7 @@ class OpenAIProvider:
         response = create(model=model, messages=list(messages), **params)
         if not params.get("stream"):
             return reply_from_chat_completion(response)
-        assembly = _ChatAssembly()
-        with response:
-            for chunk in response:
-                assembly.add(chunk)
-        return assembly.reply()
+        return streaming.read_stream(response, _ChatAccumulator())
 
     async def acomplete(
         self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
@@ -640,8 +515,4 @@ class OpenAIProvider:
         response = await create(model=model, messages=list(messages), **params)
         if not params.get("stream"):
             return reply_from_chat_completion(response)
-        assembly = _ChatAssembly()
-        async with response:
-            async for chunk in response:
-                assembly.add(chunk)
-        return assembly.reply()
+        return await streaming.aread_stream(response, _ChatAccumulator())

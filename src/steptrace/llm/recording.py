@@ -80,10 +80,31 @@ class LLMSpan:
             self.first_chunk_ns = time.time_ns()
 
     def succeed(self, reply: Reply, *, incomplete: bool = False) -> Reply:
-        """Record the reply (filling in its cost when the provider did not) and return it."""
+        """Record the reply (filling in its cost when the provider did not) and return it;
+        ``incomplete``: the reply is what arrived of an answer cut short."""
+        self.detach()
+        reply = self._record_reply(reply, incomplete=incomplete)
+        self.active.record.status = "incomplete" if incomplete else "succeeded"
+        if reply.tool_calls:
+            self.parent.run.offer_tool_calls(reply.tool_calls)
+        self.parent.last_llm_text = reply.text
+        self.active.finish()
+        return reply
+
+    def fail(self, exc: BaseException, *, partial: Reply | None = None) -> None:
+        """Record the call as failed with ``exc``; ``partial``: what arrived before it (a
+        stream that broke part-way), recorded as an incomplete response."""
+        from steptrace.runtime import _fail
+
         self.detach()
         active = self.active
-        record = active.record
+        if partial is not None:
+            self._record_reply(partial, incomplete=True)
+        _fail(active, exc, validation=False)
+        active.finish(exc)
+
+    def _record_reply(self, reply: Reply, *, incomplete: bool) -> Reply:
+        record = self.active.record
         usage = reply.usage
         cost = reply.cost_usd
         if cost is None:
@@ -96,7 +117,6 @@ class LLMSpan:
             )
             if cost is not None:
                 reply = _with_cost(reply, cost)
-        record.status = "incomplete" if incomplete else "succeeded"
         record.output = encode(reply.text)
         llm = record.llm
         assert llm is not None
@@ -112,18 +132,7 @@ class LLMSpan:
             llm.time_to_first_chunk_ms = (self.first_chunk_ns - record.start_ns) / 1e6
         if reply.tool_calls:
             llm.tool_calls = encode([c.to_dict() for c in reply.tool_calls])
-            self.parent.run.offer_tool_calls(reply.tool_calls)
-        self.parent.last_llm_text = reply.text
-        active.finish()
         return reply
-
-    def fail(self, exc: BaseException) -> None:
-        from steptrace.runtime import _fail
-
-        self.detach()
-        active = self.active
-        _fail(active, exc, validation=False)
-        active.finish(exc)
 
 
 def _with_cost(reply: Reply, cost: float) -> Reply:
