@@ -91,7 +91,9 @@ class _Run:
         return f"{name}#{n}"
 
 
-class _Frame:
+class Frame:
+    """Where the code now running records: its run, its span, its log list."""
+
     __slots__ = ("kind", "last_llm_text", "logs", "run", "span_id")
 
     def __init__(self, run: _Run, span_id: str, logs: list[Any], kind: str = "run") -> None:
@@ -102,12 +104,13 @@ class _Frame:
         self.last_llm_text: str | None = None
 
 
-_frame: ContextVar[_Frame | None] = ContextVar("steptrace_frame", default=None)
+current_frame: ContextVar[Frame | None] = ContextVar("steptrace_frame", default=None)
+"""The ``Frame`` of the step (or run, or LLM call) the current context is inside."""
 _last_run_id: str | None = None
 
 
 def _current_logs() -> list[Any] | None:
-    frame = _frame.get()
+    frame = current_frame.get()
     return None if frame is None else frame.logs
 
 
@@ -120,7 +123,7 @@ def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the span the caller is in (a step, tool or LLM call,
     or the run), to propagate the trace outwards (a queued job, another service);
     None outside a run."""
-    frame = _frame.get()
+    frame = current_frame.get()
     if frame is None:
         return None
     return f"00-{frame.run.state.trace_id}-{frame.span_id}-01"
@@ -128,21 +131,21 @@ def current_traceparent() -> str | None:
 
 def current_run_id() -> str | None:
     """The id of the run the caller is inside, or None."""
-    frame = _frame.get()
+    frame = current_frame.get()
     return None if frame is None else frame.run.state.run_id
 
 
 # --- spans --------------------------------------------------------------------------
 
 
-class _Active:
+class ActiveSpan:
     """A span being recorded: the record, its OTel span and the context tokens."""
 
     __slots__ = ("frame", "otel", "otel_token", "record", "token")
 
     def __init__(
         self,
-        parent: _Frame,
+        parent: Frame,
         kind: str,
         name: str,
         otel_name: str,
@@ -164,13 +167,13 @@ class _Active:
             run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
         )
         self.record.logs = []
-        self.frame = _Frame(run, span_id, self.record.logs, kind)
-        self.token = _frame.set(self.frame)
+        self.frame = Frame(run, span_id, self.record.logs, kind)
+        self.token = current_frame.set(self.frame)
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 
     def detach(self) -> None:
         otel_context.detach(self.otel_token)
-        _frame.reset(self.token)
+        current_frame.reset(self.token)
 
     def finish(self, error: BaseException | None = None) -> None:
         """Hand the record to the writer, which redacts what is still raw, stores the
@@ -201,7 +204,9 @@ def _defer_span(
         record.otel_error = (type(error).__name__, message)
 
 
-def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
+def fail_span(active: ActiveSpan, exc: BaseException, *, raw: Any = None, validation: bool) -> None:
+    """Mark the span failed with the exception (and the raw output a failed validation
+    kept)."""
     record = active.record
     record.status = "failed"
     record.error = error_json(exc, validation=validation)
@@ -209,7 +214,7 @@ def _fail(active: _Active, exc: BaseException, *, raw: Any = None, validation: b
         record.output = to_json(raw) if record.raw else encode(raw)
 
 
-def _raw_output(frame: _Frame, exc: BaseException) -> Any:
+def _raw_output(frame: Frame, exc: BaseException) -> Any:
     """The value that failed validation inside a step: the last LLM text of the attempt,
     else the whole input pydantic was given when it reports one."""
     if frame.last_llm_text is not None:
@@ -229,14 +234,14 @@ class _Call:
 
     __slots__ = ("active", "input_json", "key", "parent", "spec", "tool_call_id")
 
-    def __init__(self, spec: Spec, parent: _Frame, args: tuple[Any, ...], kw: dict[str, Any]):
+    def __init__(self, spec: Spec, parent: Frame, args: tuple[Any, ...], kw: dict[str, Any]):
         self.spec = spec
         self.parent = parent
         run = parent.run
         self.key = run.next_key(spec.name)
         arguments = spec.bind(args, kw)
         self.input_json = to_json(arguments)  # redacted (and hashed) later, by the writer
-        self.active: _Active | None = None
+        self.active: ActiveSpan | None = None
         self.tool_call_id = (
             run.claim_tool_call(spec.name, orjson.loads(self.input_json))
             if spec.kind == "tool" and run.tool_calls
@@ -249,7 +254,7 @@ class _Call:
         # A retry links to the attempt before it (a span link: "follows from").
         previous = self.active
         links = None if previous is None else [Link(previous.otel.get_span_context())]
-        active = _Active(self.parent, kind, spec.name, spec.otel_name, attempt, self.key, links)
+        active = ActiveSpan(self.parent, kind, spec.name, spec.otel_name, attempt, self.key, links)
         record = active.record
         record.input = self.input_json
         record.raw = True
@@ -258,7 +263,7 @@ class _Call:
         self.active = active
 
     def succeed(self, result: Any) -> Any:
-        active = cast(_Active, self.active)
+        active = cast(ActiveSpan, self.active)
         try:
             value = self.spec.validate(result)
         except pydantic.ValidationError as exc:
@@ -273,15 +278,15 @@ class _Call:
         return value
 
     def fail(self, exc: BaseException) -> None:
-        active = cast(_Active, self.active)
+        active = cast(ActiveSpan, self.active)
         active.detach()
         validation = isinstance(exc, pydantic.ValidationError)
         raw = _raw_output(active.frame, exc) if validation else None
         self._record_failure(exc, raw=raw, validation=validation)
 
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
-        active = cast(_Active, self.active)
-        _fail(active, exc, raw=raw, validation=validation)
+        active = cast(ActiveSpan, self.active)
+        fail_span(active, exc, raw=raw, validation=validation)
         active.finish(exc)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
@@ -295,7 +300,7 @@ class _Call:
 def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call a decorated function: a step inside a run, a run of its own for a workflow
     (or a step called outside one, when configured), else the plain call."""
-    parent = _frame.get()
+    parent = current_frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
             return _workflow_sync(spec, args, kwargs)
@@ -335,7 +340,7 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``run_step_sync`` for a coroutine function."""
-    parent = _frame.get()
+    parent = current_frame.get()
     if parent is None:
         if spec.kind == "workflow" or get_config().record_steps_outside_workflow:
             return await _workflow_async(spec, args, kwargs)
@@ -442,7 +447,7 @@ class RunScope:
         self.otel = span
         self.run = _Run(state, sink, durable)
         sink.begin_run(state)
-        self.token = _frame.set(_Frame(self.run, span_id, state.logs))
+        self.token = current_frame.set(Frame(self.run, span_id, state.logs))
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
@@ -461,7 +466,7 @@ class RunScope:
     def _record_end(self, result: Any, error: BaseException | None) -> None:
         global _last_run_id
         otel_context.detach(self.otel_token)
-        _frame.reset(self.token)
+        current_frame.reset(self.token)
         state = self.run.state
         state.end_ns = time.time_ns()
         if error is None:

@@ -96,9 +96,9 @@ class RunSpanCollector:
         if scope is not None and scope.name == "steptrace":
             return
         from steptrace.config import get_config
-        from steptrace.runtime import _frame
+        from steptrace.runtime import current_frame
 
-        frame = _frame.get()
+        frame = current_frame.get()
         if frame is None or not get_config().capture_foreign_spans:
             return
         if len(self._runs) < 100_000:

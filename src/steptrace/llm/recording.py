@@ -58,9 +58,9 @@ class LLMSpan:
         operation: str = "chat",
     ) -> LLMSpan | None:
         """Start recording, or None outside a run (the call is then not recorded)."""
-        from steptrace.runtime import _Active, _frame
+        from steptrace.runtime import ActiveSpan, current_frame
 
-        parent = _frame.get()
+        parent = current_frame.get()
         if parent is None:
             return None
         call = cls()
@@ -68,7 +68,7 @@ class LLMSpan:
         call.provider = provider
         call.model = model
         name = conventions.llm_span_name(operation, model)
-        call.active = _Active(parent, "llm", name, name, None, None)
+        call.active = ActiveSpan(parent, "llm", name, name, None, None)
         record = call.active.record
         record.input = encode({"messages": list(messages), "params": params})
         record.llm = LLMUsage(provider=provider, model=model, params=encode(params))
@@ -94,13 +94,13 @@ class LLMSpan:
     def fail(self, exc: BaseException, *, partial: Reply | None = None) -> None:
         """Record the call as failed with ``exc``; ``partial``: what arrived before it (a
         stream that broke part-way), recorded as an incomplete response."""
-        from steptrace.runtime import _fail
+        from steptrace.runtime import fail_span
 
         self.detach()
         active = self.active
         if partial is not None:
             self._record_reply(partial, incomplete=True)
-        _fail(active, exc, validation=False)
+        fail_span(active, exc, validation=False)
         active.finish(exc)
 
     def _record_reply(self, reply: Reply, *, incomplete: bool) -> Reply:
