@@ -17,7 +17,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
 from typing import Any, cast
 
 import orjson
@@ -29,6 +28,8 @@ from opentelemetry.trace import Link, Span
 from steptrace import conventions
 from steptrace import logs as log_capture
 from steptrace.config import get_config
+from steptrace.foreign import ensure_collector
+from steptrace.frames import Frame, current_frame
 from steptrace.record import (
     RunState,
     SpanRecord,
@@ -40,18 +41,12 @@ from steptrace.record import (
 )
 from steptrace.spec import Spec
 from steptrace.store.writer import Sink, get_sink
-from steptrace.telemetry import (
-    context_from_traceparent,
-    ensure_collector,
-    new_run_id,
-    span_ids,
-    tracer,
-)
+from steptrace.telemetry import context_from_traceparent, new_run_id, span_ids, tracer
 
 # --- run context --------------------------------------------------------------------
 
 
-class _Run:
+class Run:
     """The live state of one run."""
 
     __slots__ = ("_counts", "_lock", "durable", "sink", "state", "tool_calls")
@@ -91,21 +86,6 @@ class _Run:
         return f"{name}#{n}"
 
 
-class Frame:
-    """Where the code now running records: its run, its span, its log list."""
-
-    __slots__ = ("kind", "last_llm_text", "logs", "run", "span_id")
-
-    def __init__(self, run: _Run, span_id: str, logs: list[Any], kind: str = "run") -> None:
-        self.run = run
-        self.span_id = span_id
-        self.logs = logs
-        self.kind = kind
-        self.last_llm_text: str | None = None
-
-
-current_frame: ContextVar[Frame | None] = ContextVar("steptrace_frame", default=None)
-"""The ``Frame`` of the step (or run, or LLM call) the current context is inside."""
 _last_run_id: str | None = None
 
 
@@ -445,7 +425,7 @@ class RunScope:
         state.logs = []
         self.spec = spec
         self.otel = span
-        self.run = _Run(state, sink, durable)
+        self.run = Run(state, sink, durable)
         sink.begin_run(state)
         self.token = current_frame.set(Frame(self.run, span_id, state.logs))
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from steptrace.llm.prices import cost_usd, prices_as_of, set_price
-from steptrace.llm.providers import Provider, SyncProvider, get_provider, register_provider
+from steptrace.llm.providers import get_provider, register_provider
 from steptrace.llm.recording import LLMSpan
 from steptrace.llm.scripted import Responder, script
-from steptrace.llm.types import Message, Reply, ToolCall, Usage
+from steptrace.llm.types import Message, Provider, Reply, SyncProvider, ToolCall, Usage
+from steptrace.prices import cost_usd, prices_as_of, set_price
 
 
 def _split(model: str) -> tuple[str, str]:

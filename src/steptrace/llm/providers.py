@@ -7,37 +7,9 @@ registered by name with ``register_provider``.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Sequence
-from typing import Any, Protocol
 
-from steptrace.llm.types import Reply
-
-
-class Provider(Protocol):
-    def complete(
-        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Reply: ...
-
-    async def acomplete(
-        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Reply: ...
-
-
-class SyncProvider:
-    """Base for providers with only a blocking call: the async twin runs it in a thread."""
-
-    def complete(
-        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Reply:
-        raise NotImplementedError
-
-    async def acomplete(
-        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
-    ) -> Reply:
-        return await asyncio.to_thread(self.complete, model, messages, params)
-
+from steptrace.llm.types import Provider
 
 _lock = threading.Lock()
 _providers: dict[str, Provider] = {}

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from steptrace import conventions
-from steptrace.llm.prices import cost_usd
 from steptrace.llm.types import Reply
+from steptrace.prices import cost_usd
 from steptrace.record import LLMUsage, encode
 
 
@@ -58,7 +58,8 @@ class LLMSpan:
         operation: str = "chat",
     ) -> LLMSpan | None:
         """Start recording, or None outside a run (the call is then not recorded)."""
-        from steptrace.runtime import ActiveSpan, current_frame
+        from steptrace.frames import current_frame
+        from steptrace.runtime import ActiveSpan
 
         parent = current_frame.get()
         if parent is None:

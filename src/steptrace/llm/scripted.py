@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from steptrace.llm.providers import SyncProvider
-from steptrace.llm.types import Reply, Usage
+from steptrace.llm.types import Reply, SyncProvider, Usage
 
 
 def estimate_tokens(text: str) -> int:

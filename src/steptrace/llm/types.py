@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import asyncio
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 Message = dict[str, Any]
 
@@ -51,3 +52,27 @@ class Reply:
         ``achat`` is the non-blocking twin)."""
         return self
         yield  # pragma: no cover - makes this a generator
+
+
+class Provider(Protocol):
+    def complete(
+        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> Reply: ...
+
+    async def acomplete(
+        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> Reply: ...
+
+
+class SyncProvider:
+    """Base for providers with only a blocking call: the async twin runs it in a thread."""
+
+    def complete(
+        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> Reply:
+        raise NotImplementedError
+
+    async def acomplete(
+        self, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
+    ) -> Reply:
+        return await asyncio.to_thread(self.complete, model, messages, params)

@@ -52,9 +52,7 @@ def _load() -> dict[tuple[str, str], Price]:
     if _table is None:
         with _lock:
             if _table is None:
-                data = json.loads(
-                    resources.files("steptrace.llm").joinpath("prices.json").read_text()
-                )
+                data = json.loads(resources.files("steptrace").joinpath("prices.json").read_text())
                 _as_of = data["as_of"]
                 table: dict[tuple[str, str], Price] = {}
                 for provider, models in data["providers"].items():
