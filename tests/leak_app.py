@@ -509,7 +509,7 @@ def read(spec: dict[str, Any]) -> dict[str, Any]:
     from click.testing import CliRunner
 
     from steptrace.cli import app
-    from steptrace.cli_ui import ui_command
+    from steptrace.cli.ui import ui_command
 
     st.configure(export_value_bytes=64 * 1024 * 1024)  # export-otlp: no cap
     out_dir = spec["out_dir"]

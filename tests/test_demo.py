@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,33 @@ def test_demo_rejects_a_bad_run_count(tmp_path: Path) -> None:
     proc = run_cli("demo", "--runs", "0", store=tmp_path / "x.db")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
+
+
+def test_the_demo_installs_what_the_readme_tour_uses() -> None:
+    """``scripts/demo.sh`` is the README's first command: after it, every command the
+    tour shows must work (``steptrace ui`` needs the ui extra, spans sent to an
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` the otlp one)."""
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    tour = readme[readme.index("## A tour") :]
+    commands = re.search(r"```bash\n(.*?)```", tour, re.S)
+    assert commands is not None
+    needed = {"ui"} if re.search(r"^steptrace ui\b", commands.group(1), re.M) else set()
+    needed |= {"otlp"} if "OTEL_EXPORTER_OTLP_ENDPOINT=" in commands.group(1) else set()
+
+    demo_sh = (root / "scripts" / "demo.sh").read_text(encoding="utf-8")
+    install = re.search(r"pip install .*-e '\.\[([\w,-]+)\]'", demo_sh)
+    assert install is not None, "scripts/demo.sh installs steptrace with extras"
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = pyproject["project"]["optional-dependencies"]
+
+    def resolved(names: list[str]) -> set[str]:
+        found = set(names)
+        for name in names:
+            for requirement in extras[name]:
+                inner = re.fullmatch(r"steptrace\[([\w,-]+)\]", requirement)
+                if inner:
+                    found |= resolved(inner.group(1).split(","))
+        return found
+
+    assert needed <= resolved(install.group(1).split(","))

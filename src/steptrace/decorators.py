@@ -137,7 +137,8 @@ class RunResult:
             return store.run(self.run_id)
 
 
-def spec_of(fn: Callable[..., Any]) -> Spec:
+def workflow_spec(fn: Callable[..., Any]) -> Spec:
+    """The ``Spec`` of a ``@workflow`` function; ``TypeError`` for anything else."""
     spec = getattr(fn, "__steptrace_spec__", None)
     if not isinstance(spec, Spec) or spec.kind != "workflow":
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a @steptrace.workflow")
@@ -155,7 +156,7 @@ def run(
     request) makes the run a child of that span, in that trace; it is not passed to
     the workflow.
     """
-    spec = spec_of(workflow)
+    spec = workflow_spec(workflow)
     if inspect.iscoroutinefunction(spec.fn):
         raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
     scope = RunScope(spec, args, kwargs, traceparent)
@@ -179,7 +180,7 @@ async def arun(
     **kwargs: Any,
 ) -> RunResult:
     """The async twin of ``run``."""
-    spec = spec_of(workflow)
+    spec = workflow_spec(workflow)
     scope = RunScope(spec, args, kwargs, traceparent)
     try:
         output = await spec.fn(*args, **kwargs)

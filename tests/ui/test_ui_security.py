@@ -19,7 +19,7 @@ import pytest
 from conftest import UIServer, start_ui
 
 from steptrace.cli import main as cli_main
-from steptrace.cli_ui import ui_token
+from steptrace.cli.ui import ui_token
 
 TOKEN = "file-t0ken-Zq8"
 SECURITY_HEADERS = {

@@ -20,27 +20,23 @@ import typer
 from rich.text import Text
 
 import steptrace as st
-from steptrace.cli import (
-    CLIError,
-    Status,
-    _abbrev,
-    _console,
-    _duration,
-    _print_json,
-    _short_prefix,
-    _status,
-    check_step,
-    check_workflow,
-)
-from steptrace.cli_output import (
+from steptrace.cli.app import Status
+from steptrace.cli.errors import CLIError
+from steptrace.cli.names import check_step, check_workflow, short_prefix
+from steptrace.cli.output import (
     FORMAT_HELP,
     Column,
     Format,
+    abbrev,
+    format_duration,
+    make_console,
     note,
     output_format,
     print_csv,
     print_dict_csv,
+    print_json,
     print_table,
+    styled_status,
 )
 from steptrace.compare import Comparison
 from steptrace.diff import Change, RunDiff
@@ -120,7 +116,7 @@ def dist_command(
         elif not result["values"]:
             _check_field(store, result, workflow)
     if fmt is Format.json:
-        _print_json(result)
+        print_json(result)
     elif fmt is Format.csv:
         rows: list[list[Any]] = [
             [v["value"], v["count"], v["share"], False] for v in result["values"]
@@ -154,7 +150,7 @@ def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None
 
 
 def _print_distribution(d: Distribution, top: int, last: int, workflow: str | None) -> None:
-    console = _console()
+    console = make_console()
     n = d["runs"]
     runs = f"run{'' if n == 1 else 's'}" + (f" of {workflow}" if workflow else "")
     window = f"the last {_count(n)} {runs}" if n >= last else f"all {_count(n)} {runs}"
@@ -170,7 +166,7 @@ def _print_distribution(d: Distribution, top: int, last: int, workflow: str | No
         return
     shown = d["values"][:top]
     rows: list[list[Text]] = [
-        [Text(_abbrev(v["value"], 10_000)), Text(_count(v["count"])), Text(_share(v["share"]))]
+        [Text(abbrev(v["value"], 10_000)), Text(_count(v["count"])), Text(_share(v["share"]))]
         for v in shown
     ]
     shares = [v["share"] for v in shown]
@@ -232,7 +228,7 @@ def stats_command(
             check_workflow(store, workflow)
         window = store.run_window(workflow, last) if fmt is Format.table else None
     if fmt is Format.json:
-        _print_json(stats)
+        print_json(stats)
     elif fmt is Format.csv:
         print_dict_csv([dict(s) for s in stats], list(StepStats.__annotations__))
     else:
@@ -257,7 +253,7 @@ def _window(workflow: str | None, last: int, window: RunWindow) -> str:
 def _print_stats(
     stats: list[StepStats], workflow: str | None, last: int, window: RunWindow
 ) -> None:
-    console = _console()
+    console = make_console()
     console.print(
         Text(f"steps of {_window(workflow, last, window)}, most time first", style="bold")
     )
@@ -272,9 +268,9 @@ def _print_stats(
             _count(s["count"]),
             Text(_share(s["failure_rate"]), style="red" if s["failed"] else "dim"),
             Text(_share(s["retry_rate"]), style="yellow" if s["retried"] else "dim"),
-            _duration(s["p50_ms"]),
-            _duration(s["p95_ms"]),
-            _duration(s["p99_ms"]),
+            format_duration(s["p50_ms"]),
+            format_duration(s["p95_ms"]),
+            format_duration(s["p99_ms"]),
             _count(tokens) if tokens is not None else "–",
             f"${s['cost_usd']:.4f}" if s["cost_usd"] is not None else "–",
         ]
@@ -304,11 +300,11 @@ def diff_command(
     with st.Store.open() as store:
         result = store.diff(run_a, run_b)
         prefixes = (
-            _short_prefix(store, result["a"]["run_id"]),
-            _short_prefix(store, result["b"]["run_id"]),
+            short_prefix(store, result["a"]["run_id"]),
+            short_prefix(store, result["b"]["run_id"]),
         )
     if fmt is Format.json:
-        _print_json(result)
+        print_json(result)
     elif fmt is Format.csv:
         print_csv(
             _DIFF_HEADERS,
@@ -358,19 +354,19 @@ def _delta(ms: float | None) -> Text:
     if ms is None:
         return Text("")
     sign = "+" if ms >= 0 else "−"
-    return Text(f" ({sign}{_duration(abs(ms))})", style="red" if ms > 0 else "green")
+    return Text(f" ({sign}{format_duration(abs(ms))})", style="red" if ms > 0 else "green")
 
 
 def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
-    console = _console()
+    console = make_console()
     a, b = d["a"], d["b"]
     console.print(
         Text.assemble(
             ("a ", "bold"),
             (prefixes[0], "cyan"),
             f"  {a['workflow']}  ",
-            _status(a["status"]),
-            f"  {_duration(a['duration_ms'])}  ",
+            styled_status(a["status"]),
+            f"  {format_duration(a['duration_ms'])}  ",
             (a["started_at"], "dim"),
         )
     )
@@ -379,8 +375,8 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
             ("b ", "bold"),
             (prefixes[1], "cyan"),
             f"  {b['workflow']}  ",
-            _status(b["status"]),
-            f"  {_duration(b['duration_ms'])}  ",
+            styled_status(b["status"]),
+            f"  {format_duration(b['duration_ms'])}  ",
             (b["started_at"], "dim"),
         )
     )
@@ -405,7 +401,7 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
                 (f"{mark} ", style),
                 (step["key"], "bold"),
                 f"  only in {side}  ",
-                _status(step["status"][side]),  # type: ignore[literal-required]
+                styled_status(step["status"][side]),  # type: ignore[literal-required]
             )
             console.print(line)
             continue
@@ -420,7 +416,7 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
                 "  attempts ",
                 _pair(step["attempts"]["a"], step["attempts"]["b"]),
                 "  ",
-                _pair(durations["a"], durations["b"], _duration),
+                _pair(durations["a"], durations["b"], format_duration),
                 _delta(durations["delta"]),
             )
         )
@@ -433,9 +429,9 @@ def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
 def _print_change(console: Any, change: Change, indent: str, cut: list[int]) -> None:
     path = change["path"]
     if change["change"] == "added":
-        console.print(Text.assemble(indent, (f"+ {path}: ", "green"), _abbrev(change["b"], 200)))
+        console.print(Text.assemble(indent, (f"+ {path}: ", "green"), abbrev(change["b"], 200)))
     elif change["change"] == "removed":
-        console.print(Text.assemble(indent, (f"- {path}: ", "red"), _abbrev(change["a"], 200)))
+        console.print(Text.assemble(indent, (f"- {path}: ", "red"), abbrev(change["a"], 200)))
     elif "lines" in change:
         console.print(Text.assemble(indent, (f"~ {path}:", "yellow")))
         for line in change["lines"]:  # cut to the terminal's width: --json has them whole
@@ -449,9 +445,9 @@ def _print_change(console: Any, change: Change, indent: str, cut: list[int]) -> 
             Text.assemble(
                 indent,
                 (f"~ {path}: ", "yellow"),
-                _abbrev(change["a"], 100),
+                abbrev(change["a"], 100),
                 (" → ", "bold"),
-                _abbrev(change["b"], 100),
+                abbrev(change["b"], 100),
             )
         )
 
@@ -477,9 +473,9 @@ def compare_command(
     fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         result = store.compare(run_id, baseline=baseline)
-        prefix = _short_prefix(store, result["run_id"])
+        prefix = short_prefix(store, result["run_id"])
     if fmt is Format.json:
-        _print_json(result)
+        print_json(result)
     elif fmt is Format.csv:
         findings: list[dict[str, Any]] = [dict(f) for f in result["findings"]]
         print_dict_csv(findings, ["kind", "step", "key", "detail", "score"])
@@ -500,13 +496,13 @@ _KIND_STYLES = {
 
 
 def _print_comparison(c: Comparison, prefix: str) -> None:
-    console = _console()
+    console = make_console()
     console.print(
         Text.assemble(
             ("run ", "bold"),
             (prefix, "cyan"),
             f"  {c['workflow']}  ",
-            _status(c["status"]),
+            styled_status(c["status"]),
             f"  against {c['baseline_runs']} successful run(s)",
             f" (of {c['baseline']} asked)" if c["baseline_runs"] < c["baseline"] else "",
         )
@@ -570,7 +566,7 @@ def sql_command(
         if rows:
             print_csv(list(rows[0]), [list(r.values()) for r in rows])
     elif fmt is Format.json:  # a BLOB (none in steptrace's tables) as base64 text
-        _print_json(
+        print_json(
             [
                 {
                     k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
@@ -587,7 +583,7 @@ def sql_command(
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    console = _console()
+    console = make_console()
     if not rows:
         console.print(Text("no rows", style="dim"))
         return
@@ -688,10 +684,10 @@ def index_command(
     with st.Store.open() as store:
         if drop:
             dropped = store.drop_field_index(step, field)
-            _console().print(f"{'dropped' if dropped else 'no'} index for {step}.{field}")
+            make_console().print(f"{'dropped' if dropped else 'no'} index for {step}.{field}")
         else:
             name = store.index_field(step, field)
-            _console().print(f"{step}.{field} is indexed ({name})")
+            make_console().print(f"{step}.{field} is indexed ({name})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""How the command line prints listings: tables that keep every column at any width,
-and the same rows as JSON or CSV.
+"""How the command line prints: tables that keep every column at any width, the same
+rows as JSON or CSV, and the one-line renderings of values every command shares (a
+run's status with its mark, a duration, a value cut to a line).
 
 A table is laid out by ``print_table``: at its natural width when that fits; else
 its text columns fold inside their cells (key and number columns never do); else,
@@ -55,7 +56,7 @@ def output_format(fmt: Format | None, as_json: bool) -> Format:
     return Format.json if as_json else (fmt or Format.table)
 
 
-def console(*, stderr: bool = False) -> Console:
+def make_console(*, stderr: bool = False) -> Console:
     """A rich console for the CLI: the terminal's width, or no width limit when the
     output is piped and ``COLUMNS`` is not set."""
     con = Console(highlight=False, stderr=stderr)
@@ -229,3 +230,50 @@ def print_dict_csv(records: Sequence[dict[str, Any]], headers: Sequence[str] | N
             seen.update(dict.fromkeys(record))
         headers = list(seen)
     print_csv(headers, [[r.get(h) for h in headers] for r in records])
+
+
+STATUS_MARKS = {
+    "succeeded": ("✓", "green"),
+    "failed": ("✗", "red"),
+    "running": ("…", "yellow"),
+    "interrupted": ("⚠", "magenta"),
+    "incomplete": ("◐", "yellow"),
+}
+"""A run's or span's status → its mark and rich style."""
+
+
+def styled_status(status: str) -> Text:
+    """``✓ succeeded`` in green, ``✗ failed`` in red…"""
+    mark, style = STATUS_MARKS.get(status, ("?", "yellow"))
+    return Text(f"{mark} {status}", style=style)
+
+
+def format_duration(ms: float | None) -> str:
+    """``850 µs``, ``12.5 ms``, ``3.20 s``; ``–`` for none."""
+    if ms is None:
+        return "–"
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    return f"{ms / 1000:.2f} s"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space."""
+    return " ".join(text.split())
+
+
+def abbrev(value: Any, limit: int = 120) -> str:
+    """``value`` on one line (JSON unless it is text), cut to ``limit`` characters with
+    ``…``."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = one_line(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout, after what rich printed."""
+    sys.stdout.flush()
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()

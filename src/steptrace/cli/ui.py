@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from steptrace.cli import CLIError
+from steptrace.cli.errors import CLIError
 from steptrace.config import get_config
 
 _PORT_DEFAULT = 8765

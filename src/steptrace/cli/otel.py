@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 import steptrace as st
-from steptrace.cli import CLIError, Status, mask_in_messages
+from steptrace.cli.app import Status, mask_in_messages
+from steptrace.cli.errors import CLIError
 from steptrace.masking import mask_text, mask_url
 
 

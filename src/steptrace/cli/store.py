@@ -1,7 +1,7 @@
 """The commands that look after the store itself: ``status`` (runs by status, spill
 journals, write-trouble reports), ``migrate`` (apply pending schema migrations) and
 ``prune`` (retention), registered on the ``steptrace`` app by
-``register(app)``. Both act on the configured store (``--store`` or
+``register(app)``. All act on the configured store (``--store`` or
 ``STEPTRACE_STORE``) and take ``--json``.
 """
 
@@ -11,9 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
-from steptrace.cli import CLIError, _console, _print_json
+import steptrace as st
+from steptrace.cli.errors import CLIError
+from steptrace.cli.output import make_console, print_json
 from steptrace.config import get_config
+from steptrace.masking import mask_text, url_secrets
+from steptrace.store import journal
 from steptrace.store.migrations import MIGRATIONS
+from steptrace.store.schema import describe, migrate_store
 from steptrace.where import QueryError
 
 _JSON_HELP = "Print JSON."
@@ -24,14 +29,12 @@ def migrate_command(
 ) -> None:
     """Apply the schema migrations the store lacks (creating it if needed); says which
     were applied, or that the schema is current."""
-    from steptrace.store.schema import describe, migrate_store
-
     url = get_config().store_url()
     applied = migrate_store(url)
     if as_json:
-        _print_json({"store": describe(url), "applied": applied, "current": MIGRATIONS[-1].name})
+        print_json({"store": describe(url), "applied": applied, "current": MIGRATIONS[-1].name})
         return
-    console = _console()
+    console = make_console()
     if applied:
         for name in applied:
             console.print(f"applied {name}")
@@ -66,7 +69,7 @@ def prune_command(
 ) -> None:
     """Delete old runs with their spans, LLM calls and logs, a batch of runs per
     transaction (writers in other processes keep going)."""
-    from steptrace.store.retention import prune
+    from steptrace.store.retention import prune  # kept off the path of `steptrace --help`
 
     try:
         result = prune(
@@ -80,7 +83,7 @@ def prune_command(
     except QueryError as exc:
         raise CLIError(f"--older-than: {exc}") from None
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     verb = "would delete" if dry_run else "deleted"
     scope = f" of {workflow}" if workflow else ""
@@ -91,7 +94,7 @@ def prune_command(
     ]
     if not dry_run and result.batches:
         details.append(f" in {result.batches} transaction(s)")
-    _console().print("".join(details))
+    make_console().print("".join(details))
 
 
 def status_command(
@@ -104,11 +107,8 @@ def status_command(
     waiting to be written, live writer processes, recent reports of write trouble
     (records spilled, quarantined or lost) from every process, and where spans are
     exported (credentials masked)."""
-    import steptrace as st
-    from steptrace.masking import mask_text, url_secrets
+    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
     from steptrace.otlp import describe_config, export_secrets
-    from steptrace.store import journal
-    from steptrace.store.schema import describe
 
     url = get_config().store_url()
     with st.Store.open(url) as store:  # opening it sweeps interrupted runs, replays orphans
@@ -132,9 +132,9 @@ def status_command(
         "otlp": otlp,
     }
     if as_json:
-        _print_json(status)
+        print_json(status)
         return
-    console = _console()
+    console = make_console()
     console.print(f"store     {status['store']} (schema {status['schema']})")
     counts = " · ".join(f"{name} {n:,}" for name, n in by_status.items()) or "none"
     console.print(f"runs      {counts}")

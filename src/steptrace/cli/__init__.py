@@ -1,0 +1,49 @@
+"""The ``steptrace`` command line (also ``python -m steptrace``).
+
+The CLI is an *application*: it installs the OpenTelemetry SDK (``OTEL_*``
+variables, an OTLP exporter only when configured) and logging, runs or reads
+workflows through the public API, and at the end of a command that recorded runs
+flushes the store and shuts the tracer provider down so every span is exported.
+
+A mistake the user can fix (a bad id, bad ``--input``, a misconfigured store or
+exporter) is one ``error: …`` line on stderr and a non-zero exit code; ``--debug``
+adds the traceback.
+
+The package: ``app`` (the typer app and its global options), ``output`` (how
+everything prints), ``errors`` (``CLIError`` and the one-line report),
+``names`` (run-id prefixes, unknown workflow and step names), and one module per
+command group, each with a ``register(app)``. This module registers them, in the
+order ``--help`` lists them, and holds the entry point; imports go one way, from
+here down to the command modules and from them down to the shared ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer.main
+
+from steptrace.cli import otel, query, run, runs, store, ui
+from steptrace.cli.app import app, options
+from steptrace.cli.errors import report
+
+__all__ = ["app", "main"]
+
+run.register(app)  # demo, run
+runs.register(app)  # runs, show
+query.register(app)  # dist, stats, diff, compare, sql, export, index
+otel.register(app)  # export-otlp
+ui.register(app)  # ui
+store.register(app)  # status, migrate, prune
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``steptrace`` command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="steptrace")
+    except SystemExit:
+        raise
+    except Exception as exc:
+        sys.exit(report(exc, debug=options.debug, secrets=options.secrets))

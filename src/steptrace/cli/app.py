@@ -1,0 +1,146 @@
+"""The ``steptrace`` typer app and its global options (``--store``, ``--debug``,
+``--version``): what they set for the command that runs (``options``), and the option
+types several commands share.
+
+The command modules register their commands on ``app``; ``steptrace.cli`` does that
+for every one of them and holds the entry point.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+import steptrace as st
+from steptrace.cli.errors import masked
+from steptrace.masking import mask_url
+
+
+@dataclass
+class Options:
+    """The global options of the command being run."""
+
+    debug: bool = False
+    store: str | None = None
+    """The ``--store`` given on the command line (repeated in the commands we suggest)."""
+    secrets: tuple[str, ...] = ()
+    """Credentials a command was given (``export-otlp --endpoint/--header``), masked in
+    every message as the store's and the OTLP variables' are."""
+
+
+options = Options()
+"""Set by the app's callback before any command runs."""
+
+
+class Status(enum.StrEnum):
+    """The run statuses ``--status`` accepts."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    running = "running"
+    interrupted = "interrupted"
+
+
+app = typer.Typer(
+    name="steptrace",
+    help="Trace AI workflows step by step: run them, list runs, look inside one.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def mask_in_messages(secrets: Sequence[str]) -> None:
+    """Mask ``secrets`` (credentials a command was given) in every message from now on,
+    as the store's and the OTLP variables' are."""
+    options.secrets = (*options.secrets, *secrets)
+
+
+def store_option() -> list[str]:
+    """``--store URL`` as given, for the commands we suggest (its password masked)."""
+    return ["--store", mask_url(options.store)] if options.store else []
+
+
+_STORE_HELP = "Store path or URL (default: $STEPTRACE_STORE, else ./.steptrace/steptrace.db)."
+
+
+def version() -> str:
+    """steptrace's version: ``steptrace.__version__`` when the package defines it, else
+    the installed distribution's."""
+    found = getattr(st, "__version__", None)
+    if isinstance(found, str):
+        return found
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("steptrace")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"steptrace {version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _setup(
+    store: Annotated[str | None, typer.Option("--store", metavar="URL", help=_STORE_HELP)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print steptrace's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    options.debug = debug
+    options.store = store
+    if store is not None:
+        st.configure(store=store)
+    _configure_logging(debug)
+    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
+    from steptrace.otlp import configure_sdk
+
+    configure_sdk()
+
+
+class _BriefFormatter(logging.Formatter):
+    """One line per record: a failing exporter is reported, not dumped as a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if options.debug or not record.exc_info:
+            return masked(super().format(record), options.secrets)
+        exc = record.exc_info[1]
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return masked(
+                f"{super().format(record)} ({type(exc).__name__}: {exc})", options.secrets
+            )
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _configure_logging(debug: bool) -> None:
+    root = logging.getLogger()
+    if root.handlers:  # the host process configured logging already
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if debug else logging.WARNING)
+    handler.setFormatter(_BriefFormatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    # INFO records must be created for steps to capture them; the handler decides
+    # what reaches the terminal.
+    root.setLevel(logging.INFO)

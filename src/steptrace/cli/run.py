@@ -1,0 +1,319 @@
+"""The commands that run workflows: ``demo`` (the bundled triage workflow, N times)
+and ``run`` (any ``@steptrace.workflow``, once, with ``--input`` as its arguments),
+registered on the ``steptrace`` app by ``register(app)``.
+
+Both record runs, so both end by flushing the store and shutting the tracer provider
+down (every span exported, or a line saying how many were not), then print what to
+look at next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import typing
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import orjson
+import pydantic
+import typer
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+import steptrace as st
+from steptrace.cli.app import options, store_option
+from steptrace.cli.errors import CLIError
+from steptrace.cli.names import short_prefix
+from steptrace.cli.output import format_duration, make_console, print_json, styled_status
+from steptrace.config import get_config
+from steptrace.decorators import workflow_spec
+from steptrace.masking import mask_url
+from steptrace.store.model import RunRecord
+
+
+def _finish_recording() -> None:
+    """Write every record and export every span before the process exits; say plainly
+    if spans could not be exported (the store has them all)."""
+    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
+    from steptrace.otlp import export_counts, shutdown_sdk
+
+    if not st.flush():
+        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
+    shutdown_sdk()
+    counts = export_counts()
+    if counts.dropped:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
+            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
+            "--since … --endpoint …"
+        )
+
+
+# --- demo ---------------------------------------------------------------------------
+
+
+def demo_command(
+    runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="How many runs to make.")] = 20,
+) -> None:
+    """Run the bundled support-ticket triage workflow N times and say where to look next."""
+    from steptrace.examples import triage
+
+    console = make_console()
+    if not options.debug and not triage.log.handlers:
+        # Recorded in the store; the terminal shows the summary.
+        triage.log.addHandler(logging.NullHandler())
+        triage.log.propagate = False
+    try:
+        with console.status(f"running the triage workflow {runs} times…"):
+            results = triage.run_demo(runs)
+    finally:
+        _finish_recording()
+    with st.Store.open() as store:
+        records = [store.run(r.run_id) for r in results]
+        failed = next((r for r in records if r.status == "failed"), None)
+        example = failed or records[0]
+        prefix = short_prefix(store, example.run_id)
+    _print_demo_summary(console, records)
+    command = [*_self_command(), *store_option()]
+    heading = "Look at a failed run:" if failed else "All runs succeeded. Look at one:"
+    console.print(Text("\n" + heading, style="bold"))
+    console.print("  " + shlex.join([*command, "show", prefix]), soft_wrap=True, markup=False)
+    listing = [*command, "runs", *(["--status", "failed"] if failed else [])]
+    console.print("  " + shlex.join(listing), soft_wrap=True, markup=False)
+    console.print(Text("\nAsk across runs, or browse them:", style="bold"))
+    for question in (["dist", "classify", "category"], ["stats", "triage"], ["ui"]):
+        console.print("  " + shlex.join([*command, *question]), soft_wrap=True, markup=False)
+
+
+def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
+    """What the demo did, counted from the stored runs."""
+    spans = [s for r in records for s in r.spans]
+    counts = {
+        "runs": len(records),
+        "succeeded": sum(r.status == "succeeded" for r in records),
+        "failed": sum(r.status == "failed" for r in records),
+        "steps retried": sum(
+            n > 1 for r in records for n in Counter(s.step_key for s in r.steps()).values()
+        ),
+        "LLM calls": sum(s.kind == "llm" for s in spans),
+        "tool calls": sum(s.kind == "tool" for s in spans),
+        "log lines": sum(len(s.logs) for s in spans),
+    }
+    categories = Counter(
+        s.output["category"]
+        for r in records
+        for s in r.steps("classify")
+        if s.status == "succeeded" and isinstance(s.output, dict) and "category" in s.output
+    )
+    rows: list[tuple[str, Text]] = [
+        (label, Text(str(n), style={"succeeded": "green", "failed": "red"}.get(label, "")))
+        for label, n in counts.items()
+    ]
+    rows.append(("categories", Text(", ".join(f"{c} {n}" for c, n in sorted(categories.items())))))
+    rows.append(("store", Text(mask_url(get_config().store_url()))))
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if endpoint:
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        rows.append(("spans", Text(f"sent to {mask_url(endpoint)} (OTLP {protocol})")))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in rows:
+        grid.add_row(label, value)
+    console.print(Text(f"Ran the triage workflow {len(records)} times.", style="bold"))
+    console.print(Padding(grid, (0, 0, 0, 2), expand=False))
+
+
+def _self_command() -> list[str]:
+    """How to invoke this steptrace again: ``steptrace`` when that is the one on PATH,
+    else the command as it was invoked."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "steptrace"
+    on_path = shutil.which("steptrace")
+    if os.path.basename(argv0) == "__main__.py":  # python -m steptrace
+        executable = os.path.abspath(sys.executable)
+        if on_path and os.path.dirname(os.path.abspath(on_path)) == os.path.dirname(executable):
+            return ["steptrace"]
+        for name in ("python", "python3"):
+            found = shutil.which(name)
+            if found and os.path.abspath(found) == executable:
+                return [name, "-m", "steptrace"]
+        return [sys.executable, "-m", "steptrace"]
+    invoked = shutil.which(argv0) or argv0
+    if on_path and os.path.abspath(on_path) == os.path.abspath(invoked):
+        return ["steptrace"]
+    return [argv0]
+
+
+# --- run ----------------------------------------------------------------------------
+
+
+_TARGET_HELP = "e.g. myapp.flows:triage or path/to/flows.py:triage"
+_INPUT_HELP = "Keyword arguments as a JSON object, or positional ones as a JSON array."
+
+
+def run_command(
+    target: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW", help=_TARGET_HELP)],
+    input_json: Annotated[
+        str, typer.Option("--input", "-i", metavar="JSON", help=_INPUT_HELP)
+    ] = "{}",
+) -> None:
+    """Run a @steptrace.workflow once and print its run id, status and output."""
+    workflow = _load_workflow(target)
+    try:
+        spec = workflow_spec(workflow)
+    except TypeError as exc:
+        raise CLIError(f"{target}: {exc}") from None
+    args, kwargs = _arguments(spec.fn, spec.signature, input_json)
+    try:
+        if inspect.iscoroutinefunction(spec.fn):
+            result = asyncio.run(st.arun(workflow, *args, **kwargs))
+        else:
+            result = st.run(workflow, *args, **kwargs)
+    finally:
+        _finish_recording()
+    with st.Store.open() as store:
+        record = store.run(result.run_id)
+        prefix = short_prefix(store, record.run_id)
+    console = make_console()
+    console.print(Text.assemble(("run     ", "bold"), record.run_id), soft_wrap=True)
+    duration = f"  {format_duration(record.duration_ms)}"
+    console.print(Text.assemble(("status  ", "bold"), styled_status(record.status), duration))
+    if record.status == "succeeded":
+        console.print(Text("output", style="bold"))
+        print_json(record.output)
+    command = [*_self_command(), *store_option()]
+    show_command = shlex.join([*command, "show", prefix])
+    console.print(Text.assemble(("show    ", "bold"), show_command), soft_wrap=True)
+    if record.status != "succeeded":
+        error = record.error or {}
+        if options.debug:  # the workflow's own traceback, as stored
+            sys.stderr.write(str(error.get("traceback", "")))
+        raise CLIError(
+            f"run {prefix} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
+        )
+
+
+def _load_workflow(target: str) -> Callable[..., Any]:
+    """Import ``module:attr`` or ``path/to/file.py:attr`` (cwd on ``sys.path``)."""
+    location, sep, attr = target.rpartition(":")
+    if not sep or not location or not attr:
+        raise CLIError(f"{target!r} is not MODULE:WORKFLOW (e.g. myapp.flows:triage)")
+    if location.endswith(".py") or os.sep in location or "/" in location:
+        module = _import_file(location)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as exc:
+            if exc.name and location.startswith(exc.name):
+                raise CLIError(f"cannot import {location!r}: {exc}") from exc
+            raise
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"{location!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise CLIError(f"{target}: {attr!r} is not a @steptrace.workflow")
+    return typing.cast(Callable[..., Any], obj)
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CLIError(f"no such file: {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory not in sys.path:  # as `python path/to/file.py` would
+        sys.path.insert(0, directory)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = stem if stem.isidentifier() and stem not in sys.modules else "__steptrace_target__"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pydantic resolves the module's annotations through it
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _arguments(
+    fn: Callable[..., Any], signature: inspect.Signature, text: str
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``--input`` as call arguments, each converted to its parameter's annotation."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(
+            f"--input is not valid JSON ({exc}); give a JSON object of keyword arguments, "
+            """e.g. --input '{"name": "Ada"}'"""
+        ) from None
+    if isinstance(value, dict):
+        args, kwargs = [], value
+    elif isinstance(value, list):
+        args, kwargs = value, {}
+    else:
+        raise CLIError(
+            "--input must be a JSON object (keyword arguments) or a JSON array (positional "
+            f"arguments), not {type(value).__name__}"
+        )
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise CLIError(f"--input does not fit {fn.__name__}{signature}: {exc}") from None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: pass the JSON values as they are
+        hints = {}
+    for name, given in bound.arguments.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            bound.arguments[name] = tuple(_convert(name, hint, v) for v in given)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            bound.arguments[name] = {k: _convert(k, hint, v) for k, v in given.items()}
+        else:
+            bound.arguments[name] = _convert(name, hint, given)
+    return bound.args, bound.kwargs
+
+
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(hint)
+    except Exception:  # a type pydantic cannot build a schema for
+        return value
+    try:
+        return adapter.validate_json(orjson.dumps(value))
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        type_name = getattr(hint, "__name__", str(hint))
+        raise CLIError(f"--input: {name!r} is not a valid {type_name}: {problems}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the ``steptrace`` app."""
+    app.command("demo")(demo_command)
+    app.command("run")(run_command)
