@@ -27,120 +27,26 @@ import orjson
 from steptrace.errors import QueryError
 from steptrace.query import Reader
 from steptrace.record import stored_name
+from steptrace.store.columns import JSON_NAMES, LLM, RUNS, SPANS, STEPS, Table
 from steptrace.where import RunFilter
 
-_SPAN_COLUMNS = [
-    "run_id",
-    "span_id",
-    "parent_span_id",
-    "kind",
-    "name",
-    "step_key",
-    "attempt",
-    "status",
-    "started_at",
-    "ended_at",
-    "duration_ms",
-    "input",
-    "output",
-    "error",
-    "attributes",
-    "input_hash",
-]
-TABLES: dict[str, list[str]] = {
-    "runs": [
-        "run_id",
-        "workflow",
-        "status",
-        "trace_id",
-        "span_id",
-        "parent_trace_id",
-        "parent_span_id",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "input",
-        "output",
-        "error",
-        "tags",
-    ],
-    "steps": [
-        "run_id",
-        "workflow",
-        "run_status",
-        "span_id",
-        "parent_span_id",
-        "kind",
-        "name",
-        "step_key",
-        "occurrence",
-        "attempt",
-        "is_final_attempt",
-        "status",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "input",
-        "output",
-        "error",
-        "attributes",
-        "input_hash",
-    ],
-    "spans": _SPAN_COLUMNS,
-    "llm": [
-        "run_id",
-        "span_id",
-        "parent_span_id",
-        "step",
-        "step_key",
-        "step_attempt",
-        "provider",
-        "model",
-        "response_model",
-        "status",
-        "started_at",
-        "ended_at",
-        "duration_ms",
-        "input_tokens",
-        "output_tokens",
-        "cached_input_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "finish_reason",
-        "messages",
-        "params",
-        "response",
-        "tool_calls",
-        "error",
-    ],
-}
-JSON_COLUMNS = frozenset(
-    {
-        "input",
-        "output",
-        "error",
-        "tags",
-        "attributes",
-        "messages",
-        "params",
-        "response",
-        "tool_calls",
-    }
-)
+_SOURCES: dict[str, Table] = {"runs": RUNS, "steps": STEPS, "spans": SPANS, "llm": LLM}
+
+
+def _exported(table: Table) -> list[str]:
+    """A table's columns as exported: ``run_id`` first (rows come grouped by run), the
+    store's bookkeeping left out."""
+    names = [c.name for c in table.columns if not c.internal]
+    return ["run_id", *(n for n in names if n != "run_id")]
+
+
+TABLES: dict[str, list[str]] = {name: _exported(table) for name, table in _SOURCES.items()}
+JSON_COLUMNS = JSON_NAMES
 """Columns holding JSON (by name, in tables, views and ``Store.sql`` results)."""
 _INT_COLUMNS = frozenset(
-    {
-        "occurrence",
-        "attempt",
-        "is_final_attempt",
-        "step_attempt",
-        "input_tokens",
-        "output_tokens",
-        "cached_input_tokens",
-        "reasoning_tokens",
-    }
+    c.name for t in _SOURCES.values() for c in t.columns if c.type == "integer"
 )
-_FLOAT_COLUMNS = frozenset({"duration_ms", "cost_usd"})
+_FLOAT_COLUMNS = frozenset(c.name for t in _SOURCES.values() for c in t.columns if c.type == "real")
 FORMATS = ("jsonl", "csv", "parquet")
 _CHUNK_RUNS = 500
 
@@ -188,6 +94,7 @@ def iter_rows(
     if step is not None and table == "runs":
         raise QueryError("step= applies to the steps, spans and llm tables, not runs")
     columns = TABLES[table]
+    run_at = columns.index("run_id")
     ids = run_ids(db, runs or RunFilter(), last)
 
     def rows() -> Iterator[list[Any]]:
@@ -203,7 +110,7 @@ def iter_rows(
                 f"SELECT {', '.join(columns)}{order} FROM {table} WHERE run_id IN ({marks}){extra}",
                 params,
             )
-            found.sort(key=lambda r: (position[r[0]], r[-1] if order else 0))
+            found.sort(key=lambda r: (position[r[run_at]], r[-1] if order else 0))
             for row in found:
                 yield list(row[: len(columns)])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -20,6 +21,7 @@ from steptrace.config import get_config
 from steptrace.errors import QueryError
 from steptrace.errors import RunNotFound as RunNotFound  # re-exported: older imports
 from steptrace.record import stored_form
+from steptrace.store.columns import JSON_NAMES, LLM_CALLS, LOGS, RUN_FIELDS, RUNS, SPANS, named
 from steptrace.store.dialect import Dialect
 from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.engines import open_read_engine, open_writer, query_params
@@ -37,80 +39,33 @@ if TYPE_CHECKING:
     from steptrace.stats import StepStats
 
 
-_SPAN_FIELDS = (
-    "span_id",
-    "parent_span_id",
-    "kind",
-    "name",
-    "attempt",
-    "status",
-    "started_at",
-    "ended_at",
-    "duration_ms",
-    "input",
-    "output",
-    "error",
-    "step_key",
-    "input_hash",
-    "attributes",
-)
+_SPAN_FIELDS = tuple(n for n in SPANS.names if n in {f.name for f in fields(SpanView)})
 """The ``spans`` columns a ``SpanView`` is made of (each a field of the same name)."""
-_LLM_FIELDS = (
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "params",
-    "cached_input_tokens",
-    "reasoning_tokens",
-    "finish_reason",
-    "response_model",
-    "time_to_first_chunk_ms",
-    "tool_calls",
-    "incomplete",
-)
-"""The ``llm_calls`` columns of a span's ``llm`` dict (each a key of the same name)."""
-_JSON_FIELDS = frozenset({"input", "output", "error", "attributes", "params", "tool_calls"})
+_LLM_FIELDS = tuple(n for n in LLM_CALLS.names if n not in SPANS.names)
+"""The ``llm_calls`` columns of a span's ``llm`` dict (each a key of the same name): those
+the span does not have itself."""
 _SPANS_OF_RUN = (
-    "SELECT "
-    + ", ".join([*(f"s.{c}" for c in _SPAN_FIELDS), *(f"l.{c}" for c in _LLM_FIELDS)])
-    + " FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id"
+    f"SELECT {SPANS.select(_SPAN_FIELDS, 's')}, {LLM_CALLS.select(_LLM_FIELDS, 'l')}"
+    " FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id"
     " WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
 )
-_LOGS_OF_RUN = (
-    "SELECT span_id, ts, level, logger, message, exception FROM logs "
-    "WHERE run_id = ? ORDER BY span_id, seq"
-)
+_LOG_FIELDS = ("span_id", "ts", "level", "logger", "message", "exception")
+_LOGS_OF_RUN = f"SELECT {LOGS.select(_LOG_FIELDS)} FROM logs WHERE run_id = ? ORDER BY span_id, seq"
 
 
 SQL_TIMEOUT_S = 30.0
 """How long ``Store.sql`` lets a statement run, unless told otherwise."""
 
 
-_RUN_COLUMNS = (
-    "run_id, workflow, status, trace_id, span_id, started_at, ended_at, duration_ms, "
-    "input, output, error, tags, parent_trace_id, parent_span_id"
-)
+_RUN_COLUMNS = RUNS.select(RUN_FIELDS)
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        workflow=row[1],
-        status=row[2],
-        trace_id=row[3],
-        span_id=row[4],
-        started_at=row[5],
-        ended_at=row[6],
-        duration_ms=row[7],
-        input=loads(row[8]),
-        output=loads(row[9]),
-        error=loads(row[10]),
-        tags=loads(row[11]) or [],
-        parent_trace_id=row[12],
-        parent_span_id=row[13],
-    )
+    run = named(RUN_FIELDS, row)
+    for name in RUNS.json_names & run.keys():
+        run[name] = loads(run[name])
+    run["tags"] = run["tags"] or []
+    return RunRecord(**run)
 
 
 class StoreReader:
@@ -275,15 +230,15 @@ class Store:
             rows, span_rows, log_rows = read(self.resolve(run_id))
         run = _run_from_row(rows[0])
         logs: dict[str, list[dict[str, Any]]] = {}
-        for span_id, ts, level, logger, message, exc_text in log_rows:
-            logs.setdefault(span_id, []).append(
-                {"ts": ts, "level": level, "logger": logger, "message": message}
-                | ({"exception": exc_text} if exc_text else {})
-            )
+        for log_row in log_rows:
+            entry = named(_LOG_FIELDS, log_row)
+            if not entry["exception"]:
+                del entry["exception"]
+            logs.setdefault(entry.pop("span_id"), []).append(entry)
         run.logs = logs.get(run.span_id, [])
         names = (*_SPAN_FIELDS, *_LLM_FIELDS)
         for r in span_rows:
-            row = {n: loads(v) if n in _JSON_FIELDS else v for n, v in zip(names, r, strict=True)}
+            row = {n: loads(v) if n in JSON_NAMES else v for n, v in zip(names, r, strict=True)}
             span = SpanView(**{n: row[n] for n in _SPAN_FIELDS}, logs=logs.get(row["span_id"], []))
             span.attributes = span.attributes or {}
             if row["provider"] is not None:

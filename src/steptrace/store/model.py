@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from steptrace.store.columns import RUN_FIELDS
+
 
 def loads(text: str | bytes | None) -> Any:
     if text is None:
@@ -60,7 +62,8 @@ class SpanView:
 
 @dataclass
 class RunRecord:
-    """A stored run. ``to_dict()`` is the shape of ``steptrace show RUN_ID --json``."""
+    """A stored run. ``to_dict()`` is the shape of ``steptrace show RUN_ID --json``; its
+    fields but ``spans`` and ``logs`` are the ``runs`` columns ``columns.RUN_FIELDS``."""
 
     run_id: str
     workflow: str
@@ -89,22 +92,7 @@ class RunRecord:
 
     def summary(self) -> dict[str, Any]:
         """The run without its spans (the shape of ``steptrace runs --json`` items)."""
-        return {
-            "run_id": self.run_id,
-            "workflow": self.workflow,
-            "status": self.status,
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "parent_trace_id": self.parent_trace_id,
-            "parent_span_id": self.parent_span_id,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "duration_ms": self.duration_ms,
-            "input": self.input,
-            "output": self.output,
-            "error": self.error,
-            "tags": self.tags,
-        }
+        return {name: getattr(self, name) for name in RUN_FIELDS}
 
     def __getitem__(self, key: str) -> Any:
         """``run["spans"]`` and friends: the keys of ``to_dict()``."""

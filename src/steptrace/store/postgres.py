@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -27,8 +27,18 @@ from psycopg.adapt import Buffer, Loader
 from psycopg.types.string import TextLoader
 
 from steptrace.record import RunState, SpanRecord, without_nul
+from steptrace.store.columns import (
+    LLM_CALLS,
+    LOGS,
+    RUNS,
+    SPANS,
+    Collapse,
+    Column,
+    LogLine,
+    Table,
+    conflict_clause,
+)
 from steptrace.store.migrations import pending
-from steptrace.store.sqlite import RUN_UPSERT_GUARD, RUN_UPSERT_SET
 
 log = logging.getLogger("steptrace")
 
@@ -135,51 +145,6 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
 
 # --- the writer ---------------------------------------------------------------------------
 
-_RUN_COLUMNS = (
-    "run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id, "
-    "started_at, ended_at, duration_ms, input, output, error, tags, owner"
-)
-_SPAN_COLUMNS = (
-    "span_id, run_id, parent_span_id, kind, name, step_key, attempt, status, started_at, "
-    "ended_at, duration_ms, input, output, error, attributes, input_hash"
-)
-_LLM_COLUMNS = (
-    "span_id, run_id, provider, model, input_tokens, output_tokens, cost_usd, params, "
-    "cached_input_tokens, reasoning_tokens, finish_reason, response_model, "
-    "time_to_first_chunk_ms, tool_calls, incomplete, parent_span_id"
-)
-_LOG_COLUMNS = "run_id, span_id, seq, ts, level, logger, message, exception"
-
-
-def _set_all(columns: str, key: str) -> str:
-    return ", ".join(f"{c} = excluded.{c}" for c in columns.split(", ") if c != key)
-
-
-_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS _st_runs (LIKE runs) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS _st_spans (LIKE spans) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS _st_llm (LIKE llm_calls) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS _st_logs (LIKE logs) ON COMMIT DELETE ROWS",
-)
-# The same upsert as SQLite's: a run is written when it starts and again when it ends;
-# a span or LLM call written twice keeps its last version.
-_RUN_MERGE = f"""
-INSERT INTO runs ({_RUN_COLUMNS}) SELECT {_RUN_COLUMNS} FROM _st_runs
-ON CONFLICT (run_id) DO UPDATE SET {RUN_UPSERT_SET} {RUN_UPSERT_GUARD}
-"""
-_LOG_MERGE = f"""
-INSERT INTO logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM _st_logs
-ON CONFLICT (run_id, span_id, seq) DO NOTHING
-"""
-_SPAN_MERGE = f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) SELECT {_SPAN_COLUMNS} FROM _st_spans
-ON CONFLICT (span_id) DO UPDATE SET {_set_all(_SPAN_COLUMNS, "span_id")}
-"""
-_LLM_MERGE = f"""
-INSERT INTO llm_calls ({_LLM_COLUMNS}) SELECT {_LLM_COLUMNS} FROM _st_llm
-ON CONFLICT (span_id) DO UPDATE SET {_set_all(_LLM_COLUMNS, "span_id")}
-"""
-
 
 @functools.lru_cache(maxsize=1024)
 def _second_text(seconds: int) -> str:
@@ -205,104 +170,92 @@ def _json(value: bytes | None) -> str | None:
 
 
 Rows = list[tuple[Any, ...]]
+Row = Callable[[Any], tuple[Any, ...]]
+
+
+def _value_code(column: Column) -> str:
+    """The Python expression, over ``rec``, of the column's value (``Column.form``)."""
+    for attr in column.source:
+        if not all(part.isidentifier() for part in attr.split(".")):
+            raise ValueError(f"{column.name}: {attr!r} is not an attribute path")
+    value = f"rec.{column.source[0]}"
+    if column.json:
+        return f"json({value})"
+    if column.form == "text":
+        return f"text({value})"
+    if column.form == "flag":
+        return f"int({value})"
+    if column.form == "time":
+        return f"(None if {value} is None else iso({value}))"
+    if column.form == "duration":
+        end = f"rec.{column.source[1]}"
+        return f"(None if {end} is None else ({end} - {value}) / 1e6)"
+    return value
+
+
+def _row_function(table: Table) -> Row:
+    """The function that makes a record's row for ``table``, compiled once from the
+    column table (as ``dataclasses`` makes ``__init__``): a batch makes thousands of
+    rows, and one expression a column costs a third of calling a function a column.
+    The code is made only of this module's names and the declared attribute paths."""
+    values = ", ".join(_value_code(c) for c in table.written)
+    code = f"def row(rec):\n    return ({values},)\n"
+    namespace: dict[str, Any] = {"json": _json, "text": _text, "iso": iso_from_ns}
+    exec(compile(code, f"<steptrace.store.postgres row of {table.name}>", "exec"), namespace)
+    row: Row = namespace["row"]
+    return row
+
+
+class TableCopy:
+    """How a batch's rows of one table (``columns.WRITTEN``) are made and copied: the
+    row of a record in the order of ``columns``, the staging table a COPY that conflicts
+    goes through, and the merge from it (``columns.conflict_clause``). A table whose
+    rows are merged (runs: each is written when it starts and again when it ends) is
+    always copied through staging; others straight into the table, where rows are new
+    but for rare re-writes (a batch replayed from the spill journal)."""
+
+    def __init__(self, table: Table) -> None:
+        written = table.written
+        self.table = table.name
+        self.columns = ", ".join(c.name for c in written)
+        self.staging = f"_st_{table.name}"
+        self.create_staging = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.staging} (LIKE {table.name}) "
+            "ON COMMIT DELETE ROWS"
+        )
+        self.merge = (
+            f"INSERT INTO {table.name} ({self.columns}) "
+            f"SELECT {self.columns} FROM {self.staging} {conflict_clause(table)}"
+        )
+        self.direct = table.conflict != "merge"
+        self.row = _row_function(table)
+
+
+_RUNS, _SPANS, _LLM_CALLS, _LOGS = _TABLES = tuple(
+    TableCopy(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS)
+)
+# A batch's rows are written once each (COPY and one INSERT … ON CONFLICT cannot touch a
+# row twice): a run met twice (started and ended in the same batch) is one row, as the
+# upsert would leave it; likewise a span or an LLM call.
+_latest_runs, _latest_spans, _latest_llm = Collapse(RUNS), Collapse(SPANS), Collapse(LLM_CALLS)
 
 
 def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows, Rows, Rows, Rows]:
-    """The batch's rows for runs, spans, LLM calls and logs, in column order. A run met
-    twice (started and ended in the same batch) is one row, as the upsert would leave
-    it; likewise a span."""
-    by_run: dict[str, tuple[Any, ...]] = {}
-    logs: Rows = []
-    for r in runs:
-        row = (
-            r.run_id,
-            r.workflow,
-            r.status,
-            r.trace_id,
-            r.span_id,
-            r.parent_trace_id,
-            r.parent_span_id,
-            iso_from_ns(r.start_ns),
-            None if r.end_ns is None else iso_from_ns(r.end_ns),
-            None if r.end_ns is None else (r.end_ns - r.start_ns) / 1e6,
-            _json(r.input),
-            _json(r.output),
-            _json(r.error),
-            _json(r.tags),
-            r.owner,
-        )
-        before = by_run.get(r.run_id)
-        if before is not None:  # as the upsert would merge the two
-            if row[2] == "running" and before[2] != "running":
-                continue
-            row = (
-                *before[:2],
-                row[2],
-                *before[3:8],
-                row[8],
-                row[9],
-                row[10] if row[10] is not None else before[10],
-                row[11],
-                row[12],
-                row[13] if row[13] is not None else before[13],
-                row[14] if row[14] is not None else before[14],
-            )
-        by_run[r.run_id] = row
-        if r.logs and r.end_ns is not None:
-            logs.extend(_log_rows(r.run_id, r.span_id, r.logs))
-    by_span: dict[str, tuple[Any, ...]] = {}
-    by_llm: dict[str, tuple[Any, ...]] = {}
-    for s in spans:
-        by_span[s.span_id] = (
-            s.span_id,
-            s.run_id,
-            s.parent_span_id,
-            s.kind,
-            _text(s.name),
-            _text(s.key),
-            s.attempt,
-            s.status,
-            iso_from_ns(s.start_ns),
-            iso_from_ns(s.end_ns),
-            (s.end_ns - s.start_ns) / 1e6,
-            _json(s.input),
-            _json(s.output),
-            _json(s.error),
-            _json(s.attributes),
-            s.input_hash,
-        )
-        llm = s.llm
-        if llm is not None:
-            by_llm[s.span_id] = (
-                s.span_id,
-                s.run_id,
-                _text(llm.provider),
-                _text(llm.model),
-                llm.input_tokens,
-                llm.output_tokens,
-                llm.cost_usd,
-                _json(llm.params),
-                llm.cached_input_tokens,
-                llm.reasoning_tokens,
-                _text(llm.finish_reason),
-                _text(llm.response_model),
-                llm.time_to_first_chunk_ms,
-                _json(llm.tool_calls),
-                int(llm.incomplete),
-                s.parent_span_id,
-            )
-        if s.logs:
-            logs.extend(_log_rows(s.run_id, s.span_id, s.logs))
-    return list(by_run.values()), list(by_span.values()), list(by_llm.values()), logs
-
-
-def _log_rows(
-    run_id: str, span_id: str, entries: list[tuple[int, str, str, str, str | None]]
-) -> Rows:
-    return [
-        (run_id, span_id, seq, iso_from_ns(ts), level, _text(logger), _text(msg), _text(exc))
-        for seq, (ts, level, logger, msg, exc) in enumerate(entries)
+    """The batch's rows for runs, spans, LLM calls and logs, in column order."""
+    owners: list[RunState | SpanRecord] = [r for r in runs if r.end_ns is not None]
+    owners.extend(spans)
+    logs = [
+        LogLine(rec.run_id, rec.span_id, seq, *entry)
+        for rec in owners
+        if rec.logs
+        for seq, entry in enumerate(rec.logs)
     ]
+    return (
+        [_RUNS.row(r) for r in _latest_runs(runs)],
+        [_SPANS.row(s) for s in _latest_spans(spans)],
+        [_LLM_CALLS.row(s) for s in _latest_llm(s for s in spans if s.llm is not None)],
+        [_LOGS.row(line) for line in logs],
+    )
 
 
 WRITE_OPTIONS = (
@@ -341,8 +294,8 @@ class PostgresWriter:
             tcp_user_timeout=5000,
         )
         with conn.transaction():
-            for statement in _STAGING:
-                conn.execute(statement)
+            for table in _TABLES:
+                conn.execute(table.create_staging)
         self.conn = conn
 
     def _conn(self) -> psycopg.Connection[Any]:
@@ -381,25 +334,18 @@ class PostgresWriter:
         self, conn: psycopg.Connection[Any], runs: Rows, spans: Rows, llm: Rows, logs: Rows
     ) -> None:
         with conn.transaction(), conn.cursor() as cur:
-            if runs:
-                _copy(cur, "_st_runs", _RUN_COLUMNS, runs)
-                cur.execute(_RUN_MERGE)
-            for rows, table, staging, columns, merge in (
-                (spans, "spans", "_st_spans", _SPAN_COLUMNS, _SPAN_MERGE),
-                (llm, "llm_calls", "_st_llm", _LLM_COLUMNS, _LLM_MERGE),
-                (logs, "logs", "_st_logs", _LOG_COLUMNS, _LOG_MERGE),
-            ):
+            for table, rows in zip(_TABLES, (runs, spans, llm, logs), strict=True):
                 if not rows:
                     continue
-                try:
-                    # Rows are new but for rare re-writes (a batch replayed from the
-                    # spill journal): COPY them straight into their table, and only on a
-                    # duplicate key take the merging path.
-                    with conn.transaction():
-                        _copy(cur, table, columns, rows)
-                except psycopg.errors.UniqueViolation:
-                    _copy(cur, staging, columns, rows)
-                    cur.execute(merge)
+                if table.direct:
+                    try:
+                        with conn.transaction():
+                            _copy(cur, table.table, table.columns, rows)
+                        continue
+                    except psycopg.errors.UniqueViolation:
+                        pass  # a re-write: merge it
+                _copy(cur, table.staging, table.columns, rows)
+                cur.execute(table.merge)
 
     def in_transaction(self) -> bool:
         """A transaction is open on the connection (only ever seen from a signal handler

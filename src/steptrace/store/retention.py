@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from steptrace.errors import ConfigError
 from steptrace.store import memory
 from steptrace.store import sqlite as sqlite_backend
+from steptrace.store.columns import RUNS, WRITTEN
 from steptrace.store.schema import (
     load_postgres,
     missing,
@@ -34,7 +35,9 @@ BATCH_RUNS = 500
 T = TypeVar("T")
 Execute = Callable[[str, Sequence[Any]], int]
 
-_OWNED = ("logs", "llm_calls", "spans")
+_OWNED = tuple(t.name for t in reversed(WRITTEN) if t is not RUNS)
+"""What a run owns (logs, LLM calls, spans): the tables a batch writes besides runs,
+deleted in the reverse of the order they are written."""
 
 
 @dataclass

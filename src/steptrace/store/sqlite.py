@@ -11,13 +11,23 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from steptrace.record import RunState, SpanRecord
 from steptrace.store import private
+from steptrace.store.columns import (
+    LLM_CALLS,
+    LOGS,
+    RUNS,
+    SPANS,
+    Collapse,
+    LogLine,
+    Table,
+    conflict_clause,
+)
 from steptrace.store.migrations import SchemaTooNew, pending
 
 BUSY_TIMEOUT_MS = 5000
@@ -216,96 +226,74 @@ def _ms(start: str, end: str) -> str:
     return f"({end} - {start}) / 1e6"
 
 
-# A batch reaches SQLite as ONE flat JSON array per table ([row0 col0, row0 col1, …,
-# row1 col0, …]) that SQLite pivots back into rows: one statement per table per batch
+# A batch reaches SQLite as ONE flat JSON array per table ([row0 part0, row0 part1, …,
+# row1 part0, …]) that SQLite pivots back into rows: one statement per table per batch
 # instead of one per row. The writer thread then enters SQLite (releasing the GIL)
 # a handful of times per batch rather than once per row, and each GIL hand-back would
-# otherwise interrupt the application thread. Stored JSON values travel as strings.
-def _rows(ncols: int) -> str:
+# otherwise interrupt the application thread.
+#
+# A row travels as [meta, json value, json value, …]: meta is a small array of the
+# record's scalar attributes the table's columns are made of, each JSON column's value
+# follows as a string. Pivoting a few parts a row is far cheaper than pivoting one per
+# column, and extracting from meta parses only meta. Times travel as ns and are
+# formatted by SQLite (off the GIL), not by the writer thread in Python.
+def _rows(parts: int) -> str:
+    if parts == 1:
+        return "(SELECT key AS g, value AS c0 FROM json_each(?1))"
     cols = ", ".join(
-        f"max(CASE key % {ncols} WHEN {i} THEN value END) AS c{i}" for i in range(ncols)
+        f"max(CASE key % {parts} WHEN {i} THEN value END) AS c{i}" for i in range(parts)
     )
-    return f"(SELECT key / {ncols} AS g, {cols} FROM json_each(?1) GROUP BY key / {ncols})"
+    return f"(SELECT key / {parts} AS g, {cols} FROM json_each(?1) GROUP BY key / {parts})"
 
 
-# Runs and spans travel as [meta, input, output, error, tags|attributes] per row, where
-# meta is a small array of the scalar columns: pivoting five elements a row is far
-# cheaper than pivoting one per column, and extracting from meta parses only meta.
-_RUN_META = operator.attrgetter(
-    "run_id",
-    "workflow",
-    "status",
-    "trace_id",
-    "span_id",
-    "parent_trace_id",
-    "parent_span_id",
-    "start_ns",
-    "end_ns",
-    "owner",
-)
-# A run is written when it starts and again when it ends, and a batch may be written
-# twice (replayed from the spill journal) or out of order: a "running" row never
-# overwrites a run that has ended or was found interrupted (RUN_UPSERT_GUARD).
-RUN_UPSERT_GUARD = "WHERE NOT (excluded.status = 'running' AND runs.status <> 'running')"
-RUN_UPSERT_SET = """
-  status = excluded.status, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,
-  output = excluded.output, error = excluded.error,
-  input = coalesce(excluded.input, runs.input), tags = coalesce(excluded.tags, runs.tags),
-  owner = coalesce(excluded.owner, runs.owner)
-"""
-_RUN_UPSERT = f"""
-INSERT INTO runs (run_id, workflow, status, trace_id, span_id, parent_trace_id, parent_span_id,
-                  started_at, ended_at, duration_ms, input, output, error, tags, owner)
-SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6,
-       {_iso("(c0 ->> 7)")},
-       CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_iso("(c0 ->> 8)")} END,
-       CASE WHEN c0 ->> 8 IS NULL THEN NULL ELSE {_ms("(c0 ->> 7)", "(c0 ->> 8)")} END,
-       c1, c2, c3, c4, c0 ->> 9
-FROM {_rows(5)} WHERE true ORDER BY g
-ON CONFLICT (run_id) DO UPDATE SET {RUN_UPSERT_SET} {RUN_UPSERT_GUARD}
-"""
+def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda rec: (get(rec),)
+    return get
 
-_SPAN_META = operator.attrgetter(
-    "span_id",
-    "run_id",
-    "parent_span_id",
-    "kind",
-    "name",
-    "key",
-    "attempt",
-    "status",
-    "start_ns",
-    "end_ns",
-    "input_hash",
-)
-_SPAN_INSERT = f"""
-INSERT OR REPLACE INTO spans (span_id, run_id, parent_span_id, kind, name, step_key, attempt,
-                   status, started_at, ended_at, duration_ms, input, output, error, attributes,
-                   input_hash)
-SELECT c0 ->> 0, c0 ->> 1, c0 ->> 2, c0 ->> 3, c0 ->> 4, c0 ->> 5, c0 ->> 6, c0 ->> 7,
-       {_iso("(c0 ->> 8)")}, {_iso("(c0 ->> 9)")}, {_ms("(c0 ->> 8)", "(c0 ->> 9)")},
-       c1, c2, c3, c4, c0 ->> 10
-FROM {_rows(5)}
-"""
 
-# parent_span_id repeats the LLM span's parent (the step attempt it was made in) so
-# that tokens and cost per step are read from one index (migration 0003_query).
-_LLM_INSERT = f"""
-INSERT OR REPLACE INTO llm_calls (span_id, run_id, provider, model, input_tokens, output_tokens,
-                                  cost_usd, params, cached_input_tokens, reasoning_tokens,
-                                  finish_reason, response_model, time_to_first_chunk_ms,
-                                  tool_calls, incomplete, parent_span_id)
-SELECT c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, coalesce(c14, 0), c15
-FROM {_rows(16)}
-"""
+class TableWrite:
+    """How a batch's rows of one table (``columns.WRITTEN``) are sent and inserted: the
+    parts of a record's row (``meta``, then ``values``, the JSON columns) and the one
+    statement that inserts them all, with the table's conflict rule."""
 
-# A log record written twice (a replayed batch) is stored once; any other constraint
-# still fails the batch (and so reaches the split-and-quarantine path, not silence).
-_LOG_INSERT = f"""
-INSERT INTO logs (run_id, span_id, seq, ts, level, logger, message, exception)
-SELECT c0, c1, c2, {_iso("c3")}, c4, c5, c6, c7 FROM {_rows(8)} WHERE true
-ON CONFLICT (run_id, span_id, seq) DO NOTHING
-"""
+    def __init__(self, table: Table) -> None:
+        written = table.written
+        meta = list(dict.fromkeys(s for c in written if not c.json for s in c.source))
+        values = [c for c in written if c.json]
+        self.meta = _tuple_getter(meta)
+        self.values = _tuple_getter([c.source[0] for c in values]) if values else None
+
+        def scalar(attr: str) -> str:
+            return f"(c0 ->> {meta.index(attr)})"
+
+        exprs: list[str] = []
+        for c in written:
+            if c.json:
+                exprs.append(f"c{1 + values.index(c)}")
+            elif c.form == "time":
+                exprs.append(_iso(scalar(c.source[0])))  # NULL for a NULL time
+            elif c.form == "duration":
+                exprs.append(_ms(scalar(c.source[0]), scalar(c.source[1])))
+            else:  # a flag travels as JSON true/false, which ->> gives as 1/0
+                exprs.append(scalar(c.source[0]))
+        # WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
+        self.sql = (
+            f"INSERT INTO {table.name} ({', '.join(c.name for c in written)})\n"
+            f"SELECT {', '.join(exprs)}\nFROM {_rows(1 + len(values))} WHERE true ORDER BY g\n"
+            f"{conflict_clause(table)}"
+        )
+
+    def add(self, flat: list[Any], rec: Any) -> None:
+        flat.append(self.meta(rec))
+        if self.values is not None:
+            flat.extend(self.values(rec))
+
+
+_RUNS, _SPANS, _LLM_CALLS, _LOGS = (TableWrite(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS))
+_STATEMENTS = tuple(w.sql for w in (_RUNS, _SPANS, _LLM_CALLS, _LOGS))
+_latest_runs = Collapse(RUNS)
 
 
 def _as_text(value: Any) -> Any:
@@ -321,48 +309,22 @@ def _batch(
     span_flat: list[Any] = []
     llm_flat: list[Any] = []
     log_flat: list[Any] = []
-    # A run that started and ended in this batch needs only its end row (the upsert
-    # would merge the two; one row is half the work).
-    ended = {r.run_id for r in runs if r.status != "running"} if len(runs) > 1 else ()
-    started: dict[str, RunState] = {}
+    # A run that started and ended in this batch needs only one row (the upsert would
+    # merge the two; one row is half the work).
+    for r in _latest_runs(runs) if len(runs) > 1 else runs:
+        _RUNS.add(run_flat, r)
     for r in runs:
-        if r.status == "running" and r.run_id in ended:
-            started[r.run_id] = r
-            continue
-        first = started.get(r.run_id)
-        run_input = r.input if r.input is not None or first is None else first.input
-        tags = r.tags if r.tags is not None or first is None else first.tags
-        run_flat.extend((_RUN_META(r), run_input, r.output, r.error, tags))
         if r.logs and r.end_ns is not None:
             for seq, entry in enumerate(r.logs):
-                log_flat.extend((r.run_id, r.span_id, seq, *entry))
+                _LOGS.add(log_flat, LogLine(r.run_id, r.span_id, seq, *entry))
+    add_span, add_llm = _SPANS.add, _LLM_CALLS.add
     for s in spans:
-        span_flat.extend((_SPAN_META(s), s.input, s.output, s.error, s.attributes))
-        llm = s.llm
-        if llm is not None:
-            llm_flat.extend(
-                (
-                    s.span_id,
-                    s.run_id,
-                    llm.provider,
-                    llm.model,
-                    llm.input_tokens,
-                    llm.output_tokens,
-                    llm.cost_usd,
-                    llm.params,
-                    llm.cached_input_tokens,
-                    llm.reasoning_tokens,
-                    llm.finish_reason,
-                    llm.response_model,
-                    llm.time_to_first_chunk_ms,
-                    llm.tool_calls,
-                    int(llm.incomplete),
-                    s.parent_span_id,
-                )
-            )
+        add_span(span_flat, s)
+        if s.llm is not None:
+            add_llm(llm_flat, s)
         if s.logs:
             for seq, entry in enumerate(s.logs):
-                log_flat.extend((s.run_id, s.span_id, seq, *entry))
+                _LOGS.add(log_flat, LogLine(s.run_id, s.span_id, seq, *entry))
     return run_flat, span_flat, llm_flat, log_flat
 
 
@@ -467,6 +429,3 @@ class SQLiteWriter:
 
     def close(self) -> None:
         self.conn.close()
-
-
-_STATEMENTS = (_RUN_UPSERT, _SPAN_INSERT, _LLM_INSERT, _LOG_INSERT)
