@@ -12,7 +12,7 @@ the question pages. With ``--browser``, also the time for Chromium
 (``/usr/bin/chromium``, through Playwright) to load and draw the large run's page
 and to show a span's detail.
 
-    python bench/ui.py [--runs 100000] [--repeat 30] [--rebuild] [--browser]
+    python -m bench.ui [--runs 100000] [--repeat 30] [--rebuild] [--browser]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import threading
 import time
 import urllib.parse
@@ -33,14 +32,10 @@ from typing import Any
 import orjson
 import uvicorn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import query as query_bench  # noqa: E402  (bench/query.py: the bulk loader)
-
-from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash  # noqa: E402
-from steptrace.store import Store, open_writer  # noqa: E402
-from steptrace.ui import create_app  # noqa: E402
+from bench import query as query_bench  # the bulk loader
+from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash
+from steptrace.store import Store, open_writer
+from steptrace.ui import create_app
 
 BIG_RUN_ID = "b" * 32
 BIG_SPANS = 2000

@@ -21,15 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pg_server
 import pytest
-from helpers import is_postgres, raw_sql, span_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import steptrace.config
+from tests.support import pg_server
+from tests.support.helpers import BACKENDS, is_postgres, raw_sql, span_hex
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -99,8 +99,6 @@ def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
-
-BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,12 @@ from typing import Any
 
 import anthropic
 import pytest
-from anthropic_server import FakeAnthropic, ToolUse, serve
-from helpers import parent_hex
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
 from steptrace.llm.anthropic import AnthropicProvider, AnthropicSDKMissing
+from tests.support.anthropic_server import FakeAnthropic, ToolUse, serve
+from tests.support.helpers import parent_hex
 
 Exported = Callable[[], dict[str, ReadableSpan]]
 

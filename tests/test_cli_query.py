@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from helpers import reader_url
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, record
 
 import steptrace as st
+from tests.support.helpers import BACKENDS, reader_url
+from tests.support.query_data import (
+    FAILED,
+    N_OTHER,
+    N_RUNS,
+    ODD,
+    PLANS,
+    Recorded,
+    new_store,
+    record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import openai
 import pytest
-from helpers import LONG_RUN, raw_sql
-from openai_server import Answer, FakeOpenAI
 
 import steptrace as st
 from steptrace.cli import main as cli_main
 from steptrace.store import migrate_store
+from tests.support.helpers import LONG_RUN, raw_sql
+from tests.support.openai_server import Answer, FakeOpenAI
 
 
 def _count(url: str, table: str, run_id: str) -> int:

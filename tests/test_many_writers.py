@@ -13,10 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from helpers import raw_sql
-
 import steptrace as st
 from steptrace.store import migrate_store
+from tests.support.helpers import raw_sql
 
 PROCESSES = 8
 RUNS = int(os.environ.get("STEPTRACE_WRITER_RUNS", "400"))

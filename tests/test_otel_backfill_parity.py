@@ -20,15 +20,15 @@ import anthropic
 import openai
 import pydantic
 import pytest
-from anthropic_server import FakeAnthropic, serve
-from helpers import parent_hex, span_hex, trace_hex
-from openai_server import Answer, FakeOpenAI, error
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
 from steptrace.backfill import readable_spans
 from steptrace.store.model import RunRecord
+from tests.support.anthropic_server import FakeAnthropic, serve
+from tests.support.helpers import parent_hex, span_hex, trace_hex
+from tests.support.openai_server import Answer, FakeOpenAI, error
 
 KEY = "sk-proj-PARITYKEYabcdefghijklmnopqrstuvwxyz0123"
 WEATHER_CALL = ("call_weather_1", "get_weather", '{"city": "Paris"}')

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import reader_url
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
-from otlp_collector import grpc_collector, http_collector
 
 import steptrace as st
 from steptrace.otlp import ExportQueue
+from tests.support.helpers import reader_url
+from tests.support.otlp_collector import grpc_collector, http_collector
 
 APP = textwrap.dedent(
     """

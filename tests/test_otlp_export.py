@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from otlp_collector import Collector, http_collector
 
 import steptrace as st
 from steptrace.examples import triage
+from tests.support.otlp_collector import Collector, http_collector
 
 SERVICE = "steptrace-otlp-test"
 

@@ -34,14 +34,14 @@ from typing import Any
 
 import openai
 import pytest
-from helpers import is_postgres, raw_sql
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as hs
-from openai_server import Answer, FakeOpenAI
 from opentelemetry import trace
 
 import steptrace as st
 from steptrace.llm import Reply, ToolCall
+from tests.support.helpers import is_postgres, raw_sql
+from tests.support.openai_server import Answer, FakeOpenAI
 
 Query = Callable[..., list[tuple[Any, ...]]]
 

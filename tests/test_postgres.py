@@ -13,12 +13,12 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-import pg_server
 import pytest
-from helpers import raw_sql, reader_url
 
 import steptrace as st
 from steptrace.where import QueryError
+from tests.support import pg_server
+from tests.support.helpers import raw_sql, reader_url
 
 
 def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(

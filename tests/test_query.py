@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from helpers import reader_url
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, percentile, record
 
 import steptrace as st
 from steptrace import stats
@@ -27,6 +24,18 @@ from steptrace.query import distribution_sql
 from steptrace.store import migrate_store
 from steptrace.store.dialect import SQLITE
 from steptrace.where import QueryError
+from tests.support.helpers import BACKENDS, reader_url
+from tests.support.query_data import (
+    FAILED,
+    N_OTHER,
+    N_RUNS,
+    ODD,
+    PLANS,
+    Recorded,
+    new_store,
+    percentile,
+    record,
+)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

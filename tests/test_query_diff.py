@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.diff import json_diff, line_diff, merged_order
 from steptrace.where import QueryError
+from tests.support.helpers import BACKENDS
+from tests.support.query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded, new_store, record
 
 KINDS = {
     "slow",

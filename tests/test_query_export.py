@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS
-from query_data import N_OTHER, N_RUNS, PLANS, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.export import TABLES
 from steptrace.where import QueryError
+from tests.support.helpers import BACKENDS
+from tests.support.query_data import N_OTHER, N_RUNS, PLANS, Recorded, new_store, record
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

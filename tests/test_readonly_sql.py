@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import raw_sql, reader_url
 
 import steptrace as st
 import steptrace.config
 from steptrace.cli import main
 from steptrace.where import QueryError
+from tests.support.helpers import raw_sql, reader_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNAWAY = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"

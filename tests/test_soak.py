@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_postgres
+
+from tests.support.helpers import is_postgres
 
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 RUNS = int(os.environ.get("STEPTRACE_SOAK_RUNS", "5000"))

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_postgres, raw_sql
 
 import steptrace as st
 from steptrace.store.migrations import MIGRATIONS
+from tests.support.helpers import is_postgres, raw_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [m.name for m in MIGRATIONS]

@@ -21,10 +21,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fault_scenarios
-import pg_server
 import pytest
-from fault_scenarios import FaultResult
+
+from tests.support import fault_scenarios, pg_server
+from tests.support.fault_scenarios import FaultResult
 
 
 def _seconds(name: str, default: float) -> float:

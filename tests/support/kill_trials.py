@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import reader_url
-
 import steptrace as st
+from tests.support.helpers import reader_url
 
 SPANS_PER_RUN = 5
 """parse, think, the LLM call inside think, the lookup tool, finish."""

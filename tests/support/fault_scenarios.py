@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fault_harness import (
+from tests.support.fault_harness import (
     RECOVERY_S,
     Fault,
     FaultResult,

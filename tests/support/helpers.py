@@ -14,8 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+
+BACKENDS = ("sqlite", "postgresql")
+"""The store engines every store test runs on (the ``store_url`` fixture's params)."""
 
 
 def span_hex(span: ReadableSpan) -> str:
@@ -168,3 +172,15 @@ wf()
 """
 """A script whose durable run prints its id once its first step is stored, then never
 ends: a run to kill in the middle."""
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+"""Where the browser tests leave their screenshots (``tests/artifacts``, git-ignored)."""
+
+
+def screenshot(page: Any, name: str, full_page: bool = False) -> Path:
+    """Save a Playwright page's screenshot as ``ARTIFACTS/name``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
