@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import threading
 import time
@@ -36,6 +35,7 @@ from bench import query as query_bench  # the bulk loader
 from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash
 from steptrace.store import Store, open_writer
 from steptrace.ui import create_app
+from tests.support.loopback import free_port
 
 BIG_RUN_ID = "b" * 32
 BIG_SPANS = 2000
@@ -137,13 +137,6 @@ def build(path: str, n_runs: int) -> None:
     print(f"added run {BIG_RUN_ID} of {len(spans):,} spans", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _measure(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
@@ -173,7 +166,7 @@ def main() -> None:
     query_bench._checkpoint(path)
 
     store = Store.open(path)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -84,15 +84,6 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise OutOfTime("the stress run hit its deadline")
 
 
-@contextmanager
-def postgres() -> Iterator[pg_server.Server]:
-    server = pg_server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -107,7 +98,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def kill_part(
-    work: Path, engines: list[str], trials: int, server: pg_server.Server | None
+    work: Path, engines: list[str], trials: int, server: pg_server.PostgresServer | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     rng = random.Random()
     rows: list[dict[str, Any]] = []
@@ -139,7 +130,7 @@ def kill_part(
                     url = str(workdir / "steptrace.db")
                 else:
                     assert server is not None
-                    url = kill_trials.create_postgres_database(
+                    url = pg_server.create_database(
                         server.url, f"stress_{os.getpid()}_{next(db_numbers)}"
                     )
                 result = kill_trials.run_trial(
@@ -194,11 +185,11 @@ def fault_part(
     if "postgresql" in engines:
 
         def stopped(d: Path) -> fault_scenarios.FaultResult:
-            with postgres() as server:
+            with pg_server.start() as server:
                 return fault_scenarios.postgres_stopped(server, d, seconds["pg_down"], recovery_s)
 
         def hung(d: Path) -> fault_scenarios.FaultResult:
-            with postgres() as server:
+            with pg_server.start() as server:
                 return fault_scenarios.postgres_hung(server, d, seconds["pg_hung"], recovery_s)
 
         scenarios += [("postgresql stopped", stopped), ("postgresql hung", hung)]
@@ -292,11 +283,11 @@ def main() -> int:
 
 
 @contextmanager
-def contextmanager_or_none(wanted: bool) -> Iterator[pg_server.Server | None]:
+def contextmanager_or_none(wanted: bool) -> Iterator[pg_server.PostgresServer | None]:
     if not wanted:
         yield None
         return
-    with postgres() as server:
+    with pg_server.start() as server:
         yield server
 
 

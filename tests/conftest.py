@@ -1,14 +1,17 @@
-"""Shared fixtures for the runtime tests.
+"""Shared fixtures for the tests, defined once here (the servers and helpers they use
+live in ``tests/support``).
 
 Every test gets a fresh SQLite store in its own ``tmp_path`` (through
 ``STEPTRACE_STORE``), default configuration before and after it, and an empty
 in-memory span exporter. Tests that take ``store_url`` (or the query tests' ``data``)
 run once per backend: SQLite, and PostgreSQL in a fresh database of a throwaway
-server this session starts (``pg_server.py``; or of ``STEPTRACE_TEST_POSTGRES_URL``).
-Without PostgreSQL those runs are skipped with the reason, except in CI (``CI`` set),
-where they fail. The OpenTelemetry SDK is the real one: one
-``TracerProvider`` exporting to memory is installed for the whole session, the
-way an application installs its provider once.
+server this session starts (``support/pg_server.py``; or of
+``STEPTRACE_TEST_POSTGRES_URL``). Without PostgreSQL those runs are skipped with the
+reason, except in CI (``CI`` set), where they fail. The OpenTelemetry SDK is the real
+one: one ``TracerProvider`` exporting to memory is installed for the whole session, the
+way an application installs its provider once. A test that talks to a model API or an
+OTLP receiver gets a loopback server of its own: ``openai_server``,
+``anthropic_server``, ``otlp_collector``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import steptrace as st
 import steptrace.config
 from tests.support import pg_server
+from tests.support.anthropic_server import FakeAnthropic
 from tests.support.helpers import BACKENDS, is_postgres, raw_sql, span_hex
+from tests.support.openai_server import FakeOpenAI
+from tests.support.otlp_collector import HTTPCollector
+from tests.support.query_data import Recorded, record
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -114,10 +121,8 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI and did not start: {exc}")
         pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
+    with server:
         yield server.url
-    finally:
-        server.stop()
 
 
 _database_numbers = itertools.count()
@@ -133,11 +138,9 @@ def new_postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
 
     def create() -> str:
         name = f"{prefix}{next(_database_numbers)}"
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")
+        url = pg_server.create_database(postgres_server, name)
         created.append(name)
-        parts = urllib.parse.urlsplit(postgres_server)
-        return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+        return url
 
     yield create
     with psycopg.connect(postgres_server, autocommit=True) as conn:
@@ -158,13 +161,53 @@ def store_url(
 
 
 @pytest.fixture
-def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
+def own_server(postgres_server: str) -> Iterator[pg_server.PostgresServer]:
     """A PostgreSQL server of this test's own, which it may stop, freeze and start again
     (needs the suite's own binaries: skipped with ``STEPTRACE_TEST_POSTGRES_URL``)."""
     if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
         pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
-    server = pg_server.start()
-    try:
+    with pg_server.start() as server:
         yield server
-    finally:
-        server.stop()
+
+
+# --- the query tests' known runs ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The runs of ``support/query_data.py``, recorded into a store of their own once per
+    module and backend (the query tests only read it)."""
+    if request.param == "sqlite":
+        return record(tmp_path_factory.mktemp("known") / "known.db")
+    return record(request.getfixturevalue("new_postgres_database")())
+
+
+@pytest.fixture
+def store(data: Recorded) -> Iterator[st.Store]:
+    """``data``'s store, opened through the public API."""
+    with st.Store.open(data.url) as s:
+        yield s
+
+
+# --- loopback servers -------------------------------------------------------------------
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAI]:
+    """An OpenAI-compatible API on loopback of this test's own (``support/openai_server.py``)."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def anthropic_server() -> Iterator[FakeAnthropic]:
+    """An Anthropic Messages API on loopback of this test's own (``support/anthropic_server``)."""
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+def otlp_collector() -> Iterator[HTTPCollector]:
+    """An OTLP/HTTP receiver on loopback of this test's own (``support/otlp_collector.py``)."""
+    with HTTPCollector() as collector:
+        yield collector

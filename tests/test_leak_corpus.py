@@ -52,8 +52,8 @@ from typing import Any
 import pytest
 
 from tests.support import pg_server
-from tests.support.anthropic_server import FakeAnthropic, ToolUse, serve
-from tests.support.helpers import reader_url, recording_http_server
+from tests.support.anthropic_server import FakeAnthropic, ToolUse
+from tests.support.helpers import clean_env, reader_url, recording_http_server
 from tests.support.leak_corpus import Hit, Plan, Scanner, describe, joined, make_plan, struct
 from tests.support.openai_server import Answer, FakeOpenAI
 from tests.support.otlp_collector import Collector, http_collector
@@ -229,7 +229,7 @@ def test_the_scan_finds_secrets_when_redaction_is_off(
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     # the child runs ``python -m tests.support.leak_app`` from its own directory
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
@@ -366,7 +366,7 @@ def make_world(
     with contextlib.ExitStack() as stack:
         live = stack.enter_context(http_collector())
         openai = stack.enter_context(FakeOpenAI())
-        anthropic = stack.enter_context(serve())
+        anthropic = stack.enter_context(FakeAnthropic())
         http_url, _ = stack.enter_context(recording_http_server())
         queue_answers(plan, openai, anthropic, times=len(stores))
         servers = {

@@ -34,9 +34,9 @@ Exported = Callable[[], dict[str, Any]]
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
+def server(openai_server: FakeOpenAI) -> FakeOpenAI:
+    """The shared ``openai_server``, by the name this module's tests use."""
+    return openai_server
 
 
 @pytest.fixture

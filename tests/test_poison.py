@@ -542,14 +542,8 @@ def check_text(stored_text: str, given: str, what: str) -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def client(server: FakeOpenAI) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.url, api_key="sk-test", max_retries=0) as sdk:
+def client(openai_server: FakeOpenAI) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=openai_server.url, api_key="sk-test", max_retries=0) as sdk:
         yield st.instrument(sdk)
 
 
@@ -564,7 +558,7 @@ def test_poison_in_any_field_loses_no_record(
     store_url: str,
     db: Query,
     client: openai.OpenAI,
-    server: FakeOpenAI,
+    openai_server: FakeOpenAI,
     p: Poison,
     level: str | None,
 ) -> None:
@@ -574,7 +568,7 @@ def test_poison_in_any_field_loses_no_record(
     set_durability(level)
     before = health() if hasattr(st, "health") else None
     expected = dict(neighbours(3))
-    poisoned_id, poisoned = record_poisoned(p, client, server)
+    poisoned_id, poisoned = record_poisoned(p, client, openai_server)
     expected[poisoned_id] = poisoned
     expected.update(neighbours(3))
     assert st.flush(timeout_s=30), st.health()

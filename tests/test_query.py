@@ -24,7 +24,7 @@ from steptrace.query import distribution_sql
 from steptrace.store import migrate_store
 from steptrace.store.dialect import SQLITE
 from steptrace.where import QueryError
-from tests.support.helpers import BACKENDS, reader_url
+from tests.support.helpers import reader_url
 from tests.support.query_data import (
     FAILED,
     N_OTHER,
@@ -32,21 +32,9 @@ from tests.support.query_data import (
     ODD,
     PLANS,
     Recorded,
-    new_store,
     percentile,
     record,
 )
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(new_store(request, tmp_path_factory))
-
-
-@pytest.fixture
-def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(data.url) as s:
-        yield s
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import steptrace as st
 import steptrace.config
 from steptrace.cli import main
 from steptrace.where import QueryError
-from tests.support.helpers import raw_sql, reader_url
+from tests.support.helpers import clean_env, raw_sql, reader_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNAWAY = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
@@ -297,7 +297,7 @@ def test_a_huge_result_is_cut_at_the_row_limit(
 
 
 def _steptrace(*args: str, returncode: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", *args],
         cwd=ROOT,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 import pytest
 
 import steptrace as st
+from tests.support.helpers import clean_env
+from tests.support.loopback import free_port
 
 PHOENIX = "arize-phoenix==20.26.1"
 VENV = Path.home() / ".cache" / "steptrace-interop" / PHOENIX.replace("==", "-")
@@ -60,12 +61,6 @@ class Phoenix:
                 return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _phoenix_venv() -> Path:
     python = VENV / "bin" / "python"
     if (VENV / ".complete").exists():
@@ -86,7 +81,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         pytest.skip("STEPTRACE_SKIP_INTEROP=1: the Arize Phoenix interop test is skipped")
     venv = _phoenix_venv()
     work = tmp_path_factory.mktemp("phoenix")
-    server = Phoenix(_free_port(), _free_port())
+    server = Phoenix(free_port(), free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PHOENIX_"))}
     env.update(
         PHOENIX_HOST="127.0.0.1",
@@ -125,7 +120,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
 
 
 def _demo(store: Path, runs: int, **env: str) -> None:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full = clean_env()
     full.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME="steptrace-demo", **env)
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", "demo", "--runs", str(runs)],

@@ -1,14 +1,12 @@
-"""Small helpers shared by the tests (plain functions, no fixtures)."""
+"""Small helpers shared by the tests (plain functions and constants, no fixtures)."""
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+
+from tests.support.loopback import RecordingHTTPServer
 
 BACKENDS = ("sqlite", "postgresql")
 """The store engines every store test runs on (the ``store_url`` fixture's params)."""
@@ -39,6 +39,15 @@ def parent_hex(span: ReadableSpan) -> str | None:
 def parse_ts(text: str) -> datetime:
     """A stored ISO-8601 timestamp (``...Z``) as an aware datetime."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without ``OTEL_*`` and ``STEPTRACE_*`` settings (a
+    child process then configures itself only from what the test gives it), plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env.update(extra)
+    return env
 
 
 def run_python(
@@ -124,30 +133,9 @@ def raw_sql(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[o
 def recording_http_server(
     body: bytes = b'{"ok": true}',
 ) -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A JSON server on 127.0.0.1 that answers every GET with ``body`` and records the
-    headers it was sent: ``(url, headers seen)``."""
-    seen: list[dict[str, str]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A ``RecordingHTTPServer`` for the block: ``(url, headers of each request)``."""
+    with RecordingHTTPServer(body) as server:
+        yield server.url, server.seen
 
 
 LONG_RUN = """

@@ -1,17 +1,14 @@
 """A real OTLP receiver on 127.0.0.1 for the tests: OTLP/HTTP (``http.server`` in a
-thread) and OTLP/gRPC (grpcio), decoding the protobuf requests it is sent. It can be
-told to answer slowly, to play a collector that cannot keep up."""
+thread) and OTLP/gRPC (grpcio), decoding the protobuf requests it is sent. Both are
+``LoopbackServer``s (``with http_collector() as collector:``). The HTTP one can be told
+to answer slowly, to play a collector that cannot keep up."""
 
 from __future__ import annotations
 
 import gzip
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -24,18 +21,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tests.support.loopback import HTTPThread, LoopbackServer, QuietHandler
 
-@dataclass
-class Collector:
-    port: int
-    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    delay_s: float = 0.0
-    """How long each request waits before it is answered."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class Collector(LoopbackServer):
+    """What an OTLP receiver was sent: ``requests`` as ``(path, headers, body)``, gRPC's
+    under the OTLP/HTTP paths, so ``spans()`` and ``logs()`` read either alike."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        self.delay_s = delay_s
+        """How long each request waits before it is answered (OTLP/HTTP)."""
+
+    def keep(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        with self.lock:
+            self.requests.append((path, headers, body))
 
     def bodies(self, path: str) -> list[bytes]:
         with self.lock:
@@ -103,78 +104,77 @@ def attributes_of(attributes: Any) -> dict[str, Any]:
     return {a.key: value_of(a.value) for a in attributes}
 
 
-@contextmanager
-def http_collector(delay_s: float = 0.0) -> Iterator[Collector]:
-    collector = Collector(0, delay_s=delay_s)
+class HTTPCollector(Collector):
+    """An OTLP/HTTP receiver (protobuf; gzip as ``OTEL_EXPORTER_OTLP_COMPRESSION`` sends)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if self.headers.get("Content-Encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION
-                body = gzip.decompress(body)
-            if collector.delay_s:
-                time.sleep(collector.delay_s)
-            with collector.lock:
-                collector.requests.append(
-                    (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
-            if self.path == "/v1/logs":
-                reply = ExportLogsServiceResponse().SerializeToString()
-            else:
-                reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+    def _launch(self) -> None:
+        collector = self
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if collector.delay_s:
+                    time.sleep(collector.delay_s)
+                collector.keep(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                if self.path == "/v1/logs":
+                    reply = ExportLogsServiceResponse().SerializeToString()
+                else:
+                    reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    collector.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield collector
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        self._http = HTTPThread(Handler)
+        self.port = self._http.port
+
+    def _halt(self) -> str:
+        return self._http.close()
 
 
-@contextmanager
-def grpc_collector() -> Iterator[Collector]:
-    """An OTLP/gRPC trace and logs receiver; requests are recorded under the same paths
-    as OTLP/HTTP's so ``spans()``/``logs()`` read them alike."""
-    import grpc
-    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+class GRPCCollector(Collector):
+    """An OTLP/gRPC trace and logs receiver."""
 
-    collector = Collector(0)
+    def _launch(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-    def keep(path: str, request: Any, context: Any) -> None:
-        headers = {k: v for k, v in context.invocation_metadata()}
-        with collector.lock:
-            collector.requests.append((path, headers, request.SerializeToString()))
+        collector = self
 
-    class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-        def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:
-            keep("/v1/traces", request, context)
-            return ExportTraceServiceResponse()
+        def keep(path: str, request: Any, context: Any) -> None:
+            headers = {k: v for k, v in context.invocation_metadata()}
+            collector.keep(path, headers, request.SerializeToString())
 
-    class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
-        def Export(self, request: Any, context: Any) -> ExportLogsServiceResponse:
-            keep("/v1/logs", request, context)
-            return ExportLogsServiceResponse()
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:
+                keep("/v1/traces", request, context)
+                return ExportTraceServiceResponse()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
-    collector.port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield collector
-    finally:
-        server.stop(grace=None)
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> ExportLogsServiceResponse:
+                keep("/v1/logs", request, context)
+                return ExportLogsServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._grpc)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self._grpc)
+        self.port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+
+    def _halt(self) -> str:
+        self._grpc.stop(grace=None)
+        return ""
+
+
+def http_collector(delay_s: float = 0.0) -> HTTPCollector:
+    """An OTLP/HTTP receiver, to use as ``with http_collector() as collector:``."""
+    return HTTPCollector(delay_s)
+
+
+def grpc_collector() -> GRPCCollector:
+    """An OTLP/gRPC receiver, to use as ``with grpc_collector() as collector:``."""
+    return GRPCCollector()

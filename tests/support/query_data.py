@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import steptrace as st
 import steptrace.config
 
@@ -189,14 +187,6 @@ class Recorded:
     run_ids: list[str]
     """``triage`` run ids by plan index."""
     other_ids: list[str]
-
-
-def new_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A fresh store for a module of the backend ``request.param`` names."""
-    if request.param == "sqlite":
-        return str(tmp_path_factory.mktemp("known") / "known.db")
-    url: str = request.getfixturevalue("new_postgres_database")()
-    return url
 
 
 def record(url: str | Path) -> Recorded:
