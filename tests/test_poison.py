@@ -66,7 +66,9 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("STEPTRACE_POISON_EXAMPLES", "25")),
+    # 15 generated examples a property in the suite (each records several runs and waits
+    # for the store); STEPTRACE_POISON_EXAMPLES=200 searches longer.
+    max_examples=int(os.environ.get("STEPTRACE_POISON_EXAMPLES", "15")),
     deadline=None,
     # Each example writes several runs and waits for the store: shrinking a failure
     # takes minutes, so it is opt-in (STEPTRACE_POISON_SHRINK=1) while debugging.
