@@ -58,6 +58,8 @@ class LoopbackServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> Self:
+        if self._running:
+            raise RuntimeError(f"{type(self).__name__} is running already")
         self._launch()
         self._running = True
         deadline = time.monotonic() + self.startup_timeout_s
@@ -91,7 +93,9 @@ class LoopbackServer:
         return accepts_connections(self.port)
 
     def __enter__(self) -> Self:
-        return self.start()
+        """Starts the server unless it runs already (``with start_ui(...) as server:``);
+        the block's end stops it either way."""
+        return self if self._running else self.start()
 
     def __exit__(
         self,
