@@ -23,7 +23,7 @@ import steptrace as st
 import steptrace.config
 from steptrace.cli import main
 from steptrace.where import QueryError
-from tests.support.helpers import clean_env, raw_sql, reader_url
+from tests.support.helpers import clean_env, raw_sql, reader_url, recording_into
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNAWAY = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
@@ -33,9 +33,6 @@ RUNAWAY_COUNT = f"SELECT count(*) FROM ({RUNAWAY}) AS r"
 
 
 def _record(url: str) -> None:
-    steptrace.config.reset()
-    st.configure(store=url)
-
     @st.step
     def label(i: int) -> dict[str, int]:
         return {"i": i}
@@ -44,10 +41,9 @@ def _record(url: str) -> None:
     def numbers(i: int) -> None:
         label(i)
 
-    for i in range(3):
-        st.run(numbers, i)
-    assert st.flush()
-    steptrace.config.reset()
+    with recording_into(url):
+        for i in range(3):
+            st.run(numbers, i)
 
 
 @pytest.fixture(scope="module")

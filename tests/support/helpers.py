@@ -16,6 +16,8 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+import steptrace as st
+import steptrace.config
 from tests.support.loopback import RecordingHTTPServer
 
 BACKENDS = ("sqlite", "postgresql")
@@ -48,6 +50,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
     env.update(extra)
     return env
+
+
+@contextmanager
+def recording_into(url: str) -> Iterator[None]:
+    """steptrace recording into the store at ``url`` for the block (a module's known
+    data), from default configuration; then everything flushed and the defaults back."""
+    steptrace.config.reset()
+    st.configure(store=url)
+    try:
+        yield
+        assert st.flush()
+    finally:
+        steptrace.config.reset()
 
 
 def run_python(
