@@ -41,6 +41,15 @@ from tests.support.query_data import Recorded, record
 _EXPORTER = InMemorySpanExporter()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A child process started in another directory must import the steptrace this one
+    # imports: a relative PYTHONPATH (``PYTHONPATH=src pytest`` in a worktree) would
+    # silently give it another checkout's, or the installed one.
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in entries)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tracer_provider() -> Iterator[TracerProvider]:
     provider = TracerProvider()
