@@ -14,14 +14,14 @@ Three parts, each in a fresh interpreter:
 (b) **run-return latency** at the default level: from the workflow call to its
     return, p50 and p99, from 1 and from 8 threads at once.
 (c) **durable-step cost per backend**: the same levels on SQLite and on PostgreSQL on
-    loopback (a throwaway server with fsync on, ``tests/pg_server.py``, as
+    loopback (a throwaway server with fsync on, ``tests/support/pg_server.py``, as
     ``bench/ingest.py`` does; or a database created on ``--pg-url``).
 
 A core without the ``durable=`` argument is measured at the one level it has (``off``:
 its writer is fire-and-forget) and the other levels are shown as n/a. Exits 0 whatever
 the figures (a benchmark, not a test).
 
-    python bench/durability.py [--rounds 15] [--workflows 100] [--latency-runs 400]
+    python -m bench.durability [--rounds 15] [--workflows 100] [--latency-runs 400]
                                [--threads 1,8] [--backends sqlite,postgresql]
                                [--backend-rounds 5] [--backend-workflows 40] [--pg-url URL]
 """
@@ -44,10 +44,7 @@ from typing import Any
 
 import orjson
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from overhead import STEPS, DropExporter, make_payload  # noqa: E402
+from bench.overhead import STEPS, DropExporter, make_payload
 
 LEVELS = ("off", "run", "step")
 
@@ -234,7 +231,7 @@ def worker_backend(store: str, args: argparse.Namespace) -> dict[str, Any]:
 def _in_worker(part: str, store: str, argv: list[str]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", part, store, *argv],
+        [sys.executable, "-m", "bench.durability", "--worker", part, store, *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -353,8 +350,7 @@ def _postgres(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     admin = args.pg_url
     try:
         if admin is None:
-            sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-            import pg_server
+            from tests.support import pg_server
 
             try:
                 server = pg_server.start(durable=True)  # fsync on, as in production

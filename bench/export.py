@@ -16,7 +16,7 @@ queueing every span). Medians over rounds, then over
 processes (scenarios interleaved); ratios against ``no-export`` measured in
 the same run. Dropped spans are reported per scenario (the queue's own counters).
 
-    python bench/export.py [--rounds 15] [--workflows 200] [--repeat 3]
+    python -m bench.export [--rounds 15] [--workflows 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -30,11 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STEPS = 10
 SCENARIOS = ("no-export", "collector", "dead", "slow")
@@ -42,9 +38,8 @@ SCENARIOS = ("no-export", "collector", "dead", "slow")
 
 def scenario(name: str, endpoint: str | None, rounds: int, workflows: int) -> dict[str, Any]:
     """Runs in the child process: returns per-round figures and the export counters."""
-    from overhead import make_payload
-
     import steptrace as st
+    from bench.overhead import make_payload
     from steptrace.otlp import export_counts
 
     tmp = tempfile.mkdtemp(prefix="steptrace-bench-export-")
@@ -105,7 +100,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         os._exit(0)  # the figures are out; do not wait for the exit flush of a dead collector
 
-    from otlp_collector import http_collector
+    from tests.support.otlp_collector import http_collector
 
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
     with http_collector() as healthy, http_collector(delay_s=2.0) as slow:
@@ -116,7 +111,7 @@ def main() -> None:
             "slow": slow.url,
         }
         for name in SCENARIOS * args.repeat:  # interleaved, so drift hits all alike
-            command = [sys.executable, __file__, "--child", name]
+            command = [sys.executable, "-m", "bench.export", "--child", name]
             command += ["--rounds", str(args.rounds), "--workflows", str(args.workflows)]
             if endpoints[name]:
                 command += ["--endpoint", str(endpoints[name])]

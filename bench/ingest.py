@@ -20,7 +20,7 @@ PostgreSQL is a throwaway server started for the bench (Debian's ``postgresql``
 package, as the tests do; with fsync on) unless ``--pg-url`` names one, in which
 case a database is created per run in it.
 
-    python bench/ingest.py [--repeat 3] [--runs 1000] [--ingest-steps 50000]
+    python -m bench.ingest [--repeat 3] [--runs 1000] [--ingest-steps 50000]
                            [--backends sqlite,postgresql] [--processes 1,4] [--pg-url URL]
 """
 
@@ -255,8 +255,7 @@ def main() -> None:
     server = None
     pg_admin = args.pg_url
     if "postgresql" in backends and pg_admin is None:
-        sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-        import pg_server
+        from tests.support import pg_server
 
         server = pg_server.start(durable=True)
         pg_admin = server.url

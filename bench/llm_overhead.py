@@ -11,7 +11,7 @@ the difference in us per call and the ratio. Spans go through an SDK TracerProvi
 to an exporter that drops them; exits 0 whatever the figures (a benchmark,
 not a test).
 
-    python bench/llm_overhead.py [--rounds 15] [--calls 200] [--case chat ...]
+    python -m bench.llm_overhead [--rounds 15] [--calls 200] [--case chat ...]
 
 A case is a name and a function ``instrumented -> call``; adding a provider (Anthropic)
 is adding entries to ``CASES``.

@@ -12,7 +12,7 @@ run under an SDK ``TracerProvider`` exporting to nowhere (the SDK's own spans ar
 made on both sides). Prints medians, the difference in microseconds and the ratio,
 for plain and streamed calls; exits 0 whatever the figures (a benchmark, not a test).
 
-    python bench/llm_overhead_anthropic.py [--rounds 30] [--calls 200]
+    python -m bench.llm_overhead_anthropic [--rounds 30] [--calls 200]
 """
 
 from __future__ import annotations

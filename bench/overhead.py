@@ -9,7 +9,7 @@ round ends by waiting for its writer thread, so all of its background work
 (redaction, span export, SQLite) is charged to it. Prints medians and the
 ratio; exits 0 whatever the figures (a benchmark, not a test).
 
-    python bench/overhead.py [--rounds 30] [--workflows 200] [--no-redact]
+    python -m bench.overhead [--rounds 30] [--workflows 200] [--no-redact]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ time, to ``SQLiteWriter.write`` — the writer's own SQL, without the background
 thread, redaction or OpenTelemetry. Values are made deterministic by a seed, so
 every build holds the same data (~2.5 minutes on 2 cores).
 
-    python bench/query.py [--runs 100000] [--repeat 100] [--rebuild] [--analyze]
-    python bench/query.py --postgres [--pg-url URL] [--runs 100000] [--repeat 100]
+    python -m bench.query [--runs 100000] [--repeat 100] [--rebuild] [--analyze]
+    python -m bench.query --postgres [--pg-url URL] [--runs 100000] [--repeat 100]
 
 With ``--postgres`` the same data is loaded (through ``PostgresWriter.write``, the
 same 500-run batches) into PostgreSQL — a throwaway server started for the bench
@@ -314,10 +314,7 @@ def _postgres(args: argparse.Namespace) -> None:
     server = None
     admin = args.pg_url
     if admin is None:
-        import sys
-
-        sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-        import pg_server
+        from tests.support import pg_server
 
         server = pg_server.start(durable=True)
         admin = server.url

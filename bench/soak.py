@@ -10,7 +10,7 @@ warm-up point, then counts what the store holds (every run, every step). Exits 0
 whatever the figures; ``--json`` adds one JSON line with the results (the soak test
 runs this script and asserts on that line).
 
-    python bench/soak.py [--runs 100000] [--every 10000] [--warmup 2000]
+    python -m bench.soak [--runs 100000] [--every 10000] [--warmup 2000]
                          [--big-every 2500] [--store PATH_OR_URL] [--json]
 """
 

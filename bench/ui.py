@@ -12,7 +12,7 @@ the question pages. With ``--browser``, also the time for Chromium
 (``/usr/bin/chromium``, through Playwright) to load and draw the large run's page
 and to show a span's detail.
 
-    python bench/ui.py [--runs 100000] [--repeat 30] [--rebuild] [--browser]
+    python -m bench.ui [--runs 100000] [--repeat 30] [--rebuild] [--browser]
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import sys
 import threading
 import time
 import urllib.parse
@@ -33,14 +31,11 @@ from typing import Any
 import orjson
 import uvicorn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import query as query_bench  # noqa: E402  (bench/query.py: the bulk loader)
-
-from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash  # noqa: E402
-from steptrace.store import Store, open_writer  # noqa: E402
-from steptrace.ui import create_app  # noqa: E402
+from bench import query as query_bench  # the bulk loader
+from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash
+from steptrace.store import Store, open_writer
+from steptrace.ui import create_app
+from tests.support.loopback import free_port
 
 BIG_RUN_ID = "b" * 32
 BIG_SPANS = 2000
@@ -142,13 +137,6 @@ def build(path: str, n_runs: int) -> None:
     print(f"added run {BIG_RUN_ID} of {len(spans):,} spans", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _measure(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
@@ -178,7 +166,7 @@ def main() -> None:
     query_bench._checkpoint(path)
 
     store = Store.open(path)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -5,8 +5,8 @@ Kill trials: for each engine (SQLite; PostgreSQL on a throwaway server on 127.0.
 and each variant (SIGKILL, SIGTERM, SIGTERM with the application's own handler, a
 durable workflow under SIGKILL, four busy threads under SIGKILL and SIGTERM), ``--trials``
 trials (default 20): a workload process killed at a random moment, its store checked
-(see ``tests/kill_trials.py``). Store faults at full length (see
-``tests/fault_scenarios.py``): SQLite locked 20 s, PostgreSQL stopped 90 s, PostgreSQL
+(see ``tests/support/kill_trials.py``). Store faults at full length (see
+``tests/support/fault_scenarios.py``): SQLite locked 20 s, PostgreSQL stopped 90 s, PostgreSQL
 hung 30 s, the store directory deleted, a full disk (needs root for ``mount``).
 
 Prints a table per part and exits 1 when anything was lost. It tests the ``src/`` of
@@ -14,8 +14,10 @@ the checkout it lives in (or the ``src`` directory ``STEPTRACE_SRC`` names), tou
 only loopback and temporary directories, and stops by itself (``--deadline-s``,
 default one hour, on top of each step's own timeouts).
 
-    .venv/bin/python scripts/stress.py                 # everything (about 15 minutes)
-    .venv/bin/python scripts/stress.py --only kill --trials 50 --engines sqlite
+    .venv/bin/python -m scripts.stress                 # everything (about 15 minutes)
+    .venv/bin/python -m scripts.stress --only kill --trials 50 --engines sqlite
+
+(from the repository's root: it uses the tests' ``tests.support`` package)
 """
 
 from __future__ import annotations
@@ -37,11 +39,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(os.environ.get("STEPTRACE_SRC") or ROOT / "src")
-sys.path[:0] = [str(SRC), str(ROOT / "tests")]
+# The steptrace under test: this checkout's (or STEPTRACE_SRC's), not an installed one.
+sys.path.insert(0, str(SRC))
 
-import fault_scenarios  # noqa: E402
-import kill_trials  # noqa: E402
-import pg_server  # noqa: E402
+from tests.support import fault_scenarios, kill_trials, pg_server  # noqa: E402
 
 KILL_CASES: tuple[tuple[str, signal.Signals], ...] = (
     ("plain", signal.SIGKILL),
@@ -83,15 +84,6 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise OutOfTime("the stress run hit its deadline")
 
 
-@contextmanager
-def postgres() -> Iterator[pg_server.Server]:
-    server = pg_server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -106,7 +98,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def kill_part(
-    work: Path, engines: list[str], trials: int, server: pg_server.Server | None
+    work: Path, engines: list[str], trials: int, server: pg_server.PostgresServer | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     rng = random.Random()
     rows: list[dict[str, Any]] = []
@@ -138,7 +130,7 @@ def kill_part(
                     url = str(workdir / "steptrace.db")
                 else:
                     assert server is not None
-                    url = kill_trials.create_postgres_database(
+                    url = pg_server.create_database(
                         server.url, f"stress_{os.getpid()}_{next(db_numbers)}"
                     )
                 result = kill_trials.run_trial(
@@ -193,11 +185,11 @@ def fault_part(
     if "postgresql" in engines:
 
         def stopped(d: Path) -> fault_scenarios.FaultResult:
-            with postgres() as server:
+            with pg_server.start() as server:
                 return fault_scenarios.postgres_stopped(server, d, seconds["pg_down"], recovery_s)
 
         def hung(d: Path) -> fault_scenarios.FaultResult:
-            with postgres() as server:
+            with pg_server.start() as server:
                 return fault_scenarios.postgres_hung(server, d, seconds["pg_hung"], recovery_s)
 
         scenarios += [("postgresql stopped", stopped), ("postgresql hung", hung)]
@@ -291,11 +283,11 @@ def main() -> int:
 
 
 @contextmanager
-def contextmanager_or_none(wanted: bool) -> Iterator[pg_server.Server | None]:
+def contextmanager_or_none(wanted: bool) -> Iterator[pg_server.PostgresServer | None]:
     if not wanted:
         yield None
         return
-    with postgres() as server:
+    with pg_server.start() as server:
         yield server
 
 

@@ -1,16 +1,19 @@
-"""Shared fixtures for the runtime tests.
+"""Shared fixtures for the tests, defined once here (the servers and helpers they use
+live in ``tests/support``).
 
 Every test gets a fresh SQLite store in its own ``tmp_path`` (through
 ``STEPTRACE_STORE``), default configuration before and after it, and an empty
 in-memory span exporter. Tests that take ``store_url`` (or the query tests' ``data``)
 run once per backend: SQLite, and PostgreSQL in a fresh database of a throwaway
-server this session starts (``pg_server.py``; or of ``STEPTRACE_TEST_POSTGRES_URL``).
-The runtime's own tests take ``runtime_store_url``: the in-memory store
-(``memory://``, what ``steptrace.testing`` gives users) and PostgreSQL.
-Without PostgreSQL those runs are skipped with the reason, except in CI (``CI`` set),
-where they fail. The OpenTelemetry SDK is the real one: one
-``TracerProvider`` exporting to memory is installed for the whole session, the
-way an application installs its provider once.
+server this session starts (``support/pg_server.py``; or of
+``STEPTRACE_TEST_POSTGRES_URL``). The runtime's own tests take ``runtime_store_url``:
+the in-memory store (``memory://``, what ``steptrace.testing`` gives users) and
+PostgreSQL. Without PostgreSQL those runs are skipped with the reason, except in CI
+(``CI`` set), where they fail. The OpenTelemetry SDK is the real one: one
+``TracerProvider`` exporting to memory is installed for the whole session, the way an
+application installs its provider once. A test that talks to a model API or an OTLP
+receiver gets a loopback server of its own: ``openai_server``, ``anthropic_server``,
+``otlp_collector``.
 """
 
 from __future__ import annotations
@@ -18,25 +21,37 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pg_server
 import pytest
-from helpers import is_postgres, raw_sql, span_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import steptrace
+import steptrace as st
 import steptrace.config
 from steptrace.store import memory
+from tests.support import pg_server
+from tests.support.anthropic_server import FakeAnthropic
+from tests.support.helpers import BACKENDS, is_postgres, raw_sql, span_hex
+from tests.support.openai_server import FakeOpenAI
+from tests.support.otlp_collector import HTTPCollector
+from tests.support.query_data import Recorded, record
 
 _EXPORTER = InMemorySpanExporter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A child process started in another directory must import the steptrace this one
+    # imports: a relative PYTHONPATH (``PYTHONPATH=src pytest`` in a worktree) would
+    # silently give it another checkout's, or the installed one.
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in entries)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,7 +110,7 @@ def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
         if is_postgres(configured):
             return raw_sql(configured, sql, params)
         if configured.startswith("memory://"):
-            steptrace.flush()
+            st.flush()
             database = memory.database(configured, create=False)
             with database.lock:
                 return list(database.conn.execute(sql, params))
@@ -109,8 +124,6 @@ def db(store_path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
-
-BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="session")
@@ -126,10 +139,8 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI and did not start: {exc}")
         pytest.skip(f"PostgreSQL unavailable: {exc}")
-    try:
+    with server:
         yield server.url
-    finally:
-        server.stop()
 
 
 _database_numbers = itertools.count()
@@ -145,13 +156,15 @@ def new_postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
 
     def create() -> str:
         name = f"{prefix}{next(_database_numbers)}"
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")
+        url = pg_server.create_database(postgres_server, name)
         created.append(name)
-        parts = urllib.parse.urlsplit(postgres_server)
-        return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+        return url
 
     yield create
+    if not os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
+        # The session's own server is deleted whole; dropping ~200 databases one by one
+        # (a checkpoint each) took minutes.
+        return
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         for name in created:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -191,13 +204,53 @@ def runtime_store_url(
 
 
 @pytest.fixture
-def own_server(postgres_server: str) -> Iterator[pg_server.Server]:
+def own_server(postgres_server: str) -> Iterator[pg_server.PostgresServer]:
     """A PostgreSQL server of this test's own, which it may stop, freeze and start again
     (needs the suite's own binaries: skipped with ``STEPTRACE_TEST_POSTGRES_URL``)."""
     if os.environ.get("STEPTRACE_TEST_POSTGRES_URL"):
         pytest.skip("needs a server it can stop (not STEPTRACE_TEST_POSTGRES_URL)")
-    server = pg_server.start()
-    try:
+    with pg_server.start() as server:
         yield server
-    finally:
-        server.stop()
+
+
+# --- the query tests' known runs ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The runs of ``support/query_data.py``, recorded into a store of their own once per
+    module and backend (the query tests only read it)."""
+    if request.param == "sqlite":
+        return record(tmp_path_factory.mktemp("known") / "known.db")
+    return record(request.getfixturevalue("new_postgres_database")())
+
+
+@pytest.fixture
+def store(data: Recorded) -> Iterator[st.Store]:
+    """``data``'s store, opened through the public API."""
+    with st.Store.open(data.url) as s:
+        yield s
+
+
+# --- loopback servers -------------------------------------------------------------------
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAI]:
+    """An OpenAI-compatible API on loopback of this test's own (``support/openai_server.py``)."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def anthropic_server() -> Iterator[FakeAnthropic]:
+    """An Anthropic Messages API on loopback of this test's own (``support/anthropic_server``)."""
+    with FakeAnthropic() as server:
+        yield server
+
+
+@pytest.fixture
+def otlp_collector() -> Iterator[HTTPCollector]:
+    """An OTLP/HTTP receiver on loopback of this test's own (``support/otlp_collector.py``)."""
+    with HTTPCollector() as collector:
+        yield collector

@@ -19,12 +19,12 @@ from typing import Any
 
 import anthropic
 import pytest
-from anthropic_server import FakeAnthropic, ToolUse, serve
-from helpers import parent_hex
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
 from steptrace.llm.anthropic import AnthropicProvider, AnthropicSDKMissing
+from tests.support.anthropic_server import FakeAnthropic, ToolUse
+from tests.support.helpers import parent_hex
 
 Exported = Callable[[], dict[str, ReadableSpan]]
 
@@ -40,9 +40,9 @@ TOOLS = [
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAnthropic]:
-    with serve() as server:
-        yield server
+def fake(anthropic_server: FakeAnthropic) -> FakeAnthropic:
+    """The shared ``anthropic_server``, by the name this module's tests use."""
+    return anthropic_server
 
 
 @pytest.fixture

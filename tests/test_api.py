@@ -11,9 +11,9 @@ import os
 from typing import Any
 
 import pytest
-from helpers import is_postgres, parse_ts, run_python
 
 import steptrace as st
+from tests.support.helpers import is_postgres, parse_ts, run_python
 
 pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 

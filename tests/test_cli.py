@@ -6,7 +6,6 @@ The workflows below are run *by the CLI* (``run tests/test_cli.py:greet``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 import steptrace as st
+from tests.support.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
@@ -94,7 +94,7 @@ def steptrace(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m steptrace ARGS`` with ``STEPTRACE_STORE=store`` and no OTEL_* settings."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env = clean_env()
     full_env["COLUMNS"] = "200"
     if store is not None:
         full_env["STEPTRACE_STORE"] = str(store)

@@ -26,6 +26,7 @@ import pytest
 
 import steptrace as st
 from steptrace.cli import main
+from tests.support.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 N_RUNS = 30
@@ -43,7 +44,7 @@ Cli = Callable[..., Result]
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("output") / "demo.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     env["STEPTRACE_STORE"] = str(store)
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", "demo", "--runs", str(N_RUNS)],

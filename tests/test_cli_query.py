@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -17,24 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from helpers import reader_url
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, record
 
 import steptrace as st
+from tests.support.helpers import clean_env, reader_url
+from tests.support.query_data import (
+    FAILED,
+    N_OTHER,
+    N_RUNS,
+    ODD,
+    PLANS,
+    Recorded,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(new_store(request, tmp_path_factory))
 
 
 def cli(
     *args: str, store: Path | str, stdin: str | None = None, returncode: int = 0
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     env["COLUMNS"] = "200"
     env["STEPTRACE_STORE"] = str(store)
     proc = subprocess.run(

@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import is_postgres, raw_sql
 
 from steptrace.record import LLMUsage, RunState, SpanRecord
 from steptrace.store import migrate_store, open_writer
 from steptrace.store.columns import RUNS, TABLES, WRITTEN, Table
+from tests.support.helpers import is_postgres, raw_sql
 
 SQLITE_TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "DOUBLE PRECISION", "json": "TEXT"}
 POSTGRES_TYPES = {"text": "text", "integer": "integer", "real": "double precision", "json": "jsonb"}

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from helpers import parent_hex
 
 import steptrace as st
+from tests.support.helpers import parent_hex
 
 pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from steptrace.masking import (
     mask_url,
     url_secrets,
 )
+from tests.support.helpers import clean_env
+from tests.support.loopback import free_port
 
 PW_USERINFO = "s3cretPW"
 PW_QUERY = "s3cretPW2"
@@ -58,7 +58,7 @@ def wf(x: int) -> int:
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     env.update(STEPTRACE_SPILL_DIR=str(tmp_path / "spill"), **extra)
     return env
 
@@ -97,13 +97,6 @@ def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 def _assert_hidden(text: str, secrets: tuple[str, ...] = SECRETS) -> None:
     for secret in secrets:
         assert secret not in text, text
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --- the rules ---------------------------------------------------------------------------
@@ -170,7 +163,7 @@ def test_no_command_shows_the_store_password(
         ["--store", DEAD, "status", "--json"],
         ["--store", DEAD, "migrate"],
         ["--store", DEAD, "--debug", "runs"],
-        ["--store", DEAD, "ui", "--no-open", "--port", str(_free_port())],
+        ["--store", DEAD, "ui", "--no-open", "--port", str(free_port())],
         ["--store", bad_escape, "runs"],
         ["--store", bad_host, "status"],
     ]

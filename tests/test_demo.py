@@ -22,6 +22,7 @@ import pytest
 
 import steptrace as st
 from steptrace.examples import triage
+from tests.support.helpers import clean_env
 
 SUMMARY_LINE = re.compile(
     r"^\s+(runs|succeeded|failed|steps retried|LLM calls|tool calls|log lines)\s+(\d+)\s*$"
@@ -31,7 +32,7 @@ SUMMARY_LINE = re.compile(
 def run_cli(
     *args: str, store: Path | None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env = clean_env()
     full_env["COLUMNS"] = "200"
     if store is not None:
         full_env["STEPTRACE_STORE"] = str(store)

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import openai
 import pytest
-from helpers import LONG_RUN, raw_sql
-from openai_server import Answer, FakeOpenAI
 
 import steptrace as st
 from steptrace.cli import main as cli_main
 from steptrace.store import migrate_store
+from tests.support.helpers import LONG_RUN, raw_sql
+from tests.support.openai_server import Answer, FakeOpenAI
 
 
 def _count(url: str, table: str, run_id: str) -> int:
@@ -419,9 +419,9 @@ def test_a_locked_sqlite_store_is_spilled_to_and_replayed_in_process(store_path:
 
 
 @pytest.fixture
-def openai_client() -> Iterator[tuple[FakeOpenAI, openai.OpenAI]]:
-    with FakeOpenAI() as fake, openai.OpenAI(base_url=fake.url, api_key="k", max_retries=0) as c:
-        yield fake, st.instrument(c)
+def openai_client(openai_server: FakeOpenAI) -> Iterator[tuple[FakeOpenAI, openai.OpenAI]]:
+    with openai.OpenAI(base_url=openai_server.url, api_key="k", max_retries=0) as c:
+        yield openai_server, st.instrument(c)
 
 
 def test_a_record_the_engine_refuses_is_quarantined_and_costs_no_other(

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from helpers import recording_http_server
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 import steptrace as st
+from tests.support.helpers import recording_http_server
 
 pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from helpers import is_postgres, raw_sql
 
 import steptrace as st
 import steptrace.config
 from steptrace.cli import main
 from steptrace.record import stored_form, stored_name
 from steptrace.where import QueryError
+from tests.support.helpers import BACKENDS, is_postgres, raw_sql
 
 HOSTILE = {
     "quote": "it's",

@@ -27,9 +27,10 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import kill_trials
 import pytest
-from kill_trials import TrialResult
+
+from tests.support import kill_trials
+from tests.support.kill_trials import TrialResult
 
 ENGINES = ("sqlite", "postgresql")
 

@@ -49,16 +49,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pg_server
 import pytest
-from anthropic_server import FakeAnthropic, ToolUse, serve
-from helpers import reader_url, recording_http_server
-from leak_corpus import Hit, Plan, Scanner, describe, joined, make_plan, struct
-from openai_server import Answer, FakeOpenAI
-from otlp_collector import Collector, http_collector
 
-TESTS = Path(__file__).resolve().parent
-APP = TESTS / "leak_app.py"
+from tests.support import pg_server
+from tests.support.anthropic_server import FakeAnthropic, ToolUse
+from tests.support.helpers import clean_env, reader_url, recording_http_server
+from tests.support.leak_corpus import Hit, Plan, Scanner, describe, joined, make_plan, struct
+from tests.support.openai_server import Answer, FakeOpenAI
+from tests.support.otlp_collector import Collector, http_collector
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "tests.support.leak_app"
 ENGINES = ("sqlite", "postgresql")
 FAMILIES = ("store", "otlp backfill", "ui", "cli", "export")
 """What each engine's runs are checked in (OTLP is checked once, for both)."""
@@ -228,7 +229,9 @@ def test_the_scan_finds_secrets_when_redaction_is_off(
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
+    # the child runs ``python -m tests.support.leak_app`` from its own directory
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
@@ -242,7 +245,7 @@ class Child:
         self.stderr_path = root / f"{mode}.stderr"
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(APP), mode, *args],
+                [sys.executable, "-m", APP, mode, *args],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -363,7 +366,7 @@ def make_world(
     with contextlib.ExitStack() as stack:
         live = stack.enter_context(http_collector())
         openai = stack.enter_context(FakeOpenAI())
-        anthropic = stack.enter_context(serve())
+        anthropic = stack.enter_context(FakeAnthropic())
         http_url, _ = stack.enter_context(recording_http_server())
         queue_answers(plan, openai, anthropic, times=len(stores))
         servers = {

@@ -17,12 +17,12 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from anthropic_server import FakeAnthropic, serve
-from openai_server import Answer, FakeOpenAI
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
 from steptrace.store.model import SpanView
+from tests.support.anthropic_server import FakeAnthropic
+from tests.support.openai_server import Answer, FakeOpenAI
 
 TEXT = "one two three four five six seven eight"
 SEEN = 3
@@ -124,7 +124,7 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
         with FakeOpenAI() as server:
             yield OpenAISide(server)
     else:
-        with serve() as fake:
+        with FakeAnthropic() as fake:
             yield AnthropicSide(fake)
 
 

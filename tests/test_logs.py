@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import parse_ts, run_python
 
 import steptrace as st
+from tests.support.helpers import parse_ts, run_python
 
 pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 

@@ -1,4 +1,4 @@
-"""Many writers: 8 processes each record 400 runs (``STEPTRACE_WRITER_RUNS``) through
+"""Many writers: 8 processes each record 200 runs (``STEPTRACE_WRITER_RUNS``) through
 the public API into one store at the same time, each run committed when its call
 returns; afterwards every run and every step is
 there, counted exactly, on SQLite (busy timeout and retry on ``database is locked``)
@@ -13,13 +13,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from helpers import raw_sql
-
 import steptrace as st
 from steptrace.store import migrate_store
+from tests.support.helpers import raw_sql
 
 PROCESSES = 8
-RUNS = int(os.environ.get("STEPTRACE_WRITER_RUNS", "400"))
+RUNS = int(os.environ.get("STEPTRACE_WRITER_RUNS", "200"))
 
 WRITER = """
 import os, sys, time

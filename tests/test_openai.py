@@ -17,13 +17,13 @@ from typing import Any
 import openai
 import pydantic
 import pytest
-from helpers import parent_hex
-from openai_server import Answer, FakeOpenAI, error
 
 import steptrace as st
 from steptrace.llm import providers
 from steptrace.llm.openai import OpenAIProvider, instrument_openai
 from steptrace.store.model import RunRecord, SpanView
+from tests.support.helpers import parent_hex
+from tests.support.openai_server import Answer, FakeOpenAI, error
 
 KEY = "sk-proj-TESTKEYabcdefghijklmnopqrstuvwxyz0123456789"
 OTHER_KEY = "sk-proj-OTHERKEYzyxwvutsrqponmlkjihgfedcba987654"
@@ -34,9 +34,9 @@ Exported = Callable[[], dict[str, Any]]
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
+def server(openai_server: FakeOpenAI) -> FakeOpenAI:
+    """The shared ``openai_server``, by the name this module's tests use."""
+    return openai_server
 
 
 @pytest.fixture

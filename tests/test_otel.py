@@ -8,12 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import parent_hex, span_hex, trace_hex
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 import steptrace as st
+from tests.support.helpers import parent_hex, span_hex, trace_hex
 
 Exported = Callable[[], dict[str, ReadableSpan]]
 

@@ -13,22 +13,22 @@ stream, an error answer) and log records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import openai
 import pydantic
 import pytest
-from anthropic_server import FakeAnthropic, serve
-from helpers import parent_hex, span_hex, trace_hex
-from openai_server import Answer, FakeOpenAI, error
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
 from steptrace.backfill import readable_spans
 from steptrace.store.model import RunRecord
+from tests.support.anthropic_server import FakeAnthropic
+from tests.support.helpers import parent_hex, span_hex, trace_hex
+from tests.support.openai_server import Answer, FakeOpenAI, error
 
 KEY = "sk-proj-PARITYKEYabcdefghijklmnopqrstuvwxyz0123"
 WEATHER_CALL = ("call_weather_1", "get_weather", '{"city": "Paris"}')
@@ -43,18 +43,6 @@ TIMESTAMP_SLACK_NS = 1_000
 
 class Label(pydantic.BaseModel):
     category: str
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def anthropic_server() -> Iterator[FakeAnthropic]:
-    with serve() as fake:
-        yield fake
 
 
 def _record_runs(server: FakeOpenAI, anthropic_server: FakeAnthropic) -> list[str]:
@@ -197,13 +185,13 @@ def _compare(live: ReadableSpan, sent: ReadableSpan) -> None:
 
 @pytest.mark.parametrize("openinference", [True, False])
 def test_a_re_sent_run_has_the_spans_live_export_sent(
-    server: FakeOpenAI,
+    openai_server: FakeOpenAI,
     anthropic_server: FakeAnthropic,
     exported: Callable[[], dict[str, ReadableSpan]],
     openinference: bool,
 ) -> None:
     st.configure(openinference=openinference)
-    run_ids = _record_runs(server, anthropic_server)
+    run_ids = _record_runs(openai_server, anthropic_server)
     live = {k: s for k, s in exported().items() if s.instrumentation_scope.name == "steptrace"}
     store = st.Store.open()
     runs: list[RunRecord] = [store.run(run_id) for run_id in run_ids]

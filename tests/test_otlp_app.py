@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import reader_url
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
-from otlp_collector import grpc_collector, http_collector
 
 import steptrace as st
 from steptrace.otlp import ExportQueue
+from tests.support.helpers import clean_env, reader_url
+from tests.support.otlp_collector import grpc_collector, http_collector
 
 APP = textwrap.dedent(
     """
@@ -53,7 +53,7 @@ def run_app(
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     script = tmp_path / "app.py"
     script.write_text(APP)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env = clean_env()
     full_env.update(STEPTRACE_STORE=str(tmp_path / "app.db"), OTEL_SERVICE_NAME="app", **env)
     started = time.monotonic()
     proc = subprocess.run(

@@ -9,26 +9,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from otlp_collector import Collector, http_collector
 
 import steptrace as st
 from steptrace.examples import triage
+from tests.support.helpers import clean_env
+from tests.support.otlp_collector import Collector
 
 SERVICE = "steptrace-otlp-test"
 
 
 @pytest.fixture
-def collector() -> Iterator[Collector]:
-    with http_collector() as c:
-        yield c
+def collector(otlp_collector: Collector) -> Collector:
+    """The shared ``otlp_collector``, by the name this module's tests use."""
+    return otlp_collector
 
 
 def run_demo(runs: int, store: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env = clean_env()
     full_env.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME=SERVICE, **env)
     return subprocess.run(
         [sys.executable, "-m", "steptrace", "demo", "--runs", str(runs)],

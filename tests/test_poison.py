@@ -34,14 +34,14 @@ from typing import Any
 
 import openai
 import pytest
-from helpers import is_postgres, raw_sql
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as hs
-from openai_server import Answer, FakeOpenAI
 from opentelemetry import trace
 
 import steptrace as st
 from steptrace.llm import Reply, ToolCall
+from tests.support.helpers import is_postgres, raw_sql
+from tests.support.openai_server import Answer, FakeOpenAI
 
 Query = Callable[..., list[tuple[Any, ...]]]
 
@@ -66,7 +66,9 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("STEPTRACE_POISON_EXAMPLES", "25")),
+    # 15 generated examples a property in the suite (each records several runs and waits
+    # for the store); STEPTRACE_POISON_EXAMPLES=200 searches longer.
+    max_examples=int(os.environ.get("STEPTRACE_POISON_EXAMPLES", "15")),
     deadline=None,
     # Each example writes several runs and waits for the store: shrinking a failure
     # takes minutes, so it is opt-in (STEPTRACE_POISON_SHRINK=1) while debugging.
@@ -542,14 +544,8 @@ def check_text(stored_text: str, given: str, what: str) -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def client(server: FakeOpenAI) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.url, api_key="sk-test", max_retries=0) as sdk:
+def client(openai_server: FakeOpenAI) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=openai_server.url, api_key="sk-test", max_retries=0) as sdk:
         yield st.instrument(sdk)
 
 
@@ -564,7 +560,7 @@ def test_poison_in_any_field_loses_no_record(
     store_url: str,
     db: Query,
     client: openai.OpenAI,
-    server: FakeOpenAI,
+    openai_server: FakeOpenAI,
     p: Poison,
     level: str | None,
 ) -> None:
@@ -574,7 +570,7 @@ def test_poison_in_any_field_loses_no_record(
     set_durability(level)
     before = health() if hasattr(st, "health") else None
     expected = dict(neighbours(3))
-    poisoned_id, poisoned = record_poisoned(p, client, server)
+    poisoned_id, poisoned = record_poisoned(p, client, openai_server)
     expected[poisoned_id] = poisoned
     expected.update(neighbours(3))
     assert st.flush(timeout_s=30), st.health()

@@ -13,16 +13,16 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-import pg_server
 import pytest
-from helpers import raw_sql, reader_url
 
 import steptrace as st
 from steptrace.where import QueryError
+from tests.support import pg_server
+from tests.support.helpers import raw_sql, reader_url
 
 
 def test_a_server_that_goes_away_does_not_break_workflows_and_loses_nothing(
-    own_server: pg_server.Server, caplog: pytest.LogCaptureFixture
+    own_server: pg_server.PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     @st.step
     def work(i: int) -> int:
@@ -188,10 +188,9 @@ def test_a_span_or_run_written_again_keeps_its_last_version(store_url: str) -> N
 def test_a_field_index_serves_the_distribution_on_postgresql(
     new_postgres_database: Callable[[], str],
 ) -> None:
-    from query_data import record
-
     from steptrace.query import distribution_sql
     from steptrace.store.dialect import POSTGRESQL
+    from tests.support.query_data import record
 
     url = record(new_postgres_database()).url
     with st.Store.open(url) as store:

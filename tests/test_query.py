@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from helpers import reader_url
-from query_data import FAILED, N_OTHER, N_RUNS, ODD, PLANS, Recorded, new_store, percentile, record
 
 import steptrace as st
 from steptrace import stats
@@ -27,17 +24,17 @@ from steptrace.query import distribution_sql
 from steptrace.store import migrate_store
 from steptrace.store.dialect import SQLITE
 from steptrace.where import QueryError
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(new_store(request, tmp_path_factory))
-
-
-@pytest.fixture
-def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(data.url) as s:
-        yield s
+from tests.support.helpers import reader_url
+from tests.support.query_data import (
+    FAILED,
+    N_OTHER,
+    N_RUNS,
+    ODD,
+    PLANS,
+    Recorded,
+    percentile,
+    record,
+)
 
 
 @pytest.fixture

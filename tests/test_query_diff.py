@@ -4,16 +4,14 @@ and ranked findings against a baseline — expectations from the run plans."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BACKENDS
-from query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.diff import json_diff, line_diff, merged_order
 from steptrace.where import QueryError
+from tests.support.query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded
 
 KINDS = {
     "slow",
@@ -25,17 +23,6 @@ KINDS = {
     "cost",
     "failed",
 }
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(new_store(request, tmp_path_factory))
-
-
-@pytest.fixture
-def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(data.url) as s:
-        yield s
 
 
 def changes(step: dict[str, Any]) -> dict[str, tuple[str, Any, Any]]:

@@ -6,27 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS
-from query_data import N_OTHER, N_RUNS, PLANS, Recorded, new_store, record
 
 import steptrace as st
 from steptrace.export import TABLES
 from steptrace.where import QueryError
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return record(new_store(request, tmp_path_factory))
-
-
-@pytest.fixture
-def store(data: Recorded) -> Iterator[st.Store]:
-    with st.Store.open(data.url) as s:
-        yield s
+from tests.support.query_data import N_OTHER, N_RUNS, PLANS, Recorded
 
 
 def attempts(plan_steps: list[str], classify_attempts: int) -> int:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import raw_sql, reader_url
 
 import steptrace as st
 import steptrace.config
 from steptrace.cli import main
 from steptrace.where import QueryError
+from tests.support.helpers import clean_env, raw_sql, reader_url, recording_into
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNAWAY = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
@@ -33,9 +33,6 @@ RUNAWAY_COUNT = f"SELECT count(*) FROM ({RUNAWAY}) AS r"
 
 
 def _record(url: str) -> None:
-    steptrace.config.reset()
-    st.configure(store=url)
-
     @st.step
     def label(i: int) -> dict[str, int]:
         return {"i": i}
@@ -44,10 +41,9 @@ def _record(url: str) -> None:
     def numbers(i: int) -> None:
         label(i)
 
-    for i in range(3):
-        st.run(numbers, i)
-    assert st.flush()
-    steptrace.config.reset()
+    with recording_into(url):
+        for i in range(3):
+            st.run(numbers, i)
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +293,7 @@ def test_a_huge_result_is_cut_at_the_row_limit(
 
 
 def _steptrace(*args: str, returncode: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", *args],
         cwd=ROOT,

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_postgres, raw_sql
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import steptrace as st
 from steptrace.record import counters
+from tests.support.helpers import is_postgres, raw_sql
 
 pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pydantic
 import pytest
-from helpers import parse_ts
 
 import steptrace as st
+from tests.support.helpers import parse_ts
 
 pytestmark = pytest.mark.usefixtures("runtime_store_url")  # in memory and on PostgreSQL
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_postgres
+
+from tests.support.helpers import clean_env, is_postgres
 
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 RUNS = int(os.environ.get("STEPTRACE_SOAK_RUNS", "5000"))
@@ -27,7 +28,7 @@ MB = 1024 * 1024
 
 def soak(store: str, runs: int) -> dict[str, Any]:
     """Run the soak in a child process; its JSON results."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env = clean_env()
     proc = subprocess.run(
         [
             sys.executable,

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_python
 
 import steptrace as st
 from steptrace.store import migrate_store
+from tests.support.helpers import run_python
 
 Query = Callable[..., list[tuple[Any, ...]]]
 

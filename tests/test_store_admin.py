@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_postgres, raw_sql
 
 import steptrace as st
 from steptrace.store.migrations import MIGRATIONS
+from tests.support.helpers import clean_env, is_postgres, raw_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [m.name for m in MIGRATIONS]
@@ -47,7 +47,7 @@ def _workflow() -> Any:
 def cli(
     *args: str, store: str, returncode: int = 0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    base = clean_env()
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", *args],
         cwd=ROOT,

@@ -21,10 +21,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fault_scenarios
-import pg_server
 import pytest
-from fault_scenarios import FaultResult
+
+from tests.support import fault_scenarios, pg_server
+from tests.support.fault_scenarios import FaultResult
 
 
 def _seconds(name: str, default: float) -> float:
@@ -43,7 +43,7 @@ def test_a_locked_sqlite_store_neither_stalls_nor_loses(tmp_path: Path) -> None:
 
 
 def test_a_stopped_postgres_server_neither_stalls_nor_loses(
-    tmp_path: Path, own_server: pg_server.Server
+    tmp_path: Path, own_server: pg_server.PostgresServer
 ) -> None:
     """The PostgreSQL server is shut down, then started again (suite: 6 s down)."""
     hold_s = _seconds("STEPTRACE_FAULT_PG_DOWN_S", 6.0)
@@ -51,7 +51,7 @@ def test_a_stopped_postgres_server_neither_stalls_nor_loses(
 
 
 def test_a_hung_postgres_server_neither_stalls_nor_loses(
-    tmp_path: Path, own_server: pg_server.Server
+    tmp_path: Path, own_server: pg_server.PostgresServer
 ) -> None:
     """The PostgreSQL server and its backends are SIGSTOPped, then SIGCONTed (suite:
     5 s): open connections hang rather than fail."""

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import pytest
-from helpers import reader_url
 
 import steptrace as st
+from tests.support.helpers import reader_url
 
 pytestmark = pytest.mark.usefixtures("store_url")  # every test on both backends
 

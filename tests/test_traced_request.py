@@ -15,12 +15,12 @@ import pytest
 import requests
 import uvicorn
 from fastapi import FastAPI
-from helpers import recording_http_server
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
 import steptrace as st
+from tests.support.helpers import recording_http_server
 
 
 @pytest.fixture

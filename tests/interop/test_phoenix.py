@@ -11,34 +11,73 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import steptrace as st
+from tests.support.helpers import clean_env
+from tests.support.loopback import LoopbackServer, ServerDidNotStart, free_port
 
 PHOENIX = "arize-phoenix==20.26.1"
 VENV = Path.home() / ".cache" / "steptrace-interop" / PHOENIX.replace("==", "-")
 OI_KIND = {"step": "CHAIN", "llm": "LLM", "tool": "TOOL"}
 
 
-@dataclass
-class Phoenix:
-    port: int
-    grpc_port: int
+class Phoenix(LoopbackServer):
+    """``phoenix serve`` from ``venv``, offline, working in ``work``; ready once its
+    ``/healthz`` answers."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    startup_timeout_s = 120.0
+
+    def __init__(self, venv: Path, work: Path) -> None:
+        self.venv = venv
+        self.work = work
+
+    def _launch(self) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PHOENIX_"))}
+        env.update(
+            PHOENIX_HOST="127.0.0.1",
+            PHOENIX_PORT=str(self.port),
+            PHOENIX_GRPC_PORT=str(self.grpc_port),
+            PHOENIX_WORKING_DIR=str(self.work),
+            PHOENIX_TELEMETRY_ENABLED="false",
+            PHOENIX_ALLOW_EXTERNAL_RESOURCES="false",
+        )
+        self._log = (self.work / "phoenix.log").open("w")
+        self._proc = subprocess.Popen(
+            [str(self.venv / "bin" / "phoenix"), "serve"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def _ready(self) -> bool:
+        if self._proc.poll() is not None:
+            log = (self.work / "phoenix.log").read_text()[-2000:]
+            raise ServerDidNotStart(f"phoenix serve exited: {log}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def _halt(self) -> str:
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._log.close()
+        return (self.work / "phoenix.log").read_text()[-2000:]
 
     def spans(self, project: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -60,12 +99,6 @@ class Phoenix:
                 return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _phoenix_venv() -> Path:
     python = VENV / "bin" / "python"
     if (VENV / ".complete").exists():
@@ -84,48 +117,12 @@ def _phoenix_venv() -> Path:
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     if os.environ.get("STEPTRACE_SKIP_INTEROP") == "1":
         pytest.skip("STEPTRACE_SKIP_INTEROP=1: the Arize Phoenix interop test is skipped")
-    venv = _phoenix_venv()
-    work = tmp_path_factory.mktemp("phoenix")
-    server = Phoenix(_free_port(), _free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PHOENIX_"))}
-    env.update(
-        PHOENIX_HOST="127.0.0.1",
-        PHOENIX_PORT=str(server.port),
-        PHOENIX_GRPC_PORT=str(server.grpc_port),
-        PHOENIX_WORKING_DIR=str(work),
-        PHOENIX_TELEMETRY_ENABLED="false",
-        PHOENIX_ALLOW_EXTERNAL_RESOURCES="false",
-    )
-    log = (work / "phoenix.log").open("w")
-    proc = subprocess.Popen(
-        [str(venv / "bin" / "phoenix"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "phoenix serve did not start: " + (work / "phoenix.log").read_text()[-2000:]
-                )
-            time.sleep(0.5)
+    with Phoenix(_phoenix_venv(), tmp_path_factory.mktemp("phoenix")) as server:
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _demo(store: Path, runs: int, **env: str) -> None:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full = clean_env()
     full.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME="steptrace-demo", **env)
     proc = subprocess.run(
         [sys.executable, "-m", "steptrace", "demo", "--runs", str(runs)],

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import STEPTRACE, env_without_otel, free_port, start_ui
 
 import steptrace as st
 from steptrace.ui import check_bind, is_loopback
+from tests.support.loopback import free_port
+from tests.support.ui_server import STEPTRACE, env_without_otel, start_ui
 
 
 @pytest.fixture

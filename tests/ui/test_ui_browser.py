@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import UIServer, env_without_otel, screenshot, start_ui
-from helpers import run_python
-
 import steptrace as st
 from steptrace.store.model import RunRecord, SpanView
+from tests.support.helpers import run_python, screenshot
+from tests.support.ui_server import UIServer, env_without_otel, start_ui
 
 TIMEOUT_MS = 15_000
 

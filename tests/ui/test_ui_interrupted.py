@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import env_without_otel, start_ui
-from helpers import LONG_RUN
 
 from steptrace.store import migrate_store
+from tests.support.helpers import LONG_RUN
+from tests.support.ui_server import env_without_otel, start_ui
 
 
 def test_a_run_that_dies_under_a_running_ui_becomes_interrupted(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import UIServer, start_ui
 
 from steptrace.cli import main as cli_main
 from steptrace.cli.ui import ui_token
+from tests.support.ui_server import UIServer, start_ui
 
 TOKEN = "file-t0ken-Zq8"
 SECURITY_HEADERS = {

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fault_harness import (
+from tests.support.fault_harness import (
     RECOVERY_S,
     Fault,
     FaultResult,
@@ -96,7 +96,7 @@ def sqlite_locked(
 def postgres_stopped(
     server: Any, workdir: Path, hold_s: float, recovery_timeout_s: float = RECOVERY_S
 ) -> FaultResult:
-    """The PostgreSQL server (a ``pg_server.Server`` of the caller's own) is shut down
+    """The PostgreSQL server (a ``pg_server.PostgresServer`` of the caller's own) is shut down
     for ``hold_s`` and started again: connections are refused meanwhile."""
     result = FaultResult("postgresql stopped", hold_s)
     with configured(server.url, workdir / "spill"):

@@ -1,10 +1,11 @@
 """A fake Anthropic Messages API on loopback, for tests that drive the real SDK over HTTP.
 
-``serve()`` starts a ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) in a thread and
-yields a ``FakeAnthropic``: point a client at ``fake.url``. ``POST /v1/messages`` answers
-JSON, or with ``"stream": true`` server-sent events in the API's order (message_start,
-ping, content_block_start / content_block_delta (text_delta, input_json_delta) /
-content_block_stop per block, message_delta with stop_reason and usage, message_stop).
+``FakeAnthropic`` is a ``LoopbackServer``: a stdlib HTTP server on 127.0.0.1 (a free
+port) in a thread; ``with FakeAnthropic() as fake:`` point a client at ``fake.url``.
+``POST /v1/messages`` answers JSON, or with ``"stream": true`` server-sent events in the
+API's order (message_start, ping, content_block_start / content_block_delta (text_delta,
+input_json_delta) / content_block_stop per block, message_delta with stop_reason and
+usage, message_stop).
 Answers are scripted with ``fake.reply(...)`` / ``fake.fail(status)`` and taken in turn;
 with none queued the server echoes the last user message. Every request is kept in
 ``fake.requests`` with its headers and parsed body.
@@ -17,11 +18,10 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.loopback import HTTPThread, LoopbackServer, QuietHandler
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -72,13 +72,21 @@ class Request:
     body: dict[str, Any]
 
 
-class FakeAnthropic:
-    def __init__(self, url: str) -> None:
-        self.url = url
+class FakeAnthropic(LoopbackServer):
+    """The server (a ``LoopbackServer``: a context manager that starts and stops it)."""
+
+    def __init__(self) -> None:
         self.requests: list[Request] = []
         self._answers: deque[Answer] = deque()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+
+    def _launch(self) -> None:
+        self._http = HTTPThread(type("Handler", (_Handler,), {"fake": self}))
+        self.port = self._http.port
+
+    def _halt(self) -> str:
+        return self._http.close()
 
     def reply(self, text: str | None = None, **fields: Any) -> None:
         """Queue a successful answer (see ``Answer`` for the fields)."""
@@ -190,16 +198,13 @@ def stream_events(message: dict[str, Any], answer: Answer) -> list[tuple[str, di
     return events
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # small SSE chunks go out at once, as from the real API
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    fake: FakeAnthropic
 
     def do_POST(self) -> None:
-        fake = self.server.fake
+        fake = self.fake
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else {}
@@ -256,29 +261,3 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeAnthropic
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hung up mid-answer is expected in these tests
-
-
-@contextmanager
-def serve() -> Iterator[FakeAnthropic]:
-    """Run the fake API on a free loopback port for the duration of the block."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    host, port = server.server_address[:2]
-    server.fake = FakeAnthropic(f"http://{host}:{port}")
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.02,), name="fake-anthropic", daemon=True
-    )
-    thread.start()
-    try:
-        yield server.fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -1,8 +1,8 @@
 """A fake OpenAI-compatible HTTP server on loopback, for testing against the real SDK.
 
-``FakeOpenAI`` is a stdlib ``ThreadingHTTPServer`` on ``127.0.0.1:0`` in a thread. It
-serves ``POST /v1/chat/completions`` and ``POST /v1/responses``, as JSON or, when the
-request says ``"stream": true``, as server-sent events shaped like OpenAI's (chat
+``FakeOpenAI`` is a ``LoopbackServer``: a stdlib HTTP server on ``127.0.0.1:0`` in a
+thread. It serves ``POST /v1/chat/completions`` and ``POST /v1/responses``, as JSON or,
+when the request says ``"stream": true``, as server-sent events shaped like OpenAI's (chat
 chunks ending in ``data: [DONE]``, usage only with ``stream_options.include_usage``;
 Responses API events from ``response.created`` to ``response.completed``). Answers are
 scripted with ``answer(Answer(...), error(429), ...)`` and served in order; when the
@@ -23,10 +23,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any
+
+from tests.support.loopback import HTTPThread, LoopbackServer, QuietHandler
 
 
 @dataclass(frozen=True)
@@ -77,25 +77,18 @@ class Request:
     body: Any
 
 
-@dataclass
-class FakeOpenAI:
-    """The server; a context manager that starts and stops it."""
+class FakeOpenAI(LoopbackServer):
+    """The server (a ``LoopbackServer``: a context manager that starts and stops it)."""
 
-    requests: list[Request] = field(default_factory=list)
-    _script: deque[Answer] = field(default_factory=deque)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "the server is not running"
-        return int(self._httpd.server_address[1])
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self._script: deque[Answer] = deque()
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         """The base URL to give the SDK (``.../v1``)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{super().url}/v1"
 
     def answer(self, *answers: Answer) -> None:
         """Queue answers for the next requests, in order."""
@@ -110,50 +103,17 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(request)
 
-    def start(self) -> FakeOpenAI:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        httpd = _Server(("127.0.0.1", 0), handler)
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-        return self
+    def _launch(self) -> None:
+        self._http = HTTPThread(type("Handler", (_Handler,), {"fake": self}))
+        self.port = self._http.port
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _halt(self) -> str:
+        return self._http.close()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up (timed out, closed a stream early) is expected here.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     fake: FakeOpenAI
     protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)

@@ -1,21 +1,27 @@
-"""Small helpers shared by the tests (plain functions, no fixtures)."""
+"""Small helpers shared by the tests (plain functions and constants, no fixtures)."""
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+
+import steptrace as st
+import steptrace.config
+from tests.support.loopback import RecordingHTTPServer
+
+BACKENDS = ("sqlite", "postgresql")
+"""The store engines every store test runs on (the ``store_url`` fixture's params)."""
 
 
 def span_hex(span: ReadableSpan) -> str:
@@ -35,6 +41,28 @@ def parent_hex(span: ReadableSpan) -> str | None:
 def parse_ts(text: str) -> datetime:
     """A stored ISO-8601 timestamp (``...Z``) as an aware datetime."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without ``OTEL_*`` and ``STEPTRACE_*`` settings (a
+    child process then configures itself only from what the test gives it), plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def recording_into(url: str) -> Iterator[None]:
+    """steptrace recording into the store at ``url`` for the block (a module's known
+    data), from default configuration; then everything flushed and the defaults back."""
+    steptrace.config.reset()
+    st.configure(store=url)
+    try:
+        yield
+        assert st.flush()
+    finally:
+        steptrace.config.reset()
 
 
 def run_python(
@@ -120,30 +148,9 @@ def raw_sql(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[o
 def recording_http_server(
     body: bytes = b'{"ok": true}',
 ) -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A JSON server on 127.0.0.1 that answers every GET with ``body`` and records the
-    headers it was sent: ``(url, headers seen)``."""
-    seen: list[dict[str, str]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A ``RecordingHTTPServer`` for the block: ``(url, headers of each request)``."""
+    with RecordingHTTPServer(body) as server:
+        yield server.url, server.seen
 
 
 LONG_RUN = """
@@ -168,3 +175,15 @@ wf()
 """
 """A script whose durable run prints its id once its first step is stored, then never
 ends: a run to kill in the middle."""
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+"""Where the browser tests leave their screenshots (``tests/artifacts``, git-ignored)."""
+
+
+def screenshot(page: Any, name: str, full_page: bool = False) -> Path:
+    """Save a Playwright page's screenshot as ``ARTIFACTS/name``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import steptrace as st
-import steptrace.config
+from tests.support.helpers import recording_into
 
 N_RUNS = 30
 N_OTHER = 3
@@ -191,25 +189,14 @@ class Recorded:
     other_ids: list[str]
 
 
-def new_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A fresh store for a module of the backend ``request.param`` names."""
-    if request.param == "sqlite":
-        return str(tmp_path_factory.mktemp("known") / "known.db")
-    url: str = request.getfixturevalue("new_postgres_database")()
-    return url
-
-
 def record(url: str | Path) -> Recorded:
     """Record the runs into a fresh store at ``url`` and close the writer."""
     url = str(url)
     _attempts.clear()
-    steptrace.config.reset()
-    st.configure(store=url)
-    st.llm.script(DRAFTER, _drafter)
-    other_ids = [st.run(other, i).run_id for i in range(N_OTHER)]
-    run_ids = [st.run(triage, i).run_id for i in range(N_RUNS)]
-    assert st.flush()
-    steptrace.config.reset()
+    with recording_into(url):
+        st.llm.script(DRAFTER, _drafter)
+        other_ids = [st.run(other, i).run_id for i in range(N_OTHER)]
+        run_ids = [st.run(triage, i).run_id for i in range(N_RUNS)]
     backend = "postgresql" if url.startswith(("postgresql://", "postgres://")) else "sqlite"
     return Recorded(url, backend, run_ids, other_ids)
 

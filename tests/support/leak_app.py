@@ -1,6 +1,6 @@
 """The processes the leak corpus test (``test_leak_corpus.py``) starts.
 
-``python leak_app.py app CONFIG.json`` is an application: it configures steptrace as
+``python -m tests.support.leak_app app CONFIG.json`` is an application: it configures steptrace as
 applications do (``st.configure(otlp_endpoint=..., otlp_logs=True)``: spans and log
 records over OTLP/HTTP), instruments ``requests`` with OpenTelemetry, and on each store
 it is given (SQLite, then PostgreSQL) makes two runs of the ``leaky`` workflow, which
@@ -10,7 +10,7 @@ for one on stdin at each step, so that the test can read the SQLite files while 
 writer has them open and again once it closed them: ``READY engine [run ids]``,
 ``CLOSED engine`` (the next store closed that one's writer), ``EXPORTED``.
 
-``python leak_app.py read`` shows each store named on stdin (a spec file a line) the
+``python -m tests.support.leak_app read`` shows each store named on stdin (a spec file a line) the
 ways a user sees it: it serves ``steptrace ui`` (the command's own function, in a
 thread, on loopback), runs ``steptrace`` commands in the same interpreter (Click's
 runner over the ``typer`` app ``python -m steptrace`` runs), asks the UI's JSON API,
@@ -33,7 +33,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pydantic
-from leak_corpus import (
+
+import steptrace as st
+from tests.support.leak_corpus import (
     Placement,
     env_name,
     foreign_urls,
@@ -44,8 +46,6 @@ from leak_corpus import (
     struct,
     unique_keys,
 )
-
-import steptrace as st
 
 DATA: collections.defaultdict[str, list[Placement]] = collections.defaultdict(list)
 CANARY = [""]

@@ -21,15 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import reader_url
-
 import steptrace as st
+from tests.support.helpers import reader_url
 
 SPANS_PER_RUN = 5
 """parse, think, the LLM call inside think, the lookup tool, finish."""
@@ -357,16 +355,6 @@ def check_store(
         if run is None:  # a durable run that started steps is in the store at once
             result.missing.append(run_id)
     return result
-
-
-def create_postgres_database(server_url: str, name: str) -> str:
-    """Create an empty database on the server at ``server_url``; its URL."""
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'".encode())
-    parts = urllib.parse.urlsplit(server_url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def trials_from_env(default: int = 3) -> int:

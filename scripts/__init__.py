@@ -1,0 +1,1 @@
+"""Project scripts; ``python -m scripts.stress`` runs the long fault and kill trials."""

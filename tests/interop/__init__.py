@@ -1,0 +1,1 @@
+"""Tests against third-party tools, run on demand."""

@@ -1,0 +1,1 @@
+"""The web UI's tests: a real ``steptrace ui`` server and Chromium."""
