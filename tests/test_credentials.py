@@ -322,7 +322,7 @@ def test_otlp_endpoint_and_headers_are_masked(
     }
     assert otlp["headers"] == {"authorization": "****", "x-honeycomb-team": "****"}
     assert "headers authorization=****, x-honeycomb-team=****" in status[1]
-    assert resend[0] == 1 and "did not accept" in resend[2]
+    assert resend[0] == 1 and "cannot be reached" in resend[2]
     assert "http://u:****@127.0.0.1:1/v1/traces?token=****" in resend[2]
     assert bad_header[0] == 1 and "use KEY=VALUE" in bad_header[2]
     conn = sqlite3.connect(store)

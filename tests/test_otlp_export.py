@@ -3,11 +3,13 @@ thread) decodes the protobuf requests, and what it received is compared with the
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,21 @@ def run_demo(runs: int, store: Path, **env: str) -> subprocess.CompletedProcess[
     full_env.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME=SERVICE, **env)
     return subprocess.run(
         [sys.executable, "-m", "steptrace", "demo", "--runs", str(runs)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def export_otlp(
+    store: Path, endpoint: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``steptrace export-otlp`` in a child process, with no ``OTEL_*`` settings of ours."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    full_env.update(STEPTRACE_STORE=str(store), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "steptrace", "export-otlp", "--endpoint", endpoint, *args],
         env=full_env,
         capture_output=True,
         text=True,
@@ -154,25 +171,14 @@ def test_export_otlp_resends_stored_runs_with_their_ids(
     done = run_demo(4, store)  # no collector configured while these ran
     assert done.returncode == 0, done.stderr
     runs = stored(store)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
-    env.update(STEPTRACE_STORE=str(store), OTEL_SERVICE_NAME="backfill")
-    sent = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "steptrace",
-            "export-otlp",
-            "--endpoint",
-            f"http://127.0.0.1:{collector.port}",
-            "--header",
-            "x-team=evals",
-            "--last",
-            "10",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    sent = export_otlp(
+        store,
+        f"http://127.0.0.1:{collector.port}",
+        "--header",
+        "x-team=evals",
+        "--last",
+        "10",
+        OTEL_SERVICE_NAME="backfill",
     )
     assert sent.returncode == 0, sent.stderr
     expected = {(r.trace_id, r.span_id) for r in runs} | {
@@ -200,24 +206,37 @@ def test_export_otlp_resends_stored_runs_with_their_ids(
 def test_export_otlp_to_a_dead_endpoint_is_one_clear_error(tmp_path: Path) -> None:
     store = tmp_path / "dead.db"
     assert run_demo(1, store).returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
-    env.update(STEPTRACE_STORE=str(store), OTEL_EXPORTER_OTLP_TIMEOUT="1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nothing listens there
-    sent = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "steptrace",
-            "export-otlp",
-            "--endpoint",
-            f"http://127.0.0.1:{port}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    sent = export_otlp(store, f"http://127.0.0.1:{port}")
     assert sent.returncode != 0
-    assert "did not accept" in sent.stderr and "Traceback" not in sent.stderr
+    assert sent.stderr.count("\n") == 1 and "Traceback" not in sent.stderr
+    assert "cannot be reached: connection refused" in sent.stderr
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """An OTLP endpoint that is up but refuses every request (400: not retried)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_export_otlp_to_an_endpoint_that_refuses_the_spans_says_so(tmp_path: Path) -> None:
+    store = tmp_path / "refused.db"
+    assert run_demo(1, store).returncode == 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sent = export_otlp(store, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sent.returncode == 1 and "Traceback" not in sent.stderr
+    assert "did not accept the spans (0 sent before)" in sent.stderr, sent.stderr

@@ -73,6 +73,12 @@ def export_otlp_command(
             runs = [store.run(r.run_id) for r in chosen]
     if not runs:
         raise CLIError("no runs match: nothing to send")
+    unreachable = _unreachable(url)
+    if unreachable:  # at once, rather than after the exporter's retries (~7 s)
+        shown = mask_url(traces_endpoint(url))
+        raise CLIError(
+            mask_text(f"the OTLP endpoint {shown} cannot be reached: {unreachable}", secrets)
+        )
     with _exporter_quiet() as heard:
         try:
             sent = export_runs(runs, url, headers or None)
