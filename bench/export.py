@@ -40,7 +40,7 @@ def scenario(name: str, endpoint: str | None, rounds: int, workflows: int) -> di
     """Runs in the child process: returns per-round figures and the export counters."""
     import steptrace as st
     from bench.overhead import make_payload
-    from steptrace.otlp import export_counts
+    from steptrace.otel.otlp import export_counts
 
     tmp = tempfile.mkdtemp(prefix="steptrace-bench-export-")
     st.configure(store=os.path.join(tmp, "bench.db"), otel_sdk=True, otlp_endpoint=endpoint)

@@ -26,8 +26,8 @@ import pytest
 import steptrace as st
 import steptrace.config
 from steptrace.cli import main
+from steptrace.query.where import QueryError
 from steptrace.record import stored_form, stored_name
-from steptrace.where import QueryError
 from tests.support.helpers import BACKENDS, is_postgres, raw_sql
 
 HOSTILE = {
@@ -287,7 +287,7 @@ def test_the_ui_api(store: st.Store, hostile: Hostile) -> None:
 def test_a_field_index_spells_out_only_safe_text(tmp_path: Path) -> None:
     """The one place SQL text is built from a name and a path: the index's own SQL.
     Only a strict character set is spelled out; the index then serves ``dist``."""
-    from steptrace.query import field_index_sql
+    from steptrace.query.distribution import field_index_sql
     from steptrace.store.dialect import POSTGRESQL, SQLITE
 
     for dialect in (SQLITE, POSTGRESQL):

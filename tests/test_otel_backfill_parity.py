@@ -1,6 +1,6 @@
 """``steptrace export-otlp`` re-sends a stored run as the spans live export sent: the same
 names, ids, parents, kinds, statuses, attributes and log events (both are made by
-``steptrace.conventions``; a second copy of the conventions drifted once).
+``steptrace.otel.conventions``; a second copy of the conventions drifted once).
 
 Runs cover every span kind: a workflow that succeeds, one that fails and one that
 joins a carried trace (traceparent), a step retried after an exception, a step

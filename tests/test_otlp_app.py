@@ -19,7 +19,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 
 import steptrace as st
-from steptrace.otlp import ExportQueue
+from steptrace.otel.otlp import ExportQueue
+from steptrace.store.engines import record_export_report
 from tests.support.helpers import clean_env, reader_url
 from tests.support.otlp_collector import grpc_collector, http_collector
 
@@ -196,6 +197,7 @@ def test_a_full_queue_drops_and_counts(caplog: pytest.LogCaptureFixture, store_u
             schedule_delay_s=0.01,
             report_interval_s=0.2,
             exit_timeout_s=10,
+            report=record_export_report,
         )
         provider = TracerProvider()
         provider.add_span_processor(queue)
@@ -222,7 +224,7 @@ def test_an_unknown_protocol_fails_at_configure() -> None:
 
 
 def test_an_endpoint_adds_an_exporter_to_the_apps_own_provider() -> None:
-    from steptrace import otlp
+    from steptrace.otel import otlp
 
     @st.workflow
     def ping(n: int) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 import steptrace as st
-from steptrace.where import QueryError
+from steptrace.query.where import QueryError
 from tests.support import pg_server
 from tests.support.helpers import raw_sql, reader_url
 
@@ -188,7 +188,7 @@ def test_a_span_or_run_written_again_keeps_its_last_version(store_url: str) -> N
 def test_a_field_index_serves_the_distribution_on_postgresql(
     new_postgres_database: Callable[[], str],
 ) -> None:
-    from steptrace.query import distribution_sql
+    from steptrace.query.distribution import distribution_sql
     from steptrace.store.dialect import POSTGRESQL
     from tests.support.query_data import record
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 import steptrace as st
-from steptrace import stats
-from steptrace.query import distribution_sql
+from steptrace.query import stats
+from steptrace.query.distribution import distribution_sql
+from steptrace.query.where import QueryError
 from steptrace.store import migrate_store
 from steptrace.store.dialect import SQLITE
-from steptrace.where import QueryError
 from tests.support.helpers import reader_url
 from tests.support.query_data import (
     FAILED,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import steptrace as st
-from steptrace.diff import json_diff, line_diff, merged_order
-from steptrace.where import QueryError
+from steptrace.query.diff import json_diff, line_diff, merged_order
+from steptrace.query.where import QueryError
 from tests.support.query_data import FAILED, N_RUNS, ODD, PLANS, SLOW_S, Recorded
 
 KINDS = {

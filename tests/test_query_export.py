@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import steptrace as st
-from steptrace.export import TABLES
-from steptrace.where import QueryError
+from steptrace.query.export import TABLES
+from steptrace.query.where import QueryError
 from tests.support.query_data import N_OTHER, N_RUNS, PLANS, Recorded
 
 

@@ -22,7 +22,7 @@ import pytest
 import steptrace as st
 import steptrace.config
 from steptrace.cli import main
-from steptrace.where import QueryError
+from steptrace.query.where import QueryError
 from tests.support.helpers import clean_env, raw_sql, reader_url, recording_into
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Re-send stored runs to an OTLP endpoint with their original ids and timestamps.
 
 For a backend added later, or runs recorded while the collector was down. The
-spans are rebuilt from the store (already redacted) by ``steptrace.conventions``,
+spans are rebuilt from the store (already redacted) by ``steptrace.otel.conventions``,
 which live export uses too: the same names, kinds, attributes and statuses;
 values capped at ``export_value_bytes``; log records as ``log`` events.
 """
@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from steptrace import conventions
 from steptrace.config import get_config
 from steptrace.masking import mask_url
+from steptrace.otel import conventions
 from steptrace.store.model import RunRecord, SpanView
 
 _BATCH = 512
@@ -105,7 +105,7 @@ def readable_spans(
     run: RunRecord, resource: Resource, *, openinference: bool | None = None
 ) -> list[ReadableSpan]:
     """The run as OTel spans with its stored ids and timestamps, named and attributed
-    by ``steptrace.conventions`` as live export does (``openinference``: the
+    by ``steptrace.otel.conventions`` as live export does (``openinference``: the
     configuration's by default), plus ``steptrace.backfill=true``."""
     if openinference is None:
         openinference = get_config().openinference

@@ -2,7 +2,7 @@
 exporter when asked.
 
 It sits above ``steptrace.config`` (which holds the configuration and knows nothing
-above it) and ``steptrace.otlp`` (the SDK set-up), so neither needs the other.
+above it) and ``steptrace.otel.otlp`` (the SDK set-up), so neither needs the other.
 """
 
 from __future__ import annotations
@@ -77,10 +77,15 @@ def configure(
         changes["durable"] = durability_level(durable)
     new = dataclasses.replace(current, **changes).validate()
     if otel_sdk or otlp_endpoint is not None or otlp_protocol is not None:
-        from steptrace.otlp import configure_sdk
+        from steptrace.otel.otlp import configure_sdk
+        from steptrace.store.engines import record_export_report
 
         configure_sdk(
-            endpoint=otlp_endpoint, protocol=otlp_protocol, headers=otlp_headers, logs=otlp_logs
+            endpoint=otlp_endpoint,
+            protocol=otlp_protocol,
+            headers=otlp_headers,
+            logs=otlp_logs,
+            report=record_export_report,
         )
     return apply(new)
 

@@ -25,11 +25,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span
 
-from steptrace import conventions
 from steptrace import logs as log_capture
 from steptrace.config import get_config
-from steptrace.foreign import ensure_collector
 from steptrace.frames import Frame, current_frame
+from steptrace.otel import conventions
+from steptrace.otel.foreign import ensure_collector
+from steptrace.otel.tracing import context_from_traceparent, new_run_id, span_ids, tracer
 from steptrace.record import (
     RunState,
     SpanRecord,
@@ -41,7 +42,6 @@ from steptrace.record import (
 )
 from steptrace.spec import Spec
 from steptrace.store.writer import Sink, get_sink
-from steptrace.telemetry import context_from_traceparent, new_run_id, span_ids, tracer
 
 # --- run context --------------------------------------------------------------------
 
@@ -170,7 +170,7 @@ def _defer_span(
     error: BaseException | None,
 ) -> None:
     """Leave the OTel span to the writer thread: its attributes (made of the record by
-    ``steptrace.conventions``) wait for the redaction the writer does for a whole batch
+    ``steptrace.otel.conventions``) wait for the redaction the writer does for a whole batch
     at once."""
     end_ns = record.end_ns
     if not span.is_recording():

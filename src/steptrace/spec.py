@@ -11,8 +11,8 @@ from typing import Any
 
 import pydantic
 
-from steptrace import conventions
 from steptrace.config import durability_level
+from steptrace.otel import conventions
 
 
 @dataclass(frozen=True)

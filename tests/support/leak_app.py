@@ -462,7 +462,7 @@ def run_app(config: dict[str, Any]) -> None:
         print(f"READY {engine} " + json.dumps(run_ids), flush=True)
         sys.stdin.readline()
         previous = engine
-    from steptrace.otlp import shutdown_sdk
+    from steptrace.otel.otlp import shutdown_sdk
 
     shutdown_sdk()
     print("EXPORTED", flush=True)

@@ -111,9 +111,10 @@ def _setup(
         st.configure(store=store)
     _configure_logging(debug)
     # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otlp import configure_sdk
+    from steptrace.otel.otlp import configure_sdk
+    from steptrace.store.engines import record_export_report
 
-    configure_sdk()
+    configure_sdk(report=record_export_report)
 
 
 class _BriefFormatter(logging.Formatter):

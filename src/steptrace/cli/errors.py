@@ -26,7 +26,7 @@ def masked(text: str, secrets: Sequence[str] = ()) -> str:
     and ``secrets`` (an error's text may echo them: libpq quotes the URL it could not
     parse)."""
     # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otlp import export_secrets
+    from steptrace.otel.otlp import export_secrets
 
     try:
         known = (*url_secrets(get_config().store_url()), *export_secrets(), *secrets)

@@ -45,7 +45,7 @@ def export_otlp_command(
     """Re-send stored runs to an OTLP endpoint with their original trace and span ids
     and timestamps (a backend added later, runs recorded while the collector was down)."""
     from steptrace.backfill import export_runs, traces_endpoint
-    from steptrace.otlp import export_secrets
+    from steptrace.otel.otlp import export_secrets
 
     url = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not url:

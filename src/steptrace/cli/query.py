@@ -38,13 +38,13 @@ from steptrace.cli.output import (
     print_table,
     styled_status,
 )
-from steptrace.compare import Comparison
-from steptrace.diff import Change, RunDiff
-from steptrace.overview import RunWindow
-from steptrace.query import Distribution
-from steptrace.stats import StepStats
+from steptrace.query.compare import Comparison
+from steptrace.query.diff import Change, RunDiff
+from steptrace.query.distribution import Distribution
+from steptrace.query.overview import RunWindow
+from steptrace.query.stats import StepStats
+from steptrace.query.where import QueryError
 from steptrace.store import SQL_TIMEOUT_S
-from steptrace.where import QueryError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -47,7 +47,7 @@ def _finish_recording() -> None:
     """Write every record and export every span before the process exits; say plainly
     if spans could not be exported (the store has them all)."""
     # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otlp import export_counts, shutdown_sdk
+    from steptrace.otel.otlp import export_counts, shutdown_sdk
 
     if not st.flush():
         logging.getLogger("steptrace").warning("steptrace: not all records were written in time")

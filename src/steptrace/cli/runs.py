@@ -14,7 +14,6 @@ from rich.text import Text
 from rich.tree import Tree
 
 import steptrace as st
-from steptrace import export as export_tables
 from steptrace.cli.app import Status
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_workflow, short_prefix
@@ -34,8 +33,9 @@ from steptrace.cli.output import (
     print_table,
     styled_status,
 )
+from steptrace.query import export as export_tables
+from steptrace.query.where import QueryError
 from steptrace.store.model import RunRecord, SpanView
-from steptrace.where import QueryError
 
 
 def runs_command(

@@ -16,10 +16,10 @@ from steptrace.cli.errors import CLIError
 from steptrace.cli.output import make_console, print_json
 from steptrace.config import get_config
 from steptrace.masking import mask_text, url_secrets
+from steptrace.query.where import QueryError
 from steptrace.store import journal
 from steptrace.store.migrations import MIGRATIONS
 from steptrace.store.schema import describe, migrate_store
-from steptrace.where import QueryError
 
 _JSON_HELP = "Print JSON."
 
@@ -108,7 +108,7 @@ def status_command(
     (records spilled, quarantined or lost) from every process, and where spans are
     exported (credentials masked)."""
     # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otlp import describe_config, export_secrets
+    from steptrace.otel.otlp import describe_config, export_secrets
 
     url = get_config().store_url()
     with st.Store.open(url) as store:  # opening it sweeps interrupted runs, replays orphans

@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from steptrace import conventions
 from steptrace.llm.types import Reply
+from steptrace.otel import conventions
 from steptrace.prices import cost_usd
 from steptrace.record import LLMUsage, encode
 

@@ -2,8 +2,8 @@
 
 ``Store`` is a facade over one read engine (``store/engine.py``: SQLite, PostgreSQL or
 memory, picked by the URL's scheme); ``open_writer(url)`` gives the background writer
-the same engine's write side. ``Store`` answers the questions of ``steptrace.query``,
-``steptrace.diff``, ``steptrace.compare`` and ``steptrace.export`` through thin
+the same engine's write side. ``Store`` answers the questions of ``steptrace.query.distribution``,
+``steptrace.query.diff``, ``steptrace.query.compare`` and ``steptrace.query.export`` through thin
 methods, after writing what this process itself recorded; ``Store.sql`` runs
 read-only SQL in a way the engine itself keeps from writing.
 """
@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from steptrace.config import get_config
 from steptrace.errors import QueryError
 from steptrace.errors import RunNotFound as RunNotFound  # re-exported: older imports
+from steptrace.query.where import RunFilter
 from steptrace.record import stored_form
 from steptrace.store.columns import JSON_NAMES, LLM_CALLS, LOGS, RUN_FIELDS, RUNS, SPANS, named
 from steptrace.store.dialect import Dialect
@@ -27,16 +28,15 @@ from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.engines import open_read_engine, open_writer, query_params
 from steptrace.store.model import RunRecord, SpanView, loads
 from steptrace.store.schema import migrate_store, same_store
-from steptrace.where import RunFilter
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from steptrace.compare import Comparison
-    from steptrace.diff import RunDiff
-    from steptrace.overview import RunTotals, RunWindow, StoreStatus
-    from steptrace.query import Distribution
-    from steptrace.stats import StepStats
+    from steptrace.query.compare import Comparison
+    from steptrace.query.diff import RunDiff
+    from steptrace.query.distribution import Distribution
+    from steptrace.query.overview import RunTotals, RunWindow, StoreStatus
+    from steptrace.query.stats import StepStats
 
 
 _SPAN_FIELDS = tuple(n for n in SPANS.names if n in {f.name for f in fields(SpanView)})
@@ -69,7 +69,7 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
 
 
 class StoreReader:
-    """What the query modules use of a ``Store`` (``steptrace.query.Reader``): the
+    """What the query modules use of a ``Store`` (``steptrace.query.distribution.Reader``): the
     engine's answers, after this process's own records are written."""
 
     def __init__(self, store: Store) -> None:
@@ -171,7 +171,7 @@ class Store:
         ``"2h"``/``"7d"`` before now); ``tag`` keeps runs carrying every tag given;
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
-        (see ``steptrace.where``). Raises ``QueryError`` for a malformed filter."""
+        (see ``steptrace.query.where``). Raises ``QueryError`` for a malformed filter."""
         conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
         clause = f"WHERE {' AND '.join(conds)} " if conds else ""
         rows = self._rows(
@@ -262,20 +262,20 @@ class Store:
         ``{"step", "field", "runs", "occurrences", "missing", "values": [{"value",
         "count", "share"}], "numeric"}``, most common value first. Counts the final
         attempt of each occurrence. See ``steptrace.query.distribution``."""
-        from steptrace.query import distribution
+        from steptrace.query.distribution import distribution
 
         return distribution(self._reader, step, field, last, workflow)
 
     def step_stats(self, workflow: str | None = None, last: int = 1000) -> list[StepStats]:
         """Per step name over the last ``last`` runs (of ``workflow``, else of all):
         count, failures, retries, p50/p95/p99 duration, LLM tokens and cost."""
-        from steptrace.stats import step_stats
+        from steptrace.query.stats import step_stats
 
         return step_stats(self._reader, workflow, last)
 
     def diff(self, run_a: str, run_b: str) -> RunDiff:
         """How run ``run_b`` differs from ``run_a``, step by step (ids or prefixes)."""
-        from steptrace.diff import diff_runs
+        from steptrace.query.diff import diff_runs
 
         return diff_runs(self.run(run_a), self.run(run_b))
 
@@ -283,14 +283,14 @@ class Store:
         """The run against the last ``baseline`` successful runs of its workflow: ranked
         findings (slow, rare_value, new_value, missing_step, extra_step, more_attempts,
         cost, failed)."""
-        from steptrace.compare import compare_run
+        from steptrace.query.compare import compare_run
 
         return compare_run(self._reader, run_id, baseline)
 
     def run_totals(self, run_ids: Sequence[str]) -> dict[str, RunTotals]:
         """Per run id: step calls, step attempts, LLM calls, tokens and cost (for a
-        listing of runs; see ``steptrace.overview``)."""
-        from steptrace.overview import run_totals
+        listing of runs; see ``steptrace.query.overview``)."""
+        from steptrace.query.overview import run_totals
 
         return run_totals(self._reader, run_ids)
 
@@ -298,33 +298,33 @@ class Store:
         self, step: str, workflow: str | None = None, last: int = 1000
     ) -> list[float]:
         """Durations in ms of the last ``last`` attempts of ``step``, newest first."""
-        from steptrace.overview import step_durations
+        from steptrace.query.overview import step_durations
 
         return step_durations(self._reader, step, workflow, last)
 
     def status(self, reports: int = 5) -> StoreStatus:
         """Runs by status, the schema's last migration, live writer processes and the
         last ``reports`` write-trouble reports (``steptrace status``)."""
-        from steptrace.overview import store_status
+        from steptrace.query.overview import store_status
 
         return store_status(self._reader, reports)
 
     def run_window(self, workflow: str | None = None, last: int = 1000) -> RunWindow:
         """What ``step_stats(workflow, last)`` covers: how many runs, and when the
         oldest and newest of them started."""
-        from steptrace.overview import run_window
+        from steptrace.query.overview import run_window
 
         return run_window(self._reader, workflow, last)
 
     def step_names(self, workflow: str | None = None) -> list[str]:
         """The step and tool names recorded (in runs of ``workflow``), sorted."""
-        from steptrace.overview import step_names
+        from steptrace.query.overview import step_names
 
         return step_names(self._reader, workflow)
 
     def workflows(self) -> list[str]:
         """The names of the workflows that have runs in the store, sorted."""
-        from steptrace.overview import workflows
+        from steptrace.query.overview import workflows
 
         return workflows(self._reader)
 
@@ -332,7 +332,7 @@ class Store:
         """Create (if needed) an expression index that serves ``distribution(step,
         field)`` from the index rather than by parsing each output; returns its name.
         Building it reads the whole spans table once."""
-        from steptrace.query import field_index_sql
+        from steptrace.query.distribution import field_index_sql
 
         name, sql = field_index_sql(self.dialect, step, field)
         self.flush_own_writes()
@@ -341,7 +341,7 @@ class Store:
 
     def drop_field_index(self, step: str, field: str) -> bool:
         """Drop the index ``index_field(step, field)`` made; False if there was none."""
-        from steptrace.query import field_index_name
+        from steptrace.query.distribution import field_index_name
 
         name = field_index_name(step, field)
         existed = self.engine.index_exists(name)
@@ -370,7 +370,7 @@ class Store:
         transaction that is rolled back; a superuser, or a role that may reach the
         server's files or programs, is refused (docs/security.md says how to make
         a reader role)."""
-        from steptrace.export import JSON_COLUMNS, decode_json
+        from steptrace.query.export import JSON_COLUMNS, decode_json
 
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise QueryError(f"limit must be a positive number of rows, not {limit!r}")
@@ -408,8 +408,8 @@ class Store:
         """Write ``table`` (runs, steps, spans or llm) for the runs the filters choose
         (those of ``runs``; all of them unless ``last``) to a file or binary stream as
         ``format`` (jsonl, csv or parquet — parquet needs pyarrow). Returns the number
-        of rows written. See ``steptrace.export``."""
-        from steptrace import export
+        of rows written. See ``steptrace.query.export``."""
+        from steptrace.query import export
 
         if format not in export.FORMATS:
             raise QueryError(
@@ -439,7 +439,7 @@ class Store:
     ) -> Any:
         """``table`` for the chosen runs as a pandas DataFrame (JSON columns decoded);
         needs pandas."""
-        from steptrace import export
+        from steptrace.query import export
 
         runs = RunFilter.of(workflow, status, since, until, tag, where)
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from steptrace.errors import ConfigError
+from steptrace.query.where import parse_time
 from steptrace.store import memory
 from steptrace.store import sqlite as sqlite_backend
 from steptrace.store.columns import RUNS, WRITTEN
@@ -29,7 +30,6 @@ from steptrace.store.schema import (
     prepare_schema,
     scheme,
 )
-from steptrace.where import parse_time
 
 BATCH_RUNS = 500
 T = TypeVar("T")

@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from steptrace import span_end
 from steptrace.config import ConfigError, get_config, on_change
 from steptrace.masking import mask_url, url_secrets
+from steptrace.otel import span_end
 from steptrace.record import MARKER, RunState, SpanRecord, counters, finish_record_values
 from steptrace.store import journal as journal_files
 from steptrace.store import liveness, owner

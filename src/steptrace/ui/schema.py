@@ -18,10 +18,10 @@ from typing import Any, NotRequired, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from steptrace.compare import Comparison
-from steptrace.diff import RunDiff
-from steptrace.query import Distribution
-from steptrace.stats import StepStats
+from steptrace.query.compare import Comparison
+from steptrace.query.diff import RunDiff
+from steptrace.query.distribution import Distribution
+from steptrace.query.stats import StepStats
 
 
 class _Open(BaseModel):

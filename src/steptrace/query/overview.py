@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from steptrace.query import Reader
+from steptrace.query.distribution import Reader
 from steptrace.record import stored_name
 
 
@@ -86,7 +86,7 @@ class RunWindow(TypedDict):
 def run_window(reader: Reader, workflow: str | None = None, last: int = 1000) -> RunWindow:
     """The last ``last`` runs (of ``workflow``) as ``step_stats`` reads them: how many
     there are and when the oldest and the newest started."""
-    from steptrace.query import check_last, runs_window
+    from steptrace.query.distribution import check_last, runs_window
 
     check_last(last)
     edge, params = runs_window(reader.dialect, workflow, columns="started_at")

@@ -25,10 +25,10 @@ from typing import IO, Any
 import orjson
 
 from steptrace.errors import QueryError
-from steptrace.query import Reader
+from steptrace.query.distribution import Reader
+from steptrace.query.where import RunFilter
 from steptrace.record import stored_name
 from steptrace.store.columns import JSON_NAMES, LLM, RUNS, SPANS, STEPS, Table
-from steptrace.where import RunFilter
 
 _SOURCES: dict[str, Table] = {"runs": RUNS, "steps": STEPS, "spans": SPANS, "llm": LLM}
 

@@ -15,9 +15,9 @@ from opentelemetry import trace
 
 from steptrace.config import get_config
 from steptrace.frames import current_frame
+from steptrace.otel.tracing import redact_sdk_span
 from steptrace.prices import cost_usd
 from steptrace.record import LLMUsage, SpanRecord, encode
-from steptrace.telemetry import redact_sdk_span
 
 
 class RunSpanCollector:

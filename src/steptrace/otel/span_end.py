@@ -2,7 +2,7 @@
 
 The hot path starts a span and leaves it open; once the writer has redacted the
 record's values (``record.finish_record_values``) and the record is durable, ``end_spans`` gives the
-span the attributes and status ``steptrace.conventions`` makes of the record, its log
+span the attributes and status ``steptrace.otel.conventions`` makes of the record, its log
 records (as OTel log records when a logs exporter is set up, else as span events) and
 ends it with the record's own timestamps.
 """
@@ -14,15 +14,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from steptrace import conventions
 from steptrace.config import get_config
+from steptrace.otel import conventions
 from steptrace.record import RunState, SpanRecord
 
 _END_CHUNK = 256
 
 
 def end_spans(records: Sequence[RunState | SpanRecord]) -> None:
-    """Give each record's OTel span its attributes and status (``steptrace.conventions``,
+    """Give each record's OTel span its attributes and status (``steptrace.otel.conventions``,
     from the redacted record) and end it (after the record is stored). Children come
     before their parents: spans are ended in the order they finished."""
     openinference = get_config().openinference
@@ -71,7 +71,7 @@ def _log_emitter() -> Any | None:
     if not isinstance(provider, sdk_logs.LoggerProvider):
         return None
     if _emitter is None or _emitter[0] is not provider:
-        from steptrace.telemetry import package_version
+        from steptrace.otel.tracing import package_version
 
         _emitter = (provider, provider.get_logger("steptrace", package_version()))
     return _emitter[1]

@@ -31,8 +31,8 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 
-from steptrace.diff import occurrences
-from steptrace.query import Reader, check_last, json_key, percentile, runs_window
+from steptrace.query.diff import occurrences
+from steptrace.query.distribution import Reader, check_last, json_key, percentile, runs_window
 from steptrace.store.model import RunRecord
 
 RARE_SHARE = 0.01

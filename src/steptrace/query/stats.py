@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 
 import orjson
 
-from steptrace.query import Reader, Row, check_last, percentile, runs_window
+from steptrace.query.distribution import Reader, Row, check_last, percentile, runs_window
 from steptrace.store.dialect import Dialect
 
 PARALLEL_MIN_RUNS = 2000

@@ -6,7 +6,7 @@ the OTel ids. When no SDK is installed the API hands out non-recording spans
 with no ids of their own; steptrace then makes W3C-shaped ids itself.
 
 Installing the SDK (for steptrace's own command, or ``st.configure(otel_sdk=True)``)
-is ``steptrace.otlp``'s job.
+is ``steptrace.otel.otlp``'s job.
 """
 
 from __future__ import annotations

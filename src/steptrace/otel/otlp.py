@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -146,8 +146,12 @@ class ExportQueue(SpanProcessor):
         schedule_delay_s: float | None = None,
         report_interval_s: float | None = None,
         exit_timeout_s: float | None = None,
+        report: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.exporter = exporter
+        self.report = report
+        """Where a window's drops are recorded (``store.engines.record_export_report``,
+        given by whoever configures the SDK); None: they are only logged."""
         self.target = mask_url(target)
         """Where spans go, as messages show it (credentials masked)."""
         self.secrets = tuple(secrets)
@@ -323,10 +327,10 @@ class ExportQueue(SpanProcessor):
             "by exit" if final else f"in the last {seconds:.0f} s",
             window.describe(),
         )
+        if self.report is None:
+            return
         try:
-            from steptrace.store.engines import record_export_report
-
-            record_export_report(self._report_row(window, seconds))
+            self.report(self._report_row(window, seconds))
         except Exception as exc:  # reporting must not fail the export thread
             from steptrace.config import get_config
 
@@ -390,10 +394,13 @@ def configure_sdk(
     protocol: str | None = None,
     headers: Mapping[str, str] | None = None,
     logs: bool | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> Any:
     """Install an SDK ``TracerProvider`` from the standard ``OTEL_*`` variables, with an
     OTLP exporter behind an :class:`ExportQueue` when an endpoint is configured (the
-    arguments override the variables). Returns the provider.
+    arguments override the variables). Returns the provider. ``report`` records each
+    window's drops (steptrace passes ``store.engines.record_export_report``: the store's
+    ``otel_export`` table).
 
     If the process already has an SDK provider it is kept: an explicit ``endpoint``
     then adds an exporter to it, else nothing changes. Raises ``ConfigError`` for an
@@ -414,11 +421,11 @@ def configure_sdk(
     exporter = _exporter("traces", protocol, endpoint, headers) if want_otlp else None
     if isinstance(current, TracerProvider):
         if exporter is not None and endpoint is not None:
-            _add_queue(current, exporter, protocol, endpoint, headers)
+            _add_queue(current, exporter, protocol, endpoint, headers, report)
         return current
     provider = TracerProvider(resource=Resource.create())
     if exporter is not None:
-        _add_queue(provider, exporter, protocol, endpoint, headers)
+        _add_queue(provider, exporter, protocol, endpoint, headers, report)
     if "console" in names:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -435,12 +442,15 @@ def _add_queue(
     protocol: str,
     endpoint: str | None,
     headers: Mapping[str, str] | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     target = mask_url(_describe_target(exporter, protocol, endpoint))
     for queue in _queues:
         if queue.provider is provider and queue.target == target and not queue.stopped:
             return  # configured twice with the same endpoint: export once
-    queue = ExportQueue(exporter, target=target, secrets=export_secrets(endpoint, headers))
+    queue = ExportQueue(
+        exporter, target=target, secrets=export_secrets(endpoint, headers), report=report
+    )
     queue.provider = provider
     _queues.append(queue)
     provider.add_span_processor(queue)

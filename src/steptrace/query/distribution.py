@@ -2,9 +2,9 @@
 ``steptrace dist``), the expression indexes that serve it, and what the question
 modules share (``Reader``, the runs window, percentiles).
 
-The other questions live next door: ``steptrace.stats`` (per-step statistics),
-``steptrace.diff`` and ``steptrace.compare`` (run against run),
-``steptrace.export``. Each takes a ``Reader`` (what a ``Store`` lends its query
+The other questions live next door: ``steptrace.query.stats`` (per-step statistics),
+``steptrace.query.diff`` and ``steptrace.query.compare`` (run against run),
+``steptrace.query.export``. Each takes a ``Reader`` (what a ``Store`` lends its query
 modules) and returns plain JSON-shaped data, exactly what the command prints
 with ``--json``.
 
@@ -30,10 +30,10 @@ from typing import Any, Protocol, TypedDict, TypeVar
 import orjson
 
 from steptrace.errors import QueryError
+from steptrace.query.where import format_path, step_field
 from steptrace.record import stored_name
 from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
 from steptrace.store.model import RunRecord
-from steptrace.where import format_path, step_field
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
