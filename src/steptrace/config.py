@@ -251,9 +251,10 @@ def apply(new: Config) -> Config:
 def reset() -> None:
     """Back to defaults, closing the store writer. For tests."""
     global _config
-    _changed(reset=True)
+    _changed(reset=True)  # the writer commits what was recorded, under that configuration
     with _lock:
         _config = None
+    _changed(reset=True)  # and nothing keeps what it made from it (the value pipeline)
 
 
 _listeners: list[Callable[[bool], None]] = []

@@ -1,8 +1,8 @@
 """Which engine a store URL names, opened for reading or for writing.
 
-The writer (``store/writer.py``), the OTLP export's reports (``otlp.py``) and the
-``Store`` facade open engines here: the writer need not import the facade (nor the
-questions it answers).
+The writer (``store/writer.py``), the ``Store`` facade and ``record_export_report``
+(which ``configure`` and the command line hand to the OTLP export queue) open engines
+here: the writer need not import the facade (nor the questions it answers).
 """
 
 from __future__ import annotations
