@@ -266,13 +266,15 @@ def test_with_a_token_the_browser_needs_the_link(page: Any, ui_store: Path) -> N
         response = page.goto(server.url + "/")
         assert response is not None and response.status == 401
         assert "a token is required" in page.inner_text("body")
-        page.problems.clear()  # the 401 is logged to the console as a failed load
         page.goto(server.url + "/?token=browser-token")
         _ready(page)
         assert page.url == server.url + "/"  # the token moved to a cookie
         assert page.locator("#runs tbody tr[data-run]").count() > 0
     finally:
         server.stop()
+    # Chromium logs the refused page (and, maybe later, its favicon) as failed loads:
+    # expected here; the API calls made with the cookie are proven by the rows drawn.
+    page.problems[:] = [p for p in page.problems if "status of 401 (Unauthorized)" not in p]
 
 
 def test_runs_page_refreshes_while_a_run_is_running(page: Any, tmp_path: Path) -> None:
