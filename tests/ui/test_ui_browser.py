@@ -129,8 +129,9 @@ def test_runs_page_filters_with_a_step_predicate(
     page.click("form.filters button[type=submit]")
     page.wait_for_selector("#runs-error:not(:empty)", timeout=TIMEOUT_MS)
     assert "classify.output.category" in page.locator("#runs-error").inner_text()
-    assert all("400 (Bad Request)" in p for p in page.problems)  # that request, logged
-    page.problems.clear()
+    # That request is logged as a failed load (maybe only after this point): expected.
+    page.wait_for_timeout(100)
+    page.problems[:] = [p for p in page.problems if "400 (Bad Request)" not in p]
 
 
 def test_diff_two_runs_picked_on_the_runs_page(
