@@ -45,7 +45,8 @@ memory (``configure(store="memory://NAME")``)."""
 @contextlib.contextmanager
 def memory_store(name: str | None = None, **settings: Any) -> Iterator[Store]:
     """Record into a fresh in-memory store for the duration of the ``with`` block and
-    yield a ``Store`` reading it. ``settings`` are passed to ``configure`` (e.g.
+    yield a ``Store`` reading it. The configuration is reset on entry and on exit, so a
+    test starts from the defaults; ``settings`` are passed to ``configure`` (e.g.
     ``redact=False``, ``capture_logs=False``). ``name`` names the store
     (``memory://NAME``, default: a random one), for code that opens it by URL."""
     url = MEMORY_SCHEME + (name or uuid.uuid4().hex)
