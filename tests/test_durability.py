@@ -218,6 +218,25 @@ def test_a_run_whose_process_died_is_interrupted_not_running(
     assert listed[0]["status"] == "interrupted"
 
 
+def _owner_with_a_running_run(
+    store_url: str, owner: str, workflow: str, heartbeat: str, ended: str | None = None
+) -> None:
+    """An ``owners`` row (started in 2020) and one ``running`` run of it, ``run-of-OWNER``."""
+    started = "2020-01-01T00:00:00.000000Z"
+    raw_sql(
+        store_url,
+        "INSERT INTO owners (owner, host, pid, process_started_at, started_at, "
+        "heartbeat_at, ended_at) VALUES (?, 'h', 1, '1', ?, ?, ?)",
+        (owner, started, heartbeat, ended),
+    )
+    raw_sql(
+        store_url,
+        "INSERT INTO runs (run_id, workflow, status, trace_id, span_id, started_at, owner) "
+        "VALUES (?, ?, 'running', 't', 's', ?, ?)",
+        (f"run-of-{owner}", workflow, started, owner),
+    )
+
+
 def test_a_lapsed_heartbeat_of_another_host_interrupts_its_runs(store_url: str) -> None:
     @st.workflow
     def wf() -> int:
@@ -227,18 +246,7 @@ def test_a_lapsed_heartbeat_of_another_host_interrupts_its_runs(store_url: str) 
     old = "2020-01-01T00:00:00.000000Z"
     fresh = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
     for owner, heartbeat in (("elsewhere:1:1", old), ("elsewhere:2:1", fresh)):
-        raw_sql(
-            store_url,
-            "INSERT INTO owners (owner, host, pid, process_started_at, started_at, "
-            "heartbeat_at) VALUES (?, 'elsewhere', 1, '1', ?, ?)",
-            (owner, old, heartbeat),
-        )
-        raw_sql(
-            store_url,
-            "INSERT INTO runs (run_id, workflow, status, trace_id, span_id, started_at, owner) "
-            "VALUES (?, 'remote', 'running', 't', 's', ?, ?)",
-            (f"run-of-{owner}", old, owner),
-        )
+        _owner_with_a_running_run(store_url, owner, "remote", heartbeat)
     st.store.writer._recovered_at.clear()
     with st.Store.open(store_url) as store:
         statuses = {r.run_id: r.status for r in store.runs(workflow="remote")}
@@ -272,18 +280,7 @@ def test_a_run_started_after_its_owner_ended_is_interrupted_once_the_owner_is_go
         "elsewhere:4:1": (old, fresh),  # another host, ended just now: not yet known
     }
     for owner, (heartbeat, ended) in owners.items():
-        raw_sql(
-            store_url,
-            "INSERT INTO owners (owner, host, pid, process_started_at, started_at, "
-            "heartbeat_at, ended_at) VALUES (?, 'h', 1, '1', ?, ?, ?)",
-            (owner, old, heartbeat, ended),
-        )
-        raw_sql(
-            store_url,
-            "INSERT INTO runs (run_id, workflow, status, trace_id, span_id, started_at, owner) "
-            "VALUES (?, 'late', 'running', 't', 's', ?, ?)",
-            (f"run-of-{owner}", old, owner),
-        )
+        _owner_with_a_running_run(store_url, owner, "late", heartbeat, ended)
     st.store.writer._recovered_at.clear()
     with st.Store.open(store_url) as store:
         statuses = {r.run_id: r.status for r in store.runs(workflow="late")}

@@ -172,10 +172,9 @@ class Store:
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
         (see ``steptrace.query.where``). Raises ``QueryError`` for a malformed filter."""
-        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
-        clause = f"WHERE {' AND '.join(conds)} " if conds else ""
+        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
         rows = self._rows(
-            f"SELECT {_RUN_COLUMNS} FROM runs {clause}"
+            f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
             [*params, last, offset],
         )
@@ -192,9 +191,13 @@ class Store:
         where: str | Sequence[str] | None = None,
     ) -> int:
         """How many runs ``runs`` with the same filters would list without a limit."""
-        conds, params = RunFilter.of(workflow, status, since, until, tag, where).sql(self.dialect)
-        clause = f" WHERE {' AND '.join(conds)}" if conds else ""
+        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
+
+    def _where(self, runs: RunFilter) -> tuple[str, list[Any]]:
+        """`` WHERE …`` (or nothing) choosing ``runs``, and its parameters."""
+        conds, params = runs.sql(self.dialect)
+        return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run whose id is ``run_id`` or starts with it."""

@@ -98,8 +98,8 @@ class LightSpanError(_Open):
     validation: bool
 
 
-class LightSpan(_Open):
-    """A span without values: what the waterfall and the tree need."""
+class _SpanFields(_Open):
+    """What every span shape starts with."""
 
     span_id: str
     parent_span_id: str | None
@@ -111,24 +111,19 @@ class LightSpan(_Open):
     started_at: str
     ended_at: str | None
     duration_ms: float | None
+
+
+class LightSpan(_SpanFields):
+    """A span without values: what the waterfall and the tree need."""
+
     error: LightSpanError | None
     llm: dict[str, Any] | None
     logs: int = Field(description="How many log records the span has.")
 
 
-class Span(_Open):
+class Span(_SpanFields):
     """A span whole (``Store.run(...).spans[i].to_dict()``)."""
 
-    span_id: str
-    parent_span_id: str | None
-    kind: str
-    name: str
-    step_key: str | None
-    attempt: int | None
-    status: str
-    started_at: str
-    ended_at: str | None
-    duration_ms: float | None
     input: Any
     input_hash: str | None
     output: Any
