@@ -120,6 +120,13 @@ def _records() -> tuple[list[RunState], list[SpanRecord]]:
         input=orjson.dumps({"ticket": 7}),
         tags=orjson.dumps(["nightly"]),
         owner="owner-1",
+        entry_point="app.flows:triage",
+        code_version=orjson.dumps({"steptrace": "1"}),
+        forked_from="run-0",
+        forked_at="classify#0",
+        replay_of=None,
+        resume_count=1,
+        durability="step",
     )
     # The end row without input or tags: the stored run keeps its start row's.
     ended = dataclasses.replace(
@@ -198,6 +205,15 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
             "error": {"type": "None"},
             "tags": ["nightly"],
             "owner": "owner-1",
+            "entry_point": "app.flows:triage",
+            "code_version": {"steptrace": "1"},
+            "forked_from": "run-0",
+            "forked_at": "classify#0",
+            "replay_of": None,
+            "resume_count": 1,
+            "durability": "step",
+            "lease_owner": None,
+            "lease_until": None,
         }
     ],
     "spans": [

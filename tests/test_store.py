@@ -98,6 +98,7 @@ def test_migrations_are_named_and_recorded(db: Query) -> None:
         "0003_query",
         "0004_export_drops",
         "0005_durability",
+        "0006_lineage",
     ]
     assert all(r[1] for r in rows)  # when each was applied
 

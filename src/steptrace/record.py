@@ -519,6 +519,15 @@ class RunState:
     raw: bool = False
     otel: Any = None
     otel_error: tuple[str, str] | None = None
+    entry_point: str | None = None
+    """``module:qualname`` of the workflow function (what resume and replay import)."""
+    code_version: bytes | None = None
+    """JSON: steptrace's version, the workflow's package version, its git commit."""
+    forked_from: str | None = None
+    forked_at: str | None = None
+    replay_of: str | None = None
+    resume_count: int = 0
+    durability: str | None = None
 
 
 def finish_record_values(records: Sequence[RunState | SpanRecord]) -> None:

@@ -66,10 +66,13 @@ class Column:
 class Guard:
     """A row whose ``column`` is ``value`` never overwrites a stored row whose ``column``
     is something else (a run's start row arriving after its end row, replayed or out of
-    order, leaves the ended run as it is)."""
+    order, leaves the ended run as it is), unless it is of a later ``epoch``; and a row
+    of an earlier epoch never overwrites one of a later (a resumed run's rows win over
+    those of the incarnations before it, whatever order they arrive in)."""
 
     column: str
     value: str
+    epoch: str
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,19 @@ RUNS = Table(
         _c("error", "json", "error"),
         _c("tags", "json", "tags", on_conflict="keep"),
         _c("owner", "text", "owner", on_conflict="keep", internal=True),
+        _c("entry_point", "text", "entry_point", form="text", on_conflict="keep"),
+        _c("code_version", "json", "code_version", on_conflict="keep"),
+        _c("forked_from", "text", "forked_from", on_conflict="fixed"),
+        _c("forked_at", "text", "forked_at", form="text", on_conflict="fixed"),
+        _c("replay_of", "text", "replay_of", on_conflict="fixed"),
+        _c("resume_count", "integer", "resume_count", null=False),
+        _c("durability", "text", "durability", on_conflict="keep", internal=True),
+        _c("lease_owner", "text", internal=True),
+        _c("lease_until", "text", internal=True),
     ),
     key=("run_id",),
     conflict="merge",
-    guard=Guard("status", "running"),
+    guard=Guard("status", "running", "resume_count"),
 )
 """One row per run, from a ``RunState``."""
 
@@ -396,8 +408,11 @@ def conflict_clause(table: Table) -> str:
     guard = table.guard
     if guard is not None:
         # The guard's value is a constant of this module, never text from outside.
-        g, v = guard.column, guard.value
-        clause += f" WHERE NOT (excluded.{g} = '{v}' AND {table.name}.{g} <> '{v}')"
+        g, v, e, t = guard.column, guard.value, guard.epoch, table.name
+        clause += (
+            f" WHERE excluded.{e} > {t}.{e} OR (excluded.{e} = {t}.{e}"
+            f" AND NOT (excluded.{g} = '{v}' AND {t}.{g} <> '{v}'))"
+        )
     return clause
 
 
@@ -433,8 +448,16 @@ class Collapse:
             dict.fromkeys(s for c in table.written if c.on_conflict == "keep" for s in c.source)
         )
         guard = table.guard
-        self.guard = None if guard is None else (table.column(guard.column).source[0], guard.value)
-        merged_by = [*self.fixed, *self.keep, *([self.guard[0]] if self.guard else [])]
+        self.guard = (
+            None
+            if guard is None
+            else (
+                table.column(guard.column).source[0],
+                guard.value,
+                table.column(guard.epoch).source[0],
+            )
+        )
+        merged_by = [*self.fixed, *self.keep, *(self.guard[::2] if self.guard else [])]
         if any("." in a for a in merged_by):
             raise ValueError(f"{table.name}: records are merged by their own attributes")
 
@@ -460,8 +483,14 @@ class Collapse:
         if conflict == "replace":
             return new
         if self.guard is not None:
-            attr, value = self.guard
-            if getattr(new, attr) == value and getattr(before, attr) != value:
+            attr, value, epoch = self.guard
+            if getattr(new, epoch) < getattr(before, epoch):
+                return None
+            if (
+                getattr(new, epoch) == getattr(before, epoch)
+                and getattr(new, attr) == value
+                and getattr(before, attr) != value
+            ):
                 return None
         changes = {
             a: getattr(before, a) for a in self.fixed if getattr(new, a) != getattr(before, a)

@@ -36,7 +36,9 @@ _NOT_STORED = frozenset({"raw", "otel", "otel_error", "llm", "logs"})
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name not in _NOT_STORED)
 _SPAN_FIELDS = tuple(f.name for f in dataclasses.fields(SpanRecord) if f.name not in _NOT_STORED)
 _LLM_FIELDS = tuple(f.name for f in dataclasses.fields(LLMUsage))
-_JSON_FIELDS = frozenset({"input", "output", "error", "tags", "attributes", "params", "tool_calls"})
+_JSON_FIELDS = frozenset(
+    {"input", "output", "error", "tags", "attributes", "params", "tool_calls", "code_version"}
+)
 
 
 def spill_dir(url: str, root: str | None = None) -> str:
@@ -95,7 +97,10 @@ def encode_batch(
 
 def _restore(values: list[Any], names: Sequence[str]) -> dict[str, Any]:
     out = {}
-    for name, value in zip(names, values, strict=True):
+    if len(values) > len(names):
+        raise ValueError(f"a frame has {len(values)} fields, {len(names)} are known")
+    # A frame written by an earlier version has fewer fields: the rest take defaults.
+    for name, value in zip(names, values, strict=False):
         if name in _JSON_FIELDS and value is not None:
             value = orjson.dumps(value)
         out[name] = value

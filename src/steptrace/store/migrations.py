@@ -232,12 +232,37 @@ def _durability(dialect: str) -> list[str]:
     ]
 
 
+def _lineage(dialect: str) -> list[str]:
+    """What acting on a run needs: where a run's code is (``entry_point``,
+    ``code_version``), what it was derived from (``forked_from`` and ``forked_at``, or
+    ``replay_of``), how often it was resumed in place (``resume_count``), its durability
+    (recovery resumes only runs that committed every step), and the lease a recoverer
+    holds on it while resuming it."""
+    t = _text(dialect)
+    json = _json(dialect)
+    return [
+        f"ALTER TABLE runs ADD COLUMN entry_point {t}",
+        f"ALTER TABLE runs ADD COLUMN code_version {json}",
+        f"ALTER TABLE runs ADD COLUMN forked_from {t}",
+        f"ALTER TABLE runs ADD COLUMN forked_at {t}",
+        f"ALTER TABLE runs ADD COLUMN replay_of {t}",
+        "ALTER TABLE runs ADD COLUMN resume_count INTEGER NOT NULL DEFAULT 0",
+        f"ALTER TABLE runs ADD COLUMN durability {t}",
+        f"ALTER TABLE runs ADD COLUMN lease_owner {t}",
+        f"ALTER TABLE runs ADD COLUMN lease_until {t}",
+        "CREATE INDEX runs_forked_from ON runs (forked_from) WHERE forked_from IS NOT NULL",
+        "CREATE INDEX runs_replay_of ON runs (replay_of) WHERE replay_of IS NOT NULL",
+        "CREATE INDEX runs_interrupted ON runs (started_at) WHERE status = 'interrupted'",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_llm_details", _llm_details),
     Migration("0003_query", _query),
     Migration("0004_export_drops", _export_drops),
     Migration("0005_durability", _durability),
+    Migration("0006_lineage", _lineage),
 )
 
 

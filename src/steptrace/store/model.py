@@ -79,6 +79,16 @@ class RunRecord:
     tags: list[str] = field(default_factory=list)
     parent_trace_id: str | None = None
     parent_span_id: str | None = None
+    entry_point: str | None = None
+    """``module:qualname`` of the workflow function."""
+    code_version: dict[str, Any] | None = None
+    forked_from: str | None = None
+    """The run this one was forked from (``forked_at``: the step key it was forked at)."""
+    forked_at: str | None = None
+    replay_of: str | None = None
+    """The run this one replays."""
+    resume_count: int = 0
+    """How often the run was resumed in place."""
     spans: list[SpanView] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     """Log records written in the run outside any step."""

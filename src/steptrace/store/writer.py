@@ -928,6 +928,13 @@ def _started(state: RunState) -> RunState:
         tags=state.tags,
         owner=state.owner,
         raw=True,
+        entry_point=state.entry_point,
+        code_version=state.code_version,
+        forked_from=state.forked_from,
+        forked_at=state.forked_at,
+        replay_of=state.replay_of,
+        resume_count=state.resume_count,
+        durability=state.durability,
     )
 
 
