@@ -42,6 +42,13 @@ from steptrace.store.owner import current as current_owner
 def _source(run_id: str, workflow: Callable[..., Any] | None) -> tuple[RunRecord, Spec]:
     with Store.open() as store:
         record = store.run(run_id)
+    return record, source_spec(record, workflow)
+
+
+def source_spec(record: RunRecord, workflow: Callable[..., Any] | None = None) -> Spec:
+    """The ``Spec`` of the workflow that re-enters ``record``: ``workflow`` when given,
+    else the one at the run's recorded entry point; ``ReentryError`` when there is none
+    or it is not a workflow of the run's name."""
     if workflow is None:
         if not record.entry_point:
             raise ReentryError(
@@ -57,7 +64,7 @@ def _source(run_id: str, workflow: Callable[..., Any] | None) -> tuple[RunRecord
         raise ReentryError(
             f"run {record.run_id} is a run of {record.workflow!r}, not of {spec.name!r}"
         )
-    return record, spec
+    return spec
 
 
 def _prepare(
@@ -211,15 +218,39 @@ def _replay(
     *,
     asynchronous: bool,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
+    _check_replay_modes(llm, tools)
+    record, spec = _source(run_id, workflow)
+    return replay_scope(record, spec, llm, tools, strict, asynchronous=asynchronous)
+
+
+def _check_replay_modes(llm: str, tools: str) -> None:
     if llm not in LLM_MODES:
         raise ReentryError(f"llm={llm!r}: must be one of {', '.join(LLM_MODES)}")
     if tools not in TOOL_MODES:
         raise ReentryError(f"tools={tools!r}: must be one of {', '.join(TOOL_MODES)}")
-    record, spec = _source(run_id, workflow)
+
+
+def replay_scope(
+    record: RunRecord,
+    spec: Spec,
+    llm: str = "recorded",
+    tools: str = "recorded",
+    strict: bool = False,
+    *,
+    asynchronous: bool,
+    durable: str | None = None,
+) -> tuple[RunScope, list[Any], dict[str, Any]]:
+    """A started replay of the run ``record`` (read already) by the workflow ``spec``
+    (``source_spec``), and the arguments to call it with (``execute`` or ``aexecute``
+    runs it): what ``replay`` does once it has read the run. ``durable`` overrides the
+    workflow's durability for the replay run (a regression replay of many runs
+    records them fire-and-forget, then flushes once)."""
+    _check_replay_modes(llm, tools)
     reentry, args, kwargs = _prepare(
         record, spec, "replay", asynchronous=asynchronous, llm=llm, tools=tools, strict=strict
     )
-    return RunScope(spec, tuple(args), kwargs, reentry=reentry), args, kwargs
+    scope = RunScope(spec, tuple(args), kwargs, reentry=reentry, durable=durable)
+    return scope, args, kwargs
 
 
 def replay(

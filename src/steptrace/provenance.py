@@ -139,7 +139,7 @@ def load_entry_point(entry: str) -> Any:
         raise EntryPointError(
             f"the run was recorded from a script run as __main__ ({entry}); it cannot be "
             "imported by name: give the workflow explicitly (Python: "
-            "workflow=your_module.your_workflow; command line: --workflow module:function)"
+            "workflow=your_module.your_workflow; command line: --entry module:function)"
         )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -154,13 +154,13 @@ def load_entry_point(entry: str) -> Any:
         if part == "<locals>":
             raise EntryPointError(
                 f"{entry} was defined inside a function and cannot be imported; give the "
-                "workflow explicitly (workflow=…, --workflow module:function)"
+                "workflow explicitly (workflow=…, --entry module:function)"
             )
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise EntryPointError(
                 f"{module_name!r} has no {qualname!r} (entry point {entry}): was it renamed? "
-                "give the workflow explicitly (workflow=…, --workflow module:function)"
+                "give the workflow explicitly (workflow=…, --entry module:function)"
             ) from None
     return obj

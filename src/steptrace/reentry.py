@@ -25,6 +25,7 @@ and its position, and saying how to fork instead.
 
 from __future__ import annotations
 
+import functools
 import threading
 import typing
 from collections.abc import Callable, Sequence
@@ -97,13 +98,24 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
+@functools.lru_cache(maxsize=512)
+def _adapter(hint: Any) -> pydantic.TypeAdapter[Any]:
+    # Building an adapter costs far more than validating with it (~200 us against a few
+    # for an int), and every re-entered run converts its workflow's arguments again.
+    return pydantic.TypeAdapter(hint)
+
+
 def convert(value: Any, hint: Any) -> Any:
     """A recorded JSON value as the annotated type (a pydantic model, a dataclass, a
     datetime…), else as it is."""
     if hint is None or hint is Any:
         return value
     try:
-        return pydantic.TypeAdapter(hint).validate_python(value)
+        try:
+            adapter = _adapter(hint)
+        except TypeError:  # a hint that cannot be a cache key
+            adapter = pydantic.TypeAdapter(hint)
+        return adapter.validate_python(value)
     except Exception:
         return value
 

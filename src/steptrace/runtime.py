@@ -473,6 +473,7 @@ class RunScope:
     or replay is a new run whose root span links to the source run's; a resumed run
     keeps its id, trace and root span, and its new incarnation is a ``resume`` span
     under the root (the OTel span of that incarnation, with the run's new outcome).
+    ``durable`` (a level) overrides the workflow's and the configured durability.
     """
 
     __slots__ = ("incarnation", "otel", "otel_token", "run", "spec", "token")
@@ -484,9 +485,12 @@ class RunScope:
         kwargs: dict[str, Any],
         traceparent: str | None = None,
         reentry: Reentry | None = None,
+        *,
+        durable: str | None = None,
     ) -> None:
         sink = get_sink()
-        durable = spec.durable or get_config().durability()  # ConfigError before any span
+        # ConfigError before any span
+        durable = durable or spec.durable or get_config().durability()
         log_capture.install(_current_logs)
         if get_config().capture_foreign_spans:
             ensure_collector()

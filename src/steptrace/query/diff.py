@@ -17,6 +17,8 @@ import difflib
 from collections.abc import Iterator
 from typing import Any, NotRequired, TypedDict
 
+import orjson
+
 from steptrace.store.model import RunRecord, SpanView
 
 LONG_STRING = 120
@@ -96,7 +98,22 @@ def _join(path: str, key: str | int) -> str:
 
 def json_diff(a: Any, b: Any, path: str = "") -> list[Change]:
     """The leaf-level differences from ``a`` to ``b`` (JSON values)."""
+    if _same_text(a, b):
+        return []
     return list(_walk(a, b, path))
+
+
+def _same_text(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` serialise to the same JSON, keys sorted: then no leaf differs
+    (the converse does not hold: ``1`` and ``1.0`` are the same leaf). One C call each
+    where the walk makes several Python calls per leaf: most steps of two runs of one
+    workflow are the same."""
+    try:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            b, option=orjson.OPT_SORT_KEYS
+        )
+    except (TypeError, orjson.JSONEncodeError):  # not JSON values: leave it to the walk
+        return False
 
 
 def _walk(a: Any, b: Any, path: str) -> Iterator[Change]:
@@ -154,15 +171,17 @@ class _Step:
 def occurrences(run: RunRecord) -> dict[str, _Step]:
     """The run's step occurrences by key, in the order they started."""
     by_key: dict[str, list[SpanView]] = {}
+    llm_in: dict[str | None, list[SpanView]] = {}
     for span in run.spans:
         if span.step_key is not None and span.kind in ("step", "tool"):
             by_key.setdefault(span.step_key, []).append(span)
+        if span.kind == "llm":
+            llm_in.setdefault(span.parent_span_id, []).append(span)
     out: dict[str, _Step] = {}
     for key, attempts in by_key.items():
         attempts.sort(key=lambda s: s.attempt or 0)
         final = attempts[-1]
-        llm = [s for s in run.spans if s.kind == "llm" and s.parent_span_id == final.span_id]
-        out[key] = _Step(key, attempts, llm)
+        out[key] = _Step(key, attempts, llm_in.get(final.span_id, []))
     return out
 
 

@@ -314,6 +314,8 @@ class RunFilter:
     until: str | dt.datetime | None = None
     tags: Sequence[str] = ()
     where: Sequence[str] = field(default_factory=tuple)
+    derived: bool = True
+    """False: leave out the runs made from another by ``fork`` or ``replay``."""
 
     @classmethod
     def of(
@@ -324,10 +326,11 @@ class RunFilter:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        derived: bool = True,
     ) -> RunFilter:
         tags = (tag,) if isinstance(tag, str) else tuple(tag or ())
         wheres = (where,) if isinstance(where, str) else tuple(where or ())
-        return cls(workflow, status, since, until, tags, wheres)
+        return cls(workflow, status, since, until, tags, wheres, derived)
 
     def sql(self, d: Dialect, runs: str = "runs") -> tuple[list[str], list[Any]]:
         """Conditions (to AND together) on the runs table aliased ``runs``, and their
@@ -340,6 +343,8 @@ class RunFilter:
         if self.status is not None:
             conds.append(f"{runs}.status = ?")
             params.append(self.status)
+        if not self.derived:
+            conds.append(f"{runs}.replay_of IS NULL AND {runs}.forked_from IS NULL")
         if self.since is not None:
             conds.append(f"{runs}.started_at >= ?")
             params.append(parse_time(self.since))

@@ -49,8 +49,19 @@ _SPANS_OF_RUN = (
     " FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id"
     " WHERE s.run_id = ? ORDER BY s.started_at, {tiebreak}"
 )
+_SPANS_OF_RUNS = (
+    f"SELECT {SPANS.select(_SPAN_FIELDS, 's')}, {LLM_CALLS.select(_LLM_FIELDS, 'l')}, s.run_id"
+    " FROM spans s LEFT JOIN llm_calls l ON l.span_id = s.span_id"
+    " WHERE s.run_id IN ({marks}) ORDER BY s.run_id, s.started_at, {tiebreak}"
+)
 _LOG_FIELDS = ("span_id", "ts", "level", "logger", "message", "exception")
 _LOGS_OF_RUN = f"SELECT {LOGS.select(_LOG_FIELDS)} FROM logs WHERE run_id = ? ORDER BY span_id, seq"
+_LOGS_OF_RUNS = (
+    f"SELECT {LOGS.select(_LOG_FIELDS)}, run_id FROM logs"
+    " WHERE run_id IN ({marks}) ORDER BY run_id, span_id, seq"
+)
+READ_RUNS_BATCH = 200
+"""Runs ``Store.read_runs`` reads with one query per table."""
 
 
 SQL_TIMEOUT_S = 30.0
@@ -60,12 +71,76 @@ SQL_TIMEOUT_S = 30.0
 _RUN_COLUMNS = RUNS.select(RUN_FIELDS)
 
 
+_RUN_JSON = tuple(n for n in RUN_FIELDS if n in RUNS.json_names)
+
+
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
     run = named(RUN_FIELDS, row)
-    for name in RUNS.json_names & run.keys():
+    for name in _RUN_JSON:
         run[name] = loads(run[name])
     run["tags"] = run["tags"] or []
     return RunRecord(**run)
+
+
+_SPAN_WIDTH = len(_SPAN_FIELDS) + len(_LLM_FIELDS)
+"""The columns of a ``spans`` row joined with its ``llm_calls`` row."""
+_SPAN_JSON = tuple(i for i, n in enumerate(_SPAN_FIELDS) if n in JSON_NAMES)
+_SPAN_ID = _SPAN_FIELDS.index("span_id")
+_LLM_JSON = tuple(n for n in _LLM_FIELDS if n in JSON_NAMES)
+
+
+def _decoded(values: Sequence[Any], at: Sequence[int]) -> list[Any]:
+    out = list(values)
+    for i in at:
+        if out[i] is not None:
+            out[i] = loads(out[i])
+    return out
+
+
+def _span_from_row(r: Sequence[Any], logs: list[dict[str, Any]]) -> SpanView:
+    """A span of its ``spans`` columns then its ``llm_calls`` columns (NULL for a span
+    that is not an LLM call)."""
+    n = len(_SPAN_FIELDS)
+    span = SpanView(**dict(zip(_SPAN_FIELDS, _decoded(r[:n], _SPAN_JSON), strict=True)), logs=logs)
+    span.attributes = span.attributes or {}
+    if r[n] is not None:  # the provider
+        row = dict(zip(_LLM_FIELDS, r[n:_SPAN_WIDTH], strict=True))
+        for name in _LLM_JSON:
+            row[name] = loads(row[name])
+        inp = span.input if isinstance(span.input, dict) else {}
+        span.llm = row | {
+            "messages": inp.get("messages"),
+            "response": span.output,
+            "params": row["params"] or {},
+            "tool_calls": row["tool_calls"] or [],
+            "incomplete": bool(row["incomplete"]),
+        }
+    return span
+
+
+def _assemble(
+    run_rows: Rows, span_rows: Rows, log_rows: Rows, *, keyed: bool = False
+) -> list[RunRecord]:
+    """Runs made of their rows: ``runs`` rows, the ``spans`` rows (joined with
+    ``llm_calls``) in start order, and the ``logs`` rows; of one run, or (``keyed``:
+    each span and log row ends with its run id) of several."""
+    runs = [_run_from_row(r) for r in run_rows]
+    by_id = {run.run_id: run for run in runs}
+    only = runs[0].run_id if runs else ""
+    logs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for log_row in log_rows:
+        entry = named(_LOG_FIELDS, log_row[: len(_LOG_FIELDS)])
+        if not entry["exception"]:
+            del entry["exception"]
+        run_id = log_row[-1] if keyed else only
+        logs.setdefault((run_id, entry.pop("span_id")), []).append(entry)
+    for run in runs:
+        run.logs = logs.get((run.run_id, run.span_id), [])
+    for r in span_rows:
+        owner = by_id.get(r[_SPAN_WIDTH] if keyed else only)
+        if owner is not None:
+            owner.spans.append(_span_from_row(r, logs.get((owner.run_id, r[_SPAN_ID])) or []))
+    return runs
 
 
 class StoreReader:
@@ -165,14 +240,17 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        derived: bool = True,
     ) -> list[RunRecord]:
         """Runs, newest first, without their spans: ``last`` of them after skipping
         ``offset`` (a page). ``since``/``until`` bound the start time (ISO-8601, or
         ``"2h"``/``"7d"`` before now); ``tag`` keeps runs carrying every tag given;
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
-        (see ``steptrace.query.where``). Raises ``QueryError`` for a malformed filter."""
-        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
+        (see ``steptrace.query.where``); ``derived=False`` leaves out the runs made
+        from another by ``fork`` or ``replay``. Raises ``QueryError`` for a malformed filter."""
+        runs = RunFilter.of(workflow, status, since, until, tag, where, derived)
+        clause, params = self._where(runs)
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
@@ -189,9 +267,11 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        derived: bool = True,
     ) -> int:
         """How many runs ``runs`` with the same filters would list without a limit."""
-        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
+        runs = RunFilter.of(workflow, status, since, until, tag, where, derived)
+        clause, params = self._where(runs)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def _where(self, runs: RunFilter) -> tuple[str, list[Any]]:
@@ -231,30 +311,29 @@ class Store:
         rows, span_rows, log_rows = read(run_id)
         if not rows:  # a prefix
             rows, span_rows, log_rows = read(self.resolve(run_id))
-        run = _run_from_row(rows[0])
-        logs: dict[str, list[dict[str, Any]]] = {}
-        for log_row in log_rows:
-            entry = named(_LOG_FIELDS, log_row)
-            if not entry["exception"]:
-                del entry["exception"]
-            logs.setdefault(entry.pop("span_id"), []).append(entry)
-        run.logs = logs.get(run.span_id, [])
-        names = (*_SPAN_FIELDS, *_LLM_FIELDS)
-        for r in span_rows:
-            row = {n: loads(v) if n in JSON_NAMES else v for n, v in zip(names, r, strict=True)}
-            span = SpanView(**{n: row[n] for n in _SPAN_FIELDS}, logs=logs.get(row["span_id"], []))
-            span.attributes = span.attributes or {}
-            if row["provider"] is not None:
-                inp = span.input if isinstance(span.input, dict) else {}
-                span.llm = {n: row[n] for n in _LLM_FIELDS} | {
-                    "messages": inp.get("messages"),
-                    "response": span.output,
-                    "params": row["params"] or {},
-                    "tool_calls": row["tool_calls"] or [],
-                    "incomplete": bool(row["incomplete"]),
-                }
-            run.spans.append(span)
+        (run,) = _assemble(rows, span_rows, log_rows)
         return run
+
+    def read_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """The runs with these ids (full ids, not prefixes), with all their spans, in the
+        order given; an id no run has is left out. A few queries per ``READ_RUNS_BATCH``
+        runs, where ``run`` makes a few per run."""
+        self.flush_own_writes()
+        found: dict[str, RunRecord] = {}
+        unique = list(dict.fromkeys(run_ids))
+        for at in range(0, len(unique), READ_RUNS_BATCH):
+            ids = query_params(unique[at : at + READ_RUNS_BATCH])
+            marks = ", ".join("?" * len(ids))
+            batch = self.engine.rows_batch(
+                [
+                    (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN ({marks})", ids),
+                    (_SPANS_OF_RUNS.format(marks=marks, tiebreak=self.engine.tiebreak), ids),
+                    (_LOGS_OF_RUNS.format(marks=marks), ids),
+                ]
+            )
+            for run in _assemble(*batch, keyed=True):
+                found[run.run_id] = run
+        return [found[r] for r in unique if r in found]
 
     # -- questions across runs ------------------------------------------------------
     def distribution(
