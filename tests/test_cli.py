@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 import steptrace as st
-from tests.support.helpers import clean_env
+from tests.support.helpers import run_steptrace
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
@@ -94,19 +93,7 @@ def steptrace(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m steptrace ARGS`` with ``STEPTRACE_STORE=store`` and no OTEL_* settings."""
-    full_env = clean_env()
-    full_env["COLUMNS"] = "200"
-    if store is not None:
-        full_env["STEPTRACE_STORE"] = str(store)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "steptrace", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_steptrace(*args, cwd=cwd, store=store, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:

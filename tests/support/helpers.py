@@ -89,6 +89,29 @@ def run_python(
     return proc
 
 
+def run_steptrace(
+    *args: str,
+    cwd: Path,
+    store: Path | str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m steptrace ARGS`` in ``cwd``, with ``STEPTRACE_STORE=store`` (when
+    given), ``COLUMNS=200``, ``env``, and no ``OTEL_*``/``STEPTRACE_*`` settings of this
+    process."""
+    full_env = clean_env(COLUMNS="200")
+    if store is not None:
+        full_env["STEPTRACE_STORE"] = str(store)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "steptrace", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 

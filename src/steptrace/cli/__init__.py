@@ -11,7 +11,8 @@ adds the traceback.
 
 The package: ``app`` (the typer app and its global options), ``output`` (how
 everything prints), ``errors`` (``CLIError`` and the one-line report),
-``names`` (run-id prefixes, unknown workflow and step names), and one module per
+``names`` (run-id prefixes, unknown workflow and step names), ``diffs`` (how a diff of
+two runs prints), ``workflows`` (importing and running workflows), and one module per
 command group, each with a ``register(app)``. This module registers them, in the
 order ``--help`` lists them, and holds the entry point; imports go one way, from
 here down to the command modules and from them down to the shared ones.
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import typer.main
 
-from steptrace.cli import otel, query, run, runs, store, ui
+from steptrace.cli import acting, otel, query, run, runs, store, ui
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -33,6 +34,7 @@ __all__ = ["app", "main"]
 run.register(app)  # demo, run
 runs.register(app)  # runs, show
 query.register(app)  # dist, stats, diff, compare, sql, export, index
+acting.register(app)  # resume, fork, replay
 otel.register(app)  # export-otlp
 ui.register(app)  # ui
 store.register(app)  # status, migrate, prune

@@ -18,7 +18,12 @@ from steptrace.masking import mask_text, url_secrets
 
 
 class CLIError(Exception):
-    """A mistake on the command line: reported as one line, without a traceback."""
+    """A mistake on the command line: reported as one line, without a traceback, and
+    the command exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def masked(text: str, secrets: Sequence[str] = ()) -> str:
@@ -37,7 +42,8 @@ def masked(text: str, secrets: Sequence[str] = ()) -> str:
 
 def report(exc: Exception, *, debug: bool, secrets: Sequence[str] = ()) -> int:
     """Write ``exc`` to stderr as one ``error: …`` line (``debug``: its traceback first),
-    credentials and ``secrets`` masked; return the exit code (2 for a usage error)."""
+    credentials and ``secrets`` masked; return the exit code (2 for a usage error, a
+    ``CLIError``'s own, else 1)."""
     if isinstance(exc, click.UsageError):  # raised by a command's body: still exit code 2
         sys.stdout.flush()
         sys.stderr.write(f"error: {masked(one_line(exc.format_message()), secrets)}\n")
@@ -50,4 +56,4 @@ def report(exc: Exception, *, debug: bool, secrets: Sequence[str] = ()) -> int:
     hint = "" if expected or debug else " (run with --debug for the traceback)"
     sys.stdout.flush()
     sys.stderr.write(f"error: {message}{hint}\n")
-    return 1
+    return exc.exit_code if isinstance(exc, CLIError) else 1

@@ -21,6 +21,7 @@ from rich.text import Text
 
 import steptrace as st
 from steptrace.cli.app import Status
+from steptrace.cli.diffs import print_diff
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_step, check_workflow, short_prefix
 from steptrace.cli.output import (
@@ -30,7 +31,6 @@ from steptrace.cli.output import (
     abbrev,
     format_duration,
     make_console,
-    note,
     output_format,
     print_csv,
     print_dict_csv,
@@ -39,7 +39,6 @@ from steptrace.cli.output import (
     styled_status,
 )
 from steptrace.query.compare import Comparison
-from steptrace.query.diff import Change, RunDiff
 from steptrace.query.distribution import Distribution
 from steptrace.query.overview import RunWindow
 from steptrace.query.stats import StepStats
@@ -326,7 +325,7 @@ def diff_command(
             ],
         )
     else:
-        _print_diff(result, prefixes, show_all)
+        print_diff(result, prefixes, show_all)
 
 
 _DIFF_HEADERS = (
@@ -342,114 +341,6 @@ _DIFF_HEADERS = (
     "changed",
     "changed_paths",
 )
-
-
-def _pair(a: Any, b: Any, fmt: Callable[[Any], str] = str) -> str:
-    if a == b:
-        return fmt(a)
-    return f"{fmt(a) if a is not None else '–'} → {fmt(b) if b is not None else '–'}"
-
-
-def _delta(ms: float | None) -> Text:
-    if ms is None:
-        return Text("")
-    sign = "+" if ms >= 0 else "−"
-    return Text(f" ({sign}{format_duration(abs(ms))})", style="red" if ms > 0 else "green")
-
-
-def _print_diff(d: RunDiff, prefixes: tuple[str, str], show_all: bool) -> None:
-    console = make_console()
-    a, b = d["a"], d["b"]
-    console.print(
-        Text.assemble(
-            ("a ", "bold"),
-            (prefixes[0], "cyan"),
-            f"  {a['workflow']}  ",
-            styled_status(a["status"]),
-            f"  {format_duration(a['duration_ms'])}  ",
-            (a["started_at"], "dim"),
-        )
-    )
-    console.print(
-        Text.assemble(
-            ("b ", "bold"),
-            (prefixes[1], "cyan"),
-            f"  {b['workflow']}  ",
-            styled_status(b["status"]),
-            f"  {format_duration(b['duration_ms'])}  ",
-            (b["started_at"], "dim"),
-        )
-    )
-    summary = d["summary"]
-    console.print(
-        Text(
-            f"{summary['steps']} steps: {summary['changed']} changed, {summary['same']} the "
-            f"same, {summary['only_in_a']} only in a, {summary['only_in_b']} only in b",
-            style="dim",
-        )
-    )
-    cut = [0]
-    for change in d["run"]["changes"]:
-        _print_change(console, change, "  run ", cut)
-    for step in d["steps"]:
-        if not step["changed"] and step["only_in"] is None and not show_all:
-            continue
-        if step["only_in"] is not None:
-            mark, style = ("-", "red") if step["only_in"] == "a" else ("+", "green")
-            side = step["only_in"]
-            line = Text.assemble(
-                (f"{mark} ", style),
-                (step["key"], "bold"),
-                f"  only in {side}  ",
-                styled_status(step["status"][side]),  # type: ignore[literal-required]
-            )
-            console.print(line)
-            continue
-        mark, style = ("~", "yellow") if step["changed"] else ("=", "dim")
-        durations = step["duration_ms"]
-        console.print(
-            Text.assemble(
-                (f"{mark} ", style),
-                (step["key"], "bold"),
-                "  ",
-                _pair(step["status"]["a"], step["status"]["b"]),
-                "  attempts ",
-                _pair(step["attempts"]["a"], step["attempts"]["b"]),
-                "  ",
-                _pair(durations["a"], durations["b"], format_duration),
-                _delta(durations["delta"]),
-            )
-        )
-        for change in step["changes"]:
-            _print_change(console, change, "    ", cut)
-    if cut[0]:
-        note(f"{cut[0]:,} diff line(s) were cut to the terminal's width (…): --json has them")
-
-
-def _print_change(console: Any, change: Change, indent: str, cut: list[int]) -> None:
-    path = change["path"]
-    if change["change"] == "added":
-        console.print(Text.assemble(indent, (f"+ {path}: ", "green"), abbrev(change["b"], 200)))
-    elif change["change"] == "removed":
-        console.print(Text.assemble(indent, (f"- {path}: ", "red"), abbrev(change["a"], 200)))
-    elif "lines" in change:
-        console.print(Text.assemble(indent, (f"~ {path}:", "yellow")))
-        for line in change["lines"]:  # cut to the terminal's width: --json has them whole
-            style = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")
-            cut[0] += len(indent) + 4 + len(line) > console.width
-            console.print(
-                Text(f"{indent}    {line}", style=style), no_wrap=True, overflow="ellipsis"
-            )
-    else:
-        console.print(
-            Text.assemble(
-                indent,
-                (f"~ {path}: ", "yellow"),
-                abbrev(change["a"], 100),
-                (" → ", "bold"),
-                abbrev(change["b"], 100),
-            )
-        )
 
 
 # --- compare --------------------------------------------------------------------------

@@ -10,14 +10,11 @@ look at next.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import inspect
 import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import typing
 from collections import Counter
@@ -37,29 +34,11 @@ from steptrace.cli.app import options, store_option
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import short_prefix
 from steptrace.cli.output import format_duration, make_console, print_json, styled_status
+from steptrace.cli.workflows import finish_recording, load_workflow, self_command
 from steptrace.config import get_config
 from steptrace.decorators import workflow_spec
 from steptrace.masking import mask_url
 from steptrace.store.model import RunRecord
-
-
-def _finish_recording() -> None:
-    """Write every record and export every span before the process exits; say plainly
-    if spans could not be exported (the store has them all)."""
-    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otel.otlp import export_counts, shutdown_sdk
-
-    if not st.flush():
-        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
-    shutdown_sdk()
-    counts = export_counts()
-    if counts.dropped:
-        Console(stderr=True, highlight=False).print(
-            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
-            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
-            "--since … --endpoint …"
-        )
-
 
 # --- demo ---------------------------------------------------------------------------
 
@@ -79,14 +58,14 @@ def demo_command(
         with console.status(f"running the triage workflow {runs} times…"):
             results = triage.run_demo(runs)
     finally:
-        _finish_recording()
+        finish_recording()
     with st.Store.open() as store:
         records = [store.run(r.run_id) for r in results]
         failed = next((r for r in records if r.status == "failed"), None)
         example = failed or records[0]
         prefix = short_prefix(store, example.run_id)
     _print_demo_summary(console, records)
-    command = [*_self_command(), *store_option()]
+    command = [*self_command(), *store_option()]
     heading = "Look at a failed run:" if failed else "All runs succeeded. Look at one:"
     console.print(Text("\n" + heading, style="bold"))
     console.print("  " + shlex.join([*command, "show", prefix]), soft_wrap=True, markup=False)
@@ -138,26 +117,6 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
     console.print(Padding(grid, (0, 0, 0, 2), expand=False))
 
 
-def _self_command() -> list[str]:
-    """How to invoke this steptrace again: ``steptrace`` when that is the one on PATH,
-    else the command as it was invoked."""
-    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "steptrace"
-    on_path = shutil.which("steptrace")
-    if os.path.basename(argv0) == "__main__.py":  # python -m steptrace
-        executable = os.path.abspath(sys.executable)
-        if on_path and os.path.dirname(os.path.abspath(on_path)) == os.path.dirname(executable):
-            return ["steptrace"]
-        for name in ("python", "python3"):
-            found = shutil.which(name)
-            if found and os.path.abspath(found) == executable:
-                return [name, "-m", "steptrace"]
-        return [sys.executable, "-m", "steptrace"]
-    invoked = shutil.which(argv0) or argv0
-    if on_path and os.path.abspath(on_path) == os.path.abspath(invoked):
-        return ["steptrace"]
-    return [argv0]
-
-
 # --- run ----------------------------------------------------------------------------
 
 
@@ -172,7 +131,7 @@ def run_command(
     ] = "{}",
 ) -> None:
     """Run a @steptrace.workflow once and print its run id, status and output."""
-    workflow = _load_workflow(target)
+    workflow = load_workflow(target)
     try:
         spec = workflow_spec(workflow)
     except TypeError as exc:
@@ -184,7 +143,7 @@ def run_command(
         else:
             result = st.run(workflow, *args, **kwargs)
     finally:
-        _finish_recording()
+        finish_recording()
     with st.Store.open() as store:
         record = store.run(result.run_id)
         prefix = short_prefix(store, record.run_id)
@@ -195,7 +154,7 @@ def run_command(
     if record.status == "succeeded":
         console.print(Text("output", style="bold"))
         print_json(record.output)
-    command = [*_self_command(), *store_option()]
+    command = [*self_command(), *store_option()]
     show_command = shlex.join([*command, "show", prefix])
     console.print(Text.assemble(("show    ", "bold"), show_command), soft_wrap=True)
     if record.status != "succeeded":
@@ -205,54 +164,6 @@ def run_command(
         raise CLIError(
             f"run {prefix} failed: {error.get('type', 'Error')}: {error.get('message', '')}"
         )
-
-
-def _load_workflow(target: str) -> Callable[..., Any]:
-    """Import ``module:attr`` or ``path/to/file.py:attr`` (cwd on ``sys.path``)."""
-    location, sep, attr = target.rpartition(":")
-    if not sep or not location or not attr:
-        raise CLIError(f"{target!r} is not MODULE:WORKFLOW (e.g. myapp.flows:triage)")
-    if location.endswith(".py") or os.sep in location or "/" in location:
-        module = _import_file(location)
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(location)
-        except ModuleNotFoundError as exc:
-            if exc.name and location.startswith(exc.name):
-                raise CLIError(f"cannot import {location!r}: {exc}") from exc
-            raise
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"{location!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise CLIError(f"{target}: {attr!r} is not a @steptrace.workflow")
-    return typing.cast(Callable[..., Any], obj)
-
-
-def _import_file(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise CLIError(f"no such file: {path}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if directory not in sys.path:  # as `python path/to/file.py` would
-        sys.path.insert(0, directory)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    name = stem if stem.isidentifier() and stem not in sys.modules else "__steptrace_target__"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise CLIError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pydantic resolves the module's annotations through it
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
 
 
 def _arguments(
