@@ -287,6 +287,7 @@ def test_fork_with_input_prints_the_diff_against_the_source(recorded: Recorded) 
     assert f"fork of {recorded.done[:8]} at route#0" in out.splitlines()[0]
     assert "✓ succeeded" in out.splitlines()[1]
     assert "against the source run:" in out
+    assert "4 steps: 2 changed, 2 the same, 0 only in a, 0 only in b" in out  # reused: same
     assert "~ route#0" in out and "~ input.priority: 1 → 3" in out
     assert "~ output.priority: 1 → 3" in out
     assert "~ send#0" in out

@@ -228,3 +228,18 @@ def test_an_entry_point_that_cannot_be_imported_says_to_give_it() -> None:
         load_entry_point("__main__:triage")
     with pytest.raises(EntryPointError, match="--entry module:function"):
         load_entry_point("tests.test_regression:renamed")
+
+
+def test_the_steps_a_fork_reused_are_the_same_in_its_diff() -> None:
+    source = st.run(triage, TEXTS[0])
+    fork = st.fork(source.run_id, "route")
+    steps = {s["key"]: s for s in fork.diff()["steps"]}
+    # classify#0 is a copy of the recorded attempt, without the LLM call it made.
+    with st.Store.open() as store:
+        copy = store.run(fork.run_id).steps("classify")[0]
+    assert "steptrace.reused_from" in copy.attributes
+    assert {key: s["changed"] for key, s in steps.items()} == {
+        "normalize#0": False,
+        "classify#0": False,
+        "route#0": False,
+    }

@@ -8,7 +8,8 @@ final attempts' inputs, outputs, errors (without tracebacks) and LLM calls
 (model, params, messages, response): one change per differing leaf, addressed
 by a path such as ``output.classification`` or ``llm[0].messages[1].content``.
 Long or multi-line strings also get a line diff. Steps only one run has are
-listed as such, in the order the runs met them.
+listed as such, in the order the runs met them. A step a fork reused is a copy of
+its recorded attempt without the LLM calls it made: its LLM calls are not compared.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import orjson
 
 from steptrace.store.model import RunRecord, SpanView
 
+REUSED_FROM = "steptrace.reused_from"
+"""The attribute of a step attempt that is a copy of a recorded one (``fork``)."""
 LONG_STRING = 120
 """Strings longer than this (or with a newline) are also diffed line by line."""
 
@@ -211,6 +214,10 @@ def _content(step: _Step) -> dict[str, Any]:
     }
 
 
+def _reused(step: _Step) -> bool:
+    return REUSED_FROM in step.final.attributes
+
+
 def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else b - a
 
@@ -222,7 +229,13 @@ def _step_diff(key: str, a: _Step | None, b: _Step | None) -> StepDiff:
     final_b = b.final if b else None
     changes: list[Change] = []
     if a is not None and b is not None:
-        changes = json_diff(_content(a), _content(b))
+        content_a, content_b = _content(a), _content(b)
+        if _reused(a) or _reused(b):
+            # A copy of a recorded attempt (a fork's steps before its fork point) has the
+            # attempt's input and output, not its LLM calls: those were made in the
+            # source run, not in this one.
+            del content_a["llm"], content_b["llm"]
+        changes = json_diff(content_a, content_b)
     status: Pair = {
         "a": final_a.status if final_a else None,
         "b": final_b.status if final_b else None,
