@@ -91,9 +91,16 @@ def _not_whole(value: Any) -> str | None:
 # --- values back from the recording ---------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    # Under `from __future__ import annotations` each call evaluates every annotation's
+    # text again: once per function is enough (a failure is not cached: raised).
+    return typing.get_type_hints(fn)
+
+
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return _resolved_hints(fn)
     except Exception:  # forward references that do not resolve: values stay JSON
         return {}
 

@@ -435,6 +435,8 @@ def _replay_one(
 _ID_CHARS = 16
 """A run id in the lines of a regression replay: a prefix `show` and `diff` accept (64
 bits: unambiguous in any real store); --json has them whole."""
+_MESSAGE_CHARS = 200
+"""The message of a diverged or failed run in a regression replay's line is cut to this."""
 _VERDICT_STYLES = {"identical": "green", "changed": "yellow", "diverged": "red", "failed": "red"}
 
 
@@ -516,8 +518,9 @@ def _replay_many(
         line.append(v.verdict, style=_VERDICT_STYLES[v.verdict])
         if v.verdict == "changed":
             line.append(f" at {v.step or '(run)'}: {_compact(v)}")
-        elif v.message:
-            line.append(f" {('at ' + v.step + ': ') if v.step else ''}{v.message}")
+        elif v.message:  # cut to a line: --json and `replay RUN_ID` have it whole
+            at = f"at {v.step}: " if v.step else ""
+            line.append(f" {at}{abbrev(v.message, _MESSAGE_CHARS)}")
         console.print(line, soft_wrap=True)
 
     try:
