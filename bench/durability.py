@@ -82,7 +82,7 @@ def _workflows() -> dict[str, Callable[[dict[str, Any]], None]]:
     return made
 
 
-def _install_provider() -> Any:
+def install_provider() -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -169,7 +169,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def worker_local(store: str, args: argparse.Namespace) -> dict[str, Any]:
     """Parts (a) and (b), on a SQLite store."""
     os.environ["STEPTRACE_STORE"] = store
-    provider = _install_provider()
+    provider = install_provider()
     import orjson
     from opentelemetry import trace
 
@@ -218,7 +218,7 @@ def worker_local(store: str, args: argparse.Namespace) -> dict[str, Any]:
 def worker_backend(store: str, args: argparse.Namespace) -> dict[str, Any]:
     """Part (c): the levels on one store."""
     os.environ["STEPTRACE_STORE"] = store
-    provider = _install_provider()
+    provider = install_provider()
     workflows = _workflows()
     per_step = _per_step_rounds(workflows, None, args.backend_rounds, args.backend_workflows)
     provider.shutdown()
