@@ -16,6 +16,7 @@ import pytest
 
 import steptrace as st
 import steptrace.store
+from steptrace import regression
 from steptrace.provenance import EntryPointError, load_entry_point
 from steptrace.regression import Report, Verdict, replay_many, verdict
 
@@ -120,9 +121,12 @@ def test_runs_can_leave_out_forks_and_replays(store_url: str) -> None:
 # --- verdicts -------------------------------------------------------------------------------
 
 
-def test_a_code_change_is_reported_at_the_first_step_it_changes(store_url: str) -> None:
+def test_a_code_change_is_reported_at_the_first_step_it_changes(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = record(store_url)
     BEHAVIOUR["refund_queue"] = "refunds"
+    monkeypatch.setattr(regression, "BATCH_RUNS", 2)  # three batches
     seen: list[Verdict] = []
     report = replay_many("triage", last=10, on_verdict=seen.append)
     assert [v.source_run_id for v in report.verdicts] == ids[::-1]  # newest first
