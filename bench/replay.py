@@ -14,7 +14,8 @@ Each part runs in a fresh interpreter (``--worker``):
     OpenTelemetry SDK installed (a Python script or test), and under an SDK provider
     with a batch processor and a dropping exporter (an application, as in
     ``bench/overhead.py``); and ``steptrace replay --workflow W --last N --json`` as a
-    whole process (its start included), which installs the SDK as an application does.
+    whole process (its start included), which installs the SDK as an application does,
+    and with ``OTEL_SDK_DISABLED=true``, which keeps it from doing so.
 (c) **durable overhead per step**: the 10-step workflow at the default level (the run
     committed before its call returns) and with ``durable=True`` (each step committed
     before it returns), in interleaved rounds: the difference per step.
@@ -197,10 +198,13 @@ def worker_replay(store: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"runs_per_s": _spread(rates), "cpu_ms_per_run": _spread(cpu_ms)}
 
 
-def cli_replay(store: str, args: argparse.Namespace) -> dict[str, Any]:
+def cli_replay(store: str, args: argparse.Namespace, sdk: bool = True) -> dict[str, Any]:
     """``steptrace replay --workflow bench_ticket --last N --json`` as a process, over
-    fresh copies of the store; and with ``--last 1``, what a process costs anyway."""
+    fresh copies of the store; and with ``--last 1``, what a process costs anyway.
+    ``sdk=False``: with ``OTEL_SDK_DISABLED=true`` (no spans made for OpenTelemetry)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
+    if not sdk:
+        env["OTEL_SDK_DISABLED"] = "true"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (root, env.get("PYTHONPATH", "")) if p
@@ -329,26 +333,27 @@ def main() -> None:
             f"(b) regression replay of {recorded['runs']:,} recorded runs "
             f"(recorded in {recorded['record_s']:.1f} s)"
         )
-        api = _in_worker("replay", base, argv)
-        print(
-            f"    replay_many, no OpenTelemetry SDK : {_fmt(api['runs_per_s'], 0)} runs/s, "
-            f"{_fmt(api['cpu_ms_per_run'], 2)} ms CPU a run",
-            flush=True,
+        in_process = (
+            ("replay_many, no OpenTelemetry SDK", argv),
+            ("replay_many, SDK + dropping export", [*argv, "--sdk"]),
         )
-        sdk = _in_worker("replay", base, [*argv, "--sdk"])
-        print(
-            f"    replay_many, SDK + dropping export : {_fmt(sdk['runs_per_s'], 0)} runs/s, "
-            f"{_fmt(sdk['cpu_ms_per_run'], 2)} ms CPU a run",
-            flush=True,
-        )
-        cli = cli_replay(base, args)
-        print(
-            f"    steptrace replay --workflow (process): {_fmt(cli['runs_per_s'], 0)} runs/s "
-            f"({_fmt(cli['process_s'], 2)} s a process; --last 1: "
-            f"{_fmt(cli['one_run_process_s'], 2)} s; after that: "
-            f"{_fmt(cli['runs_per_s_after_start'], 0)} runs/s)",
-            flush=True,
-        )
+        for label, worker_argv in in_process:
+            replayed = _in_worker("replay", base, worker_argv)
+            print(
+                f"    {label:35}: {_fmt(replayed['runs_per_s'], 0)} runs/s, "
+                f"{_fmt(replayed['cpu_ms_per_run'], 2)} ms CPU a run",
+                flush=True,
+            )
+        processes = (("steptrace replay (a process)", True), ("  OTEL_SDK_DISABLED=true", False))
+        for label, with_sdk in processes:
+            cli = cli_replay(base, args, with_sdk)
+            print(
+                f"    {label:35}: {_fmt(cli['runs_per_s'], 0)} runs/s "
+                f"({_fmt(cli['process_s'], 2)} s a process; --last 1: "
+                f"{_fmt(cli['one_run_process_s'], 2)} s; after that: "
+                f"{_fmt(cli['runs_per_s_after_start'], 0)} runs/s)",
+                flush=True,
+            )
         c = _in_worker("durable", os.path.join(tmp, "durable.db"), argv)
         print("(c) durable=True against the default level, per step (in the workflow)")
         print(
