@@ -272,7 +272,35 @@ def worker_durable(store: str, args: argparse.Namespace) -> dict[str, Any]:
 
 # --- the driver ---------------------------------------------------------------------------
 
+
+def worker_bare(store: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The machine's speed that day: a bare OpenTelemetry span carrying ~1 KB in and out
+    (``bench/overhead.py``'s reference), in us."""
+    import orjson
+    from opentelemetry import trace
+
+    from bench.overhead import make_payload
+
+    provider = install_provider()
+    tracer = trace.get_tracer("bench")
+    payload = make_payload()
+
+    def rounds() -> float:
+        started = time.perf_counter()
+        for _ in range(2000):
+            with tracer.start_as_current_span("step") as span:
+                span.set_attribute("input", orjson.dumps({"value": payload}).decode())
+                span.set_attribute("output", orjson.dumps(payload).decode())
+        return (time.perf_counter() - started) / 2000 * 1e6
+
+    rounds()
+    spans = [rounds() for _ in range(args.rounds)]
+    provider.shutdown()
+    return {"bare_span_us": _spread(spans)}
+
+
 WORKERS = {
+    "bare": worker_bare,
     "resume": worker_resume,
     "record": worker_record,
     "replay": worker_replay,
@@ -318,6 +346,12 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="steptrace-replay-") as tmp:
+        bare = _in_worker("bare", os.path.join(tmp, "unused.db"), argv)
+        print(
+            f"(the machine: a bare OpenTelemetry span with ~1 KB in and out, "
+            f"{_fmt(bare['bare_span_us'])} us)",
+            flush=True,
+        )
         a = _in_worker("resume", os.path.join(tmp, "resume.db"), argv)
         ratio = statistics.median(a["ratios"])
         print("(a) resuming a durable run whose first 9 steps are recorded, against running it")
