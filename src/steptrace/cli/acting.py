@@ -77,9 +77,7 @@ def _request() -> Iterator[None]:
     runs."""
     try:
         yield
-    except CLIError as exc:
-        raise CLIError(str(exc), exit_code=2) from None
-    except (ReentryError, st.RunNotFound, QueryError) as exc:
+    except (CLIError, ReentryError, st.RunNotFound, QueryError) as exc:
         raise CLIError(str(exc), exit_code=2) from None
 
 
