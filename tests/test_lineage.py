@@ -1,0 +1,127 @@
+"""What shows a run's lineage, on each engine: ``Store.derived`` (the forks and replays
+made from a run), the lineage filters of ``Store.runs`` and ``steptrace runs``/``export``,
+``steptrace show``'s lineage lines and ``show --json``'s ``derived``, and the step paths
+a fork names a step by. The runs and their lineage are ``support/lineage_data.py``'s."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import steptrace as st
+from tests.support import lineage_data
+from tests.support.helpers import BACKENDS
+from tests.support.lineage_data import FORK_AT, GRANDCHILD_AT, NESTED_FORK_AT, Lineage
+
+DERIVED_KEYS = {"run_id", "workflow", "status", "started_at", "relation", "forked_at"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def lineage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lineage:
+    """The runs of ``lineage_data``, recorded once per module and engine (only read)."""
+    if request.param == "sqlite":
+        return lineage_data.record(tmp_path_factory.mktemp("lineage") / "lineage.db")
+    return lineage_data.record(request.getfixturevalue("new_postgres_database")())
+
+
+def ids(runs: list[st.RunRecord]) -> list[str]:
+    return [r.run_id for r in runs]
+
+
+# --- the Python API -----------------------------------------------------------------------
+
+
+def test_derived_lists_the_forks_and_replays_of_a_run_newest_first(lineage: Lineage) -> None:
+    with st.Store.open(lineage.url) as store:
+        derived = store.derived(lineage.source)
+        started = {r: store.run(r).started_at for r in (lineage.fork, lineage.replay)}
+        assert [(d["run_id"], d["relation"], d["forked_at"]) for d in derived] == [
+            (lineage.replay, "replay", None),
+            (lineage.nested_fork, "fork", NESTED_FORK_AT),
+            (lineage.fork, "fork", FORK_AT),
+        ]
+        assert all(set(d) == DERIVED_KEYS for d in derived)
+        assert {(d["workflow"], d["status"]) for d in derived} == {("ticket", "succeeded")}
+        assert derived[0]["started_at"] == started[lineage.replay]
+        assert derived[2]["started_at"] == started[lineage.fork]
+        # A fork of a fork is the fork's, not the source's; an id prefix names the run.
+        assert store.derived(lineage.fork[:10]) == [
+            {
+                "run_id": lineage.grandchild,
+                "workflow": "ticket",
+                "status": "succeeded",
+                "started_at": store.run(lineage.grandchild).started_at,
+                "relation": "fork",
+                "forked_at": GRANDCHILD_AT,
+            }
+        ]
+        assert store.derived(lineage.plain) == []
+        assert store.derived(lineage.replay) == []
+        with pytest.raises(st.RunNotFound, match="no run with id 'zzzz'"):
+            store.derived("zzzz")
+
+
+def test_runs_filters_choose_forks_replays_and_derived_runs(lineage: Lineage) -> None:
+    source, fork = lineage.source, lineage.fork
+    with st.Store.open(lineage.url) as store:
+        assert ids(store.runs(forked_from=source)) == [lineage.nested_fork, fork]
+        assert ids(store.runs(replay_of=source)) == [lineage.replay]
+        every = [lineage.grandchild, lineage.replay, lineage.nested_fork, fork]
+        assert ids(store.runs(derived=True)) == every
+        assert store.count_runs(derived=True) == len(every)
+        assert ids(store.runs(forked_from=fork)) == [lineage.grandchild]
+        assert ids(store.runs(derived=True, where="run.input.tone = formal")) == [fork]
+        assert ids(store.runs(derived=True, last=2, offset=1)) == every[1:3]
+        assert store.runs(forked_from=source, replay_of=source) == []
+        assert store.count_runs(forked_from=source) == 2
+        # The id is a bound value, never SQL text.
+        assert store.runs(forked_from="x' OR '1'='1") == []
+        assert store.runs(replay_of=f"{source}' OR replay_of IS NULL --") == []
+        out = io.BytesIO()
+        assert store.export(out, "jsonl", "runs", forked_from=source) == 2
+        exported = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert {r["run_id"] for r in exported} == {lineage.nested_fork, fork}
+
+
+def test_step_paths_name_a_nested_call_from_the_run(lineage: Lineage) -> None:
+    with st.Store.open(lineage.url) as store:
+        run = store.run(lineage.source)
+    paths = run.step_paths()
+    assert sorted(paths.values()) == sorted(
+        ["classify#0", "outer#0", "outer#0/inner#0", NESTED_FORK_AT, FORK_AT]
+    )
+    (second_inner,) = [s for s in run.steps("inner") if s.step_key == "inner#1"]
+    assert paths[second_inner.span_id] == NESTED_FORK_AT
+
+
+def test_the_calls_in_each_attempt_of_a_retried_call_are_under_its_key() -> None:
+    calls = []
+
+    @st.step
+    def leaf(n: int) -> int:
+        return n
+
+    @st.step(retries=2)
+    def branch() -> int:
+        calls.append(1)
+        total = leaf(1) + leaf(2)
+        if len(calls) < 2:
+            raise RuntimeError("once")
+        return total
+
+    @st.workflow
+    def tree() -> int:
+        return branch()
+
+    run = st.run(tree).record()
+    paths = run.step_paths()
+    leaves = run.steps("leaf")
+    assert len(leaves) == 4  # two calls in each of two attempts
+    # Under the parent call's key in both attempts (its own key, as recorded, counts
+    # the calls of the parent call).
+    assert [paths[s.span_id] for s in leaves] == [f"branch#0/{s.step_key}" for s in leaves]
+    assert {s.parent_span_id for s in leaves} == {s.span_id for s in run.steps("branch")}
+    assert {paths[s.span_id] for s in run.steps("branch")} == {"branch#0"}
+    assert not any(s.span_id in paths for s in run.spans if s.step_key is None)
