@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 
 import steptrace as st
 from tests.support import lineage_data
-from tests.support.helpers import BACKENDS
-from tests.support.lineage_data import FORK_AT, GRANDCHILD_AT, NESTED_FORK_AT, Lineage
+from tests.support.helpers import BACKENDS, steptrace_cli
+from tests.support.lineage_data import (
+    CODE_VERSION,
+    ENTRY_POINT,
+    FORK_AT,
+    GRANDCHILD_AT,
+    NESTED_FORK_AT,
+    RESUMES,
+    Lineage,
+)
 
 DERIVED_KEYS = {"run_id", "workflow", "status", "started_at", "relation", "forked_at"}
+LINEAGE_WORDS = ("forked from", "replay of", "resumed", "entry point", "code version", "derived")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -28,6 +38,10 @@ def lineage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def ids(runs: list[st.RunRecord]) -> list[str]:
     return [r.run_id for r in runs]
+
+
+def cli_json(*args: str, store: str) -> Any:
+    return json.loads(steptrace_cli(*args, "--json", store=store).stdout)
 
 
 # --- the Python API -----------------------------------------------------------------------
@@ -125,3 +139,84 @@ def test_the_calls_in_each_attempt_of_a_retried_call_are_under_its_key() -> None
     assert {s.parent_span_id for s in leaves} == {s.span_id for s in run.steps("branch")}
     assert {paths[s.span_id] for s in run.steps("branch")} == {"branch#0"}
     assert not any(s.span_id in paths for s in run.spans if s.step_key is None)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_runs_command_filters_by_lineage(lineage: Lineage) -> None:
+    url = lineage.url
+    forks = cli_json("runs", "--forked-from", lineage.source[:8], store=url)
+    assert [r["run_id"] for r in forks] == [lineage.nested_fork, lineage.fork]
+    assert [(r["forked_from"], r["forked_at"]) for r in forks] == [
+        (lineage.source, NESTED_FORK_AT),
+        (lineage.source, FORK_AT),
+    ]
+    replays = cli_json("runs", "--replay-of", lineage.source, store=url)
+    assert [r["run_id"] for r in replays] == [lineage.replay]
+    derived = cli_json("runs", "--derived", store=url)
+    assert [r["run_id"] for r in derived] == [
+        lineage.grandchild,
+        lineage.replay,
+        lineage.nested_fork,
+        lineage.fork,
+    ]
+    both = cli_json("runs", "--derived", "--forked-from", lineage.fork, store=url)
+    assert [r["run_id"] for r in both] == [lineage.grandchild]
+    none = steptrace_cli("runs", "--replay-of", lineage.plain, store=url)
+    assert "no matching runs" in none.stdout
+    unknown = steptrace_cli("runs", "--forked-from", "zzzz", store=url, returncode=1)
+    assert unknown.stderr.strip().splitlines() == [f"error: no run with id 'zzzz' in {url}"]
+    jsonl = steptrace_cli(
+        "export", "-t", "runs", "--derived", "--replay-of", lineage.source, store=url
+    )
+    assert [json.loads(line)["run_id"] for line in jsonl.stdout.splitlines()] == [lineage.replay]
+
+
+def _run_lines(out: str) -> list[str]:
+    """``show``'s lines from the run's header to its input (its lineage lines)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    end = next(i for i, line in enumerate(lines) if "input {" in line)
+    return [line.lstrip("│├└─ ") for line in lines[start + 1 : end]]
+
+
+def test_show_says_where_a_run_came_from_and_what_was_made_from_it(lineage: Lineage) -> None:
+    url = lineage.url
+    source = _run_lines(steptrace_cli("show", lineage.source, store=url).stdout)
+    assert source == [
+        f"resumed {RESUMES} times",
+        f"entry point {ENTRY_POINT}",
+        "code version git 1a2b3c4d, package 2.3.1, steptrace 0.1.0",
+        "derived runs:",
+        f"{lineage.replay}  replay  ✓ succeeded",
+        f"{lineage.nested_fork}  fork at {NESTED_FORK_AT}  ✓ succeeded",
+        f"{lineage.fork}  fork at {FORK_AT}  ✓ succeeded",
+    ]
+    fork = _run_lines(steptrace_cli("show", lineage.fork[:12], store=url).stdout)
+    assert fork == [
+        f"forked from {lineage.source} at {FORK_AT}",
+        "derived runs:",
+        f"{lineage.grandchild}  fork at {GRANDCHILD_AT}  ✓ succeeded",
+    ]
+    replay = _run_lines(steptrace_cli("show", lineage.replay, store=url).stdout)
+    assert replay == [f"replay of {lineage.source}"]
+    plain = steptrace_cli("show", lineage.plain, store=url).stdout
+    assert _run_lines(plain) == []
+    assert not [word for word in LINEAGE_WORDS if word in plain]
+
+
+def test_show_json_is_the_run_and_the_runs_made_from_it(lineage: Lineage) -> None:
+    data = cli_json("show", lineage.source, store=lineage.url)
+    with st.Store.open(lineage.url) as store:
+        expected = store.run(lineage.source).to_dict() | {"derived": store.derived(lineage.source)}
+    assert data == json.loads(json.dumps(expected))
+    assert [d["run_id"] for d in data["derived"]] == [
+        lineage.replay,
+        lineage.nested_fork,
+        lineage.fork,
+    ]
+    assert (data["resume_count"], data["entry_point"]) == (RESUMES, ENTRY_POINT)
+    assert data["code_version"] == CODE_VERSION
+    plain = cli_json("show", lineage.plain, store=lineage.url)
+    assert plain["derived"] == [] and plain["forked_from"] is None
