@@ -120,7 +120,7 @@ def test_threads_started_with_copy_context_have_the_right_parent_and_input(
         (4, 400),
     ]
     assert {s.parent_span_id for s in works} == {parent.span_id}
-    assert sorted(s.step_key or "" for s in works) == [f"work#{n}" for n in range(4)]
+    assert sorted(s.step_key or "" for s in works) == [f"fan_out#0/work#{n}" for n in range(4)]
     spans = exported()
     for s in works:
         assert parent_hex(spans[s.span_id]) == parent.span_id

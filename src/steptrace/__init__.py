@@ -1,11 +1,21 @@
 """steptrace: a Python runtime for AI workflows that traces every run at the step level."""
 
 from steptrace import llm
+from steptrace.acting import afork, areplay, aresume, fork, replay, resume
 from steptrace.config import Config
 from steptrace.configure import configure
 from steptrace.decorators import RunResult, arun, last_run, run, step, tool, workflow
-from steptrace.errors import ConfigError, QueryError, RunNotFound, SteptraceError
+from steptrace.errors import (
+    ConfigError,
+    DivergenceError,
+    QueryError,
+    ReentryError,
+    ReplayMismatch,
+    RunNotFound,
+    SteptraceError,
+)
 from steptrace.instrument import instrument
+from steptrace.reentry import is_replay
 from steptrace.runtime import current_run_id, current_traceparent
 from steptrace.spec import Backoff
 from steptrace.store import Store
@@ -16,7 +26,10 @@ __all__ = [
     "Backoff",
     "Config",
     "ConfigError",
+    "DivergenceError",
     "QueryError",
+    "ReentryError",
+    "ReplayMismatch",
     "RunNotFound",
     "RunRecord",
     "RunResult",
@@ -24,15 +37,22 @@ __all__ = [
     "SteptraceError",
     "Store",
     "__version__",
+    "afork",
+    "areplay",
+    "aresume",
     "arun",
     "configure",
     "current_run_id",
     "current_traceparent",
     "flush",
+    "fork",
     "health",
     "instrument",
+    "is_replay",
     "last_run",
     "llm",
+    "replay",
+    "resume",
     "run",
     "step",
     "tool",

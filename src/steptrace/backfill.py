@@ -8,8 +8,6 @@ values capped at ``export_value_bytes``; log records as ``log`` events.
 
 from __future__ import annotations
 
-import calendar
-import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,16 +20,10 @@ from steptrace.config import get_config
 from steptrace.masking import mask_url
 from steptrace.otel import conventions
 from steptrace.store.model import RunRecord, SpanView
+from steptrace.store.sqlite import ns_from_iso
 
 _BATCH = 512
 _SCOPE = InstrumentationScope("steptrace")
-
-
-def _ns(iso: str | None) -> int | None:
-    if not iso:
-        return None
-    moment = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ")
-    return calendar.timegm(moment.utctimetuple()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 def _context(trace_id: str, span_id: str) -> SpanContext:
@@ -48,7 +40,7 @@ def _events(logs: Iterable[dict[str, Any]]) -> list[Event]:
                 entry.get("message", ""),
                 entry.get("exception"),
             ),
-            timestamp=_ns(entry.get("ts")),
+            timestamp=ns_from_iso(entry.get("ts")),
         )
         for entry in logs
     ]
@@ -95,8 +87,8 @@ def _readable_span(
         links=links,
         kind=conventions.span_kind(facts.kind),
         status=conventions.span_status(facts),
-        start_time=_ns(started_at),
-        end_time=_ns(ended_at) or _ns(started_at),
+        start_time=ns_from_iso(started_at),
+        end_time=ns_from_iso(ended_at) or ns_from_iso(started_at),
         instrumentation_scope=_SCOPE,
     )
 

@@ -7,12 +7,15 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from steptrace import runtime
 from steptrace.runtime import RunScope, run_step_async, run_step_sync
 from steptrace.spec import Backoff, Spec
 from steptrace.store.model import RunRecord
+
+if TYPE_CHECKING:
+    from steptrace.query.diff import RunDiff
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -106,13 +109,26 @@ def step(
 @overload
 def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
-def tool(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+def tool(
+    *, name: str | None = None, side_effects: bool = False
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    side_effects: bool = False,
+) -> Any:
     """Mark a function (sync or async) as a tool: each call is recorded with its
-    request (the arguments) and response (the return value)."""
+    request (the arguments) and response (the return value).
+
+    ``side_effects=True`` marks a tool that changes the world (sends, pays, writes): a
+    replay never executes it again, answering from the recording (or failing when the
+    recording has no answer), unless asked with ``tools="all"``.
+    """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(Spec(f, "tool", name))
+        return _wrap(Spec(f, "tool", name, side_effects=side_effects))
 
     return decorate(fn) if fn is not None else decorate
 
@@ -122,12 +138,15 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) ->
 
 @dataclass
 class RunResult:
-    """What ``run()`` returns: the run's id and outcome, whether it succeeded or not."""
+    """What ``run()`` (and ``resume``, ``fork``, ``replay``) return: the run's id and
+    outcome, whether it succeeded or not; for a derived run, the run it came from."""
 
     run_id: str
     status: str
     output: Any = None
     exception: BaseException | None = None
+    source_run_id: str | None = None
+    """The run this one was forked from or replays (None for a new or resumed run)."""
 
     def record(self) -> RunRecord:
         """The stored run (a ``RunRecord``), read from the configured store."""
@@ -135,6 +154,16 @@ class RunResult:
 
         with Store.open() as store:
             return store.run(self.run_id)
+
+    def diff(self) -> RunDiff:
+        """The step-by-step diff of the source run (a) against this one (b): what a fork
+        or a replay changed. ``ValueError`` for a run that has no source."""
+        from steptrace.store import Store
+
+        if self.source_run_id is None:
+            raise ValueError(f"run {self.run_id} was not forked or replayed: it has no source")
+        with Store.open() as store:
+            return store.diff(self.source_run_id, self.run_id)
 
 
 def workflow_spec(fn: Callable[..., Any]) -> Spec:
@@ -159,17 +188,41 @@ def run(
     spec = workflow_spec(workflow)
     if inspect.iscoroutinefunction(spec.fn):
         raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
-    scope = RunScope(spec, args, kwargs, traceparent)
+    return execute(RunScope(spec, args, kwargs, traceparent), args, kwargs)
+
+
+def execute(scope: RunScope, args: Sequence[Any], kwargs: dict[str, Any]) -> RunResult:
+    """Call the workflow of a started run and finish the run: its ``RunResult``."""
+    reentry = scope.run.reentry
+    source = None if reentry is None or reentry.mode == "resume" else reentry.source_id
+    run_id = scope.run.state.run_id
     try:
-        output = spec.fn(*args, **kwargs)
+        output = scope.spec.fn(*args, **kwargs)
     except Exception as exc:
         scope.finish(error=exc)
-        return RunResult(scope.run.state.run_id, "failed", None, exc)
+        return RunResult(run_id, "failed", None, exc, source)
     except BaseException as exc:
         scope.finish(error=exc)
         raise
     scope.finish(output)
-    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+    return RunResult(run_id, "succeeded", output, None, source)
+
+
+async def aexecute(scope: RunScope, args: Sequence[Any], kwargs: dict[str, Any]) -> RunResult:
+    """``execute`` for an async workflow."""
+    reentry = scope.run.reentry
+    source = None if reentry is None or reentry.mode == "resume" else reentry.source_id
+    run_id = scope.run.state.run_id
+    try:
+        output = await scope.spec.fn(*args, **kwargs)
+    except Exception as exc:
+        await scope.afinish(error=exc)
+        return RunResult(run_id, "failed", None, exc, source)
+    except BaseException as exc:
+        await scope.afinish(error=exc)
+        raise
+    await scope.afinish(output)
+    return RunResult(run_id, "succeeded", output, None, source)
 
 
 async def arun(
@@ -181,17 +234,7 @@ async def arun(
 ) -> RunResult:
     """The async twin of ``run``."""
     spec = workflow_spec(workflow)
-    scope = RunScope(spec, args, kwargs, traceparent)
-    try:
-        output = await spec.fn(*args, **kwargs)
-    except Exception as exc:
-        await scope.afinish(error=exc)
-        return RunResult(scope.run.state.run_id, "failed", None, exc)
-    except BaseException as exc:
-        await scope.afinish(error=exc)
-        raise
-    await scope.afinish(output)
-    return RunResult(scope.run.state.run_id, "succeeded", output, None)
+    return await aexecute(RunScope(spec, args, kwargs, traceparent), args, kwargs)
 
 
 def last_run() -> RunRecord | None:

@@ -9,6 +9,8 @@ of configuring steptrace and of asking the store questions.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SteptraceError(Exception):
     """The base of every error steptrace raises to its callers."""
@@ -35,10 +37,42 @@ class ProviderNotInstalled(SteptraceError, ImportError):
     """An LLM provider's SDK (``openai``, ``anthropic``) is not installed."""
 
 
+class ReentryError(SteptraceError, RuntimeError):
+    """A recorded run cannot be resumed, forked or replayed as asked (it succeeded
+    already, its workflow cannot be imported, its input was not recorded in full…)."""
+
+
+class DivergenceError(ReentryError):
+    """Today's code calls steps in another order than the recorded run did: raised at
+    the step where it diverged (``step``, its 1-based ``position`` in its parent, and
+    the step the recording has there)."""
+
+    def __init__(self, message: str, *, step: str, position: int, recorded: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.position = position
+        self.recorded = recorded
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_divergence, (str(self), self.step, self.position, self.recorded))
+
+
+def _divergence(message: str, step: str, position: int, recorded: str) -> DivergenceError:
+    return DivergenceError(message, step=step, position=position, recorded=recorded)
+
+
+class ReplayMismatch(ReentryError):
+    """A replayed call has no recorded answer and may not run live (``strict=True``, or
+    a tool with ``side_effects=True``)."""
+
+
 __all__ = [
     "ConfigError",
+    "DivergenceError",
     "ProviderNotInstalled",
     "QueryError",
+    "ReentryError",
+    "ReplayMismatch",
     "RunNotFound",
     "SchemaTooNew",
     "SteptraceError",

@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pydantic
@@ -41,7 +41,11 @@ from steptrace.record import (
     to_json,
 )
 from steptrace.spec import Spec
+from steptrace.store.sqlite import ns_from_iso
 from steptrace.store.writer import Sink, get_sink
+
+if TYPE_CHECKING:
+    from steptrace.reentry import Decision, Reentry
 
 # --- run context --------------------------------------------------------------------
 
@@ -49,14 +53,17 @@ from steptrace.store.writer import Sink, get_sink
 class Run:
     """The live state of one run."""
 
-    __slots__ = ("_counts", "_lock", "durable", "sink", "state", "tool_calls")
+    __slots__ = ("_lock", "durable", "reentry", "sink", "state", "tool_calls")
 
-    def __init__(self, state: RunState, sink: Sink, durable: str) -> None:
+    def __init__(
+        self, state: RunState, sink: Sink, durable: str, reentry: Reentry | None = None
+    ) -> None:
         self.state = state
         self.sink = sink
         self.durable = durable
         """``"run"``, ``"step"`` or ``"off"``: when its records are committed."""
-        self._counts: dict[str, int] = {}
+        self.reentry = reentry
+        """How this run re-enters a recorded one (resume, fork, replay), or None."""
         self._lock = threading.Lock()
         self.tool_calls: list[Any] = []
         """Tool calls models asked for that no ``@tool`` has executed yet."""
@@ -78,12 +85,19 @@ class Run:
             self.tool_calls.remove(chosen)
             return str(chosen.id)
 
-    def next_key(self, name: str) -> str:
-        """``name#n``: the stable key of the n-th occurrence of a step in this run."""
+    def next_key(self, parent: Frame, name: str) -> tuple[str, int]:
+        """The stable key of a step called in ``parent`` — ``name#n`` for its n-th call
+        there, under the parent step's key (``outer#0/inner#1``) — and its position among
+        the steps called in ``parent``."""
         with self._lock:
-            n = self._counts.get(name, 0)
-            self._counts[name] = n + 1
-        return f"{name}#{n}"
+            counts = parent.children
+            if counts is None:
+                counts = parent.children = {}
+            position = sum(counts.values())
+            n = counts.get(name, 0)
+            counts[name] = n + 1
+        key = f"{name}#{n}" if parent.key is None else f"{parent.key}/{name}#{n}"
+        return key, position
 
 
 _last_run_id: str | None = None
@@ -147,7 +161,7 @@ class ActiveSpan:
             run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
         )
         self.record.logs = []
-        self.frame = Frame(run, span_id, self.record.logs, kind)
+        self.frame = Frame(run, span_id, self.record.logs, kind, key, attempt)
         self.token = current_frame.set(self.frame)
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 
@@ -212,16 +226,26 @@ def _raw_output(frame: Frame, exc: BaseException) -> Any:
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 
-    __slots__ = ("active", "input_json", "key", "parent", "spec", "tool_call_id")
+    __slots__ = (
+        "active",
+        "flag",
+        "input_json",
+        "key",
+        "parent",
+        "position",
+        "spec",
+        "tool_call_id",
+    )
 
     def __init__(self, spec: Spec, parent: Frame, args: tuple[Any, ...], kw: dict[str, Any]):
         self.spec = spec
         self.parent = parent
         run = parent.run
-        self.key = run.next_key(spec.name)
+        self.key, self.position = run.next_key(parent, spec.name)
         arguments = spec.bind(args, kw)
         self.input_json = to_json(arguments)  # redacted (and hashed) later, by the writer
         self.active: ActiveSpan | None = None
+        self.flag: dict[str, Any] | None = None
         self.tool_call_id = (
             run.claim_tool_call(spec.name, orjson.loads(self.input_json))
             if spec.kind == "tool" and run.tool_calls
@@ -238,9 +262,46 @@ class _Call:
         record = active.record
         record.input = self.input_json
         record.raw = True
-        if self.tool_call_id is not None:
-            record.attributes = encode({"gen_ai.tool.call.id": self.tool_call_id})
+        if self.tool_call_id is not None or self.flag:
+            attributes = dict(self.flag or {})
+            if self.tool_call_id is not None:
+                attributes["gen_ai.tool.call.id"] = self.tool_call_id
+            record.attributes = encode(attributes)
         self.active = active
+
+    def reenter(
+        self, reentry: Reentry, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Decision | None, int, tuple[Any, ...], dict[str, Any]]:
+        """What the call does in a re-entered run: a recorded ``Decision`` (return its
+        value), or execute from this attempt number with these arguments."""
+        decision = reentry.step(self.spec, self.key, self.position, self.input_json)
+        if decision is not None:
+            if not decision.live:
+                return decision, 0, args, kwargs
+            self.flag = decision.flag
+        new_args, new_kwargs = reentry.fork_arguments(self.spec, self.key, args, kwargs)
+        if new_args is not args or new_kwargs is not kwargs:
+            self.input_json = to_json(self.spec.bind(tuple(new_args), new_kwargs))
+        return None, reentry.first_attempt(self.key), tuple(new_args), new_kwargs
+
+    def recorded(self, decision: Decision) -> Any:
+        """Return a recorded value instead of executing; a fork records a copy of the
+        recorded attempt (marked ``steptrace.reused_from``)."""
+        source = decision.copy
+        if source is not None:
+            kind = "tool" if self.spec.kind == "tool" else "step"
+            active = ActiveSpan(
+                self.parent, kind, self.spec.name, self.spec.otel_name, source.attempt, self.key
+            )
+            record = active.record
+            record.input = orjson.dumps(source.input)
+            record.input_hash = source.input_hash
+            record.output = orjson.dumps(source.output)
+            record.attributes = encode(decision.flag)
+            record.status = "succeeded"
+            active.detach()
+            active.finish()
+        return decision.value
 
     def succeed(self, result: Any) -> Any:
         active = cast(ActiveSpan, self.active)
@@ -270,10 +331,14 @@ class _Call:
         active.finish(exc)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
-        """Seconds to wait before the next attempt, or None when this was the last."""
+        """Seconds to wait before the ``attempt``-th try's next, or None when this was the
+        last (a replay does not wait)."""
         spec = self.spec
         if attempt >= spec.max_attempts or not isinstance(exc, spec.retry_on):
             return None
+        reentry = self.parent.run.reentry
+        if reentry is not None and reentry.mode == "replay":
+            return 0.0
         return spec.backoff.delay_s(attempt)
 
 
@@ -287,7 +352,15 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return _untraced_sync(spec, args, kwargs)
     call = _Call(spec, parent, args, kwargs)
     run = parent.run
-    attempt = 1
+    first = 1
+    if run.reentry is not None:
+        decision, first, args, kwargs = call.reenter(run.reentry, args, kwargs)
+        if decision is not None:
+            value = call.recorded(decision)
+            if run.durable == "step" and decision.copy is not None:
+                run.sink.commit()
+            return value
+    attempt = first
     while True:
         call.begin(attempt)
         try:
@@ -296,7 +369,7 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             call.fail(exc)
             if run.durable == "step":
                 run.sink.commit()
-            delay = call.retry_delay(exc, attempt)
+            delay = call.retry_delay(exc, attempt - first + 1)
             if delay is None:
                 raise
             time.sleep(delay)
@@ -307,7 +380,7 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         except pydantic.ValidationError as exc:
             if run.durable == "step":
                 run.sink.commit()
-            delay = call.retry_delay(exc, attempt)
+            delay = call.retry_delay(exc, attempt - first + 1)
             if delay is None:
                 raise
             time.sleep(delay)
@@ -327,7 +400,15 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
         return await _untraced_async(spec, args, kwargs)
     call = _Call(spec, parent, args, kwargs)
     run = parent.run
-    attempt = 1
+    first = 1
+    if run.reentry is not None:
+        decision, first, args, kwargs = call.reenter(run.reentry, args, kwargs)
+        if decision is not None:
+            value = call.recorded(decision)
+            if run.durable == "step" and decision.copy is not None:
+                await run.sink.acommit()
+            return value
+    attempt = first
     while True:
         call.begin(attempt)
         try:
@@ -336,7 +417,7 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
             call.fail(exc)
             if run.durable == "step":
                 await run.sink.acommit()
-            delay = call.retry_delay(exc, attempt)
+            delay = call.retry_delay(exc, attempt - first + 1)
             if delay is None:
                 raise
             await asyncio.sleep(delay)
@@ -347,7 +428,7 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
         except pydantic.ValidationError as exc:
             if run.durable == "step":
                 await run.sink.acommit()
-            delay = call.retry_delay(exc, attempt)
+            delay = call.retry_delay(exc, attempt - first + 1)
             if delay is None:
                 raise
             await asyncio.sleep(delay)
@@ -386,9 +467,15 @@ async def _untraced_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 class RunScope:
-    """Starts a run (root span, ``runs`` row) and finishes it."""
+    """Starts a run (root span, ``runs`` row) and finishes it.
 
-    __slots__ = ("otel", "otel_token", "run", "spec", "token")
+    A run that re-enters a recording (``reentry``) records where it came from: a fork
+    or replay is a new run whose root span links to the source run's; a resumed run
+    keeps its id, trace and root span, and its new incarnation is a ``resume`` span
+    under the root (the OTel span of that incarnation, with the run's new outcome).
+    """
+
+    __slots__ = ("incarnation", "otel", "otel_token", "run", "spec", "token")
 
     def __init__(
         self,
@@ -396,6 +483,7 @@ class RunScope:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         traceparent: str | None = None,
+        reentry: Reentry | None = None,
     ) -> None:
         sink = get_sink()
         durable = spec.durable or get_config().durability()  # ConfigError before any span
@@ -403,10 +491,48 @@ class RunScope:
         if get_config().capture_foreign_spans:
             ensure_collector()
         start_ns = time.time_ns()
+        self.incarnation: SpanRecord | None = None
+        if reentry is not None and reentry.mode == "resume":
+            state, span = self._resume(spec, reentry, start_ns)
+        else:
+            state, span = self._start(spec, args, kwargs, traceparent, reentry, start_ns)
+        state.entry_point = spec.entry_point
+        state.code_version = spec.code_version()
+        state.durability = durable
+        state.logs = []
+        self.spec = spec
+        self.otel = span
+        self.run = Run(state, sink, durable, reentry)
+        sink.begin_run(state)
+        frame_span = state.span_id if self.incarnation is None else self.incarnation.span_id
+        if self.incarnation is not None:
+            sink.commit()  # running again, at once: no recoverer takes it meanwhile
+        self.token = current_frame.set(Frame(self.run, frame_span, state.logs))
+        self.otel_token = otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def _start(
+        spec: Spec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        traceparent: str | None,
+        reentry: Reentry | None,
+        start_ns: int,
+    ) -> tuple[RunState, Span]:
         # The parent: a W3C traceparent carried in from elsewhere, else the active span.
         parent = None if traceparent is None else context_from_traceparent(traceparent)
         parent_ctx = trace.get_current_span(parent).get_span_context()
-        span = tracer().start_span(spec.otel_name, context=parent, start_time=start_ns)
+        links = None
+        if reentry is not None:
+            source = reentry.recording.run
+            relation = "forked_from" if reentry.mode == "fork" else "replay_of"
+            links = [
+                Link(
+                    _span_context(source.trace_id, source.span_id),
+                    {"steptrace.link.type": relation, "steptrace.run.id": source.run_id},
+                )
+            ]
+        span = tracer().start_span(spec.otel_name, context=parent, start_time=start_ns, links=links)
         trace_id, span_id = span_ids(span)
         state = RunState(
             run_id=new_run_id(),
@@ -422,13 +548,46 @@ class RunScope:
             state.parent_trace_id = format(parent_ctx.trace_id, "032x")
             state.parent_span_id = format(parent_ctx.span_id, "016x")
             state.trace_id = state.parent_trace_id
-        state.logs = []
-        self.spec = spec
-        self.otel = span
-        self.run = Run(state, sink, durable)
-        sink.begin_run(state)
-        self.token = current_frame.set(Frame(self.run, span_id, state.logs))
-        self.otel_token = otel_context.attach(trace.set_span_in_context(span))
+        if reentry is not None:
+            if reentry.mode == "fork":
+                state.forked_from = reentry.source_id
+                state.forked_at = reentry.from_step
+            else:
+                state.replay_of = reentry.source_id
+        return state, span
+
+    def _resume(self, spec: Spec, reentry: Reentry, start_ns: int) -> tuple[RunState, Span]:
+        source = reentry.recording.run
+        root = trace.set_span_in_context(
+            trace.NonRecordingSpan(_span_context(source.trace_id, source.span_id))
+        )
+        span = tracer().start_span(spec.otel_name, context=root, start_time=start_ns)
+        _, span_id = span_ids(span)
+        state = RunState(
+            run_id=source.run_id,
+            workflow=source.workflow,
+            trace_id=source.trace_id,
+            span_id=source.span_id,
+            start_ns=ns_from_iso(source.started_at) or start_ns,
+            parent_trace_id=source.parent_trace_id,
+            parent_span_id=source.parent_span_id,
+            raw=True,
+            resume_count=source.resume_count + 1,
+            forked_from=source.forked_from,
+            forked_at=source.forked_at,
+            replay_of=source.replay_of,
+        )
+        self.incarnation = SpanRecord(
+            source.run_id,
+            span_id,
+            source.span_id,
+            "other",
+            "resume",
+            start_ns,
+            attempt=state.resume_count,
+            attributes=encode({"steptrace.run.resume_count": state.resume_count}),
+        )
+        return state, span
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         """Record the run's end and, unless it is fire-and-forget, commit it: when this
@@ -456,8 +615,20 @@ class RunScope:
             state.status = "failed"
             state.error = error_json(error, validation=isinstance(error, pydantic.ValidationError))
         _defer_span(state, self.otel, error)
+        incarnation = self.incarnation
+        if incarnation is not None:  # its OTel span is the run's, ended above
+            incarnation.end_ns = state.end_ns
+            incarnation.status = state.status
+            incarnation.error = state.error
+            self.run.sink.put(incarnation)
         self.run.sink.end_run(state)
         _last_run_id = state.run_id
+
+
+def _span_context(trace_id: str, span_id: str) -> trace.SpanContext:
+    return trace.SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=trace.TraceFlags(1)
+    )
 
 
 def _workflow_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ import pydantic
 
 from steptrace.config import durability_level
 from steptrace.otel import conventions
+from steptrace.provenance import code_version_json, entry_point
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Spec:
         "adapter",
         "backoff",
         "durable",
+        "entry_point",
         "fn",
         "kind",
         "max_attempts",
@@ -46,7 +48,9 @@ class Spec:
         "otel_name",
         "params",
         "positional_names",
+        "provenance",
         "retry_on",
+        "side_effects",
         "signature",
         "skip_first",
         "tags",
@@ -63,6 +67,7 @@ class Spec:
         output: Any = None,
         tags: Sequence[str] = (),
         durable: bool | str | None = None,
+        side_effects: bool = False,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries}: must be >= 0")
@@ -83,6 +88,17 @@ class Spec:
         self.positional_names = tuple(params) if plain and not self.skip_first else None
         self.tags = tuple(tags)
         self.durable = None if durable is None else durability_level(durable)
+        self.side_effects = side_effects
+        self.entry_point = entry_point(fn)
+        self.provenance: bytes | None = None
+        """A tool that changes the world: never executed again from a recording."""
+
+    def code_version(self) -> bytes:
+        """The stored ``code_version`` of the function (computed at its first run)."""
+        version = self.provenance
+        if version is None:
+            version = self.provenance = code_version_json(self.fn)
+        return version
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults included."""

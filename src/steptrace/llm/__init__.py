@@ -58,6 +58,9 @@ def chat(model: str, messages: Sequence[Message], **params: Any) -> Reply:
     span = LLMSpan.start(provider_name, name, messages, params)
     if span is None:
         return _priced(provider_name, name, provider.complete(name, messages, params))
+    recorded = span.recorded_reply(messages)
+    if recorded is not None:
+        return span.succeed(recorded)
     try:
         reply = provider.complete(name, messages, params)
     except BaseException as exc:
@@ -73,6 +76,9 @@ async def achat(model: str, messages: Sequence[Message], **params: Any) -> Reply
     span = LLMSpan.start(provider_name, name, messages, params)
     if span is None:
         return _priced(provider_name, name, await provider.acomplete(name, messages, params))
+    recorded = span.recorded_reply(messages)
+    if recorded is not None:
+        return span.succeed(recorded)
     try:
         reply = await provider.acomplete(name, messages, params)
     except BaseException as exc:

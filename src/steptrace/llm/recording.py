@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from steptrace.llm.types import Reply
 from steptrace.otel import conventions
@@ -26,6 +26,7 @@ class LLMSpan:
         "active",
         "attached",
         "first_chunk_ns",
+        "index",
         "model",
         "parent",
         "provider",
@@ -33,6 +34,7 @@ class LLMSpan:
 
     active: Any
     parent: Any
+    index: int
     provider: str
     model: str
 
@@ -66,6 +68,8 @@ class LLMSpan:
             return None
         call = cls()
         call.parent = parent
+        call.index = parent.llm_calls  # its place among the calls of its step attempt
+        parent.llm_calls += 1
         call.provider = provider
         call.model = model
         name = conventions.llm_span_name(operation, model)
@@ -74,6 +78,24 @@ class LLMSpan:
         record.input = encode({"messages": list(messages), "params": params})
         record.llm = LLMUsage(provider=provider, model=model, params=encode(params))
         return call
+
+    def recorded_reply(self, messages: Sequence[Any]) -> Reply | None:
+        """In a replay (or a fork with ``llm="recorded"``): the recorded reply this call
+        gets instead of calling the model, or None (call it; marked when it should
+        have had one). Raises ``ReplayMismatch`` under ``strict``."""
+        reentry = self.parent.run.reentry
+        if reentry is None:
+            return None
+        try:
+            reply, attributes = reentry.llm_answer(
+                self.parent, self.index, self.provider, self.model, messages
+            )
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        if attributes:
+            self.active.record.attributes = encode(attributes)
+        return cast("Reply | None", reply)
 
     def first_chunk(self) -> None:
         """Note the arrival of a stream's first chunk (time to first chunk)."""

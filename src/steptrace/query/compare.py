@@ -283,7 +283,7 @@ def compare_run(db: Reader, run_id: str, baseline: int = 100) -> Comparison:
             add(
                 order,
                 {
-                    "step": key.rsplit("#", 1)[0],
+                    "step": key.rpartition("/")[2].rsplit("#", 1)[0],
                     "key": key,
                     "kind": "missing_step",
                     "detail": f"did not run; it ran in {share:.0%} of the baseline runs",

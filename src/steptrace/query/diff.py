@@ -182,14 +182,18 @@ def _llm_view(span: SpanView) -> dict[str, Any]:
     }
 
 
-def _content(step: _Step) -> dict[str, Any]:
+def _content(step: _Step, *, llm: bool = True) -> dict[str, Any]:
     final = step.final
-    return {
-        "input": final.input,
-        "output": final.output,
-        "error": _error(final.error),
-        "llm": [_llm_view(s) for s in step.llm],
-    }
+    content = {"input": final.input, "output": final.output, "error": _error(final.error)}
+    if llm:
+        content["llm"] = [_llm_view(s) for s in step.llm]
+    return content
+
+
+def _reused(step: _Step | None) -> bool:
+    """A fork's copy of a recorded step (``steptrace.reused_from``): it made no LLM calls
+    and has one attempt, whatever the recorded one made and had."""
+    return step is not None and "steptrace.reused_from" in step.final.attributes
 
 
 def _delta(a: float | None, b: float | None) -> float | None:
@@ -202,8 +206,9 @@ def _step_diff(key: str, a: _Step | None, b: _Step | None) -> StepDiff:
     final_a = a.final if a else None
     final_b = b.final if b else None
     changes: list[Change] = []
+    reused = _reused(a) or _reused(b)
     if a is not None and b is not None:
-        changes = json_diff(_content(a), _content(b))
+        changes = json_diff(_content(a, llm=not reused), _content(b, llm=not reused))
     status: Pair = {
         "a": final_a.status if final_a else None,
         "b": final_b.status if final_b else None,
@@ -219,7 +224,9 @@ def _step_diff(key: str, a: _Step | None, b: _Step | None) -> StepDiff:
         "status": status,
         "attempts": attempts,
         "duration_ms": {"a": duration_a, "b": duration_b, "delta": _delta(duration_a, duration_b)},
-        "changed": bool(changes) or status["a"] != status["b"] or attempts["a"] != attempts["b"],
+        "changed": bool(changes)
+        or status["a"] != status["b"]
+        or (attempts["a"] != attempts["b"] and not reused),
         "changes": changes,
     }
 

@@ -114,6 +114,23 @@ def _llm_details(dialect: str) -> list[str]:
     return [f"ALTER TABLE llm_calls ADD COLUMN {name} {kind}" for name, kind in columns]
 
 
+def _steps_view(occurrence: str) -> str:
+    """The ``steps`` view, with the SQL that reads a step's occurrence from its key."""
+    return f"""CREATE VIEW steps AS
+        SELECT s.run_id, r.workflow, r.status AS run_status, s.span_id, s.parent_span_id,
+               s.kind, s.name, s.step_key,
+               {occurrence} AS occurrence,
+               s.attempt,
+               CASE WHEN EXISTS (
+                   SELECT 1 FROM spans n WHERE n.run_id = s.run_id
+                   AND n.step_key = s.step_key AND n.attempt > s.attempt
+               ) THEN 0 ELSE 1 END AS is_final_attempt,
+               s.status, s.started_at, s.ended_at, s.duration_ms,
+               s.input, s.output, s.error, s.attributes, s.input_hash
+        FROM spans s JOIN runs r ON r.run_id = s.run_id
+        WHERE s.step_key IS NOT NULL"""
+
+
 def _query(dialect: str) -> list[str]:
     """Indexes and views for the query layer (``steptrace.query``): the "last N runs"
     indexes carry ``run_id`` (and ``status``) so they cover the window and its order;
@@ -141,19 +158,7 @@ def _query(dialect: str) -> list[str]:
         "DROP INDEX llm_calls_run",
         "CREATE INDEX llm_calls_run ON llm_calls "
         "(run_id, parent_span_id, input_tokens, output_tokens, cost_usd)",
-        """CREATE VIEW steps AS
-        SELECT s.run_id, r.workflow, r.status AS run_status, s.span_id, s.parent_span_id,
-               s.kind, s.name, s.step_key,
-               CAST(substr(s.step_key, length(s.name) + 2) AS INTEGER) AS occurrence,
-               s.attempt,
-               CASE WHEN EXISTS (
-                   SELECT 1 FROM spans n WHERE n.run_id = s.run_id
-                   AND n.step_key = s.step_key AND n.attempt > s.attempt
-               ) THEN 0 ELSE 1 END AS is_final_attempt,
-               s.status, s.started_at, s.ended_at, s.duration_ms,
-               s.input, s.output, s.error, s.attributes, s.input_hash
-        FROM spans s JOIN runs r ON r.run_id = s.run_id
-        WHERE s.step_key IS NOT NULL""",
+        _steps_view("CAST(substr(s.step_key, length(s.name) + 2) AS INTEGER)"),
         """CREATE VIEW llm AS
         SELECT c.run_id, c.span_id, c.parent_span_id, p.name AS step, p.step_key,
                p.attempt AS step_attempt, l.provider, l.model, l.response_model, c.status,
@@ -237,7 +242,8 @@ def _lineage(dialect: str) -> list[str]:
     ``code_version``), what it was derived from (``forked_from`` and ``forked_at``, or
     ``replay_of``), how often it was resumed in place (``resume_count``), its durability
     (recovery resumes only runs that committed every step), and the lease a recoverer
-    holds on it while resuming it."""
+    holds on it while resuming it; the ``steps`` view reads the occurrence of a nested
+    step from its path."""
     t = _text(dialect)
     json = _json(dialect)
     return [
@@ -253,6 +259,12 @@ def _lineage(dialect: str) -> list[str]:
         "CREATE INDEX runs_forked_from ON runs (forked_from) WHERE forked_from IS NOT NULL",
         "CREATE INDEX runs_replay_of ON runs (replay_of) WHERE replay_of IS NOT NULL",
         "CREATE INDEX runs_interrupted ON runs (started_at) WHERE status = 'interrupted'",
+        # A nested step's key is a path (``outer#0/inner#1``): its occurrence is the
+        # number after the last ``#``.
+        "DROP VIEW steps",
+        _steps_view(
+            "CAST(substr(s.step_key, length(rtrim(s.step_key, '0123456789')) + 1) AS INTEGER)"
+        ),
     ]
 
 

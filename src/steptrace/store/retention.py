@@ -9,31 +9,19 @@ delete, never the whole prune. The SQL is the same on both engines; SQLite's
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
-import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from steptrace.errors import ConfigError
 from steptrace.query.where import parse_time
-from steptrace.store import memory
-from steptrace.store import sqlite as sqlite_backend
+from steptrace.store import admin
 from steptrace.store.columns import RUNS, WRITTEN
-from steptrace.store.schema import (
-    load_postgres,
-    missing,
-    missing_store_message,
-    prepare_schema,
-    scheme,
-)
+from steptrace.store.schema import missing, missing_store_message, prepare_schema
 
 BATCH_RUNS = 500
 T = TypeVar("T")
-Execute = Callable[[str, Sequence[Any]], int]
 
 _OWNED = tuple(t.name for t in reversed(WRITTEN) if t is not RUNS)
 """What a run owns (logs, LLM calls, spans): the tables a batch writes besides runs,
@@ -55,79 +43,7 @@ class PruneResult:
         return asdict(self)
 
 
-class _Conn:
-    """The little prune needs of a connection: queries, and a retried transaction."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.postgres = scheme(url) == "postgresql"
-        self._memory: memory.MemoryDatabase | None = None
-        if self.postgres:
-            self._pg = load_postgres()
-            self._pgconn = self._pg.connect(url)
-        elif scheme(url) == "memory":
-            # The one connection of the database, held (its lock) for the whole prune.
-            self._memory = memory.database(url, create=False)
-            self._memory.lock.acquire()
-            self._sqlite = self._memory.conn
-        else:
-            self._sqlite = sqlite_backend.connect(sqlite_backend.path_from_url(url))
-
-    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        if self.postgres:
-            rows: list[tuple[Any, ...]] = self._pgconn.execute(
-                self._pg.placeholders(sql), list(params)
-            ).fetchall()
-            return rows
-        return self._sqlite.execute(sql, params).fetchall()
-
-    def transaction(self, work: Callable[[Execute], T]) -> T:
-        """``work(execute)`` in one transaction (retried while SQLite is locked);
-        ``execute`` returns the number of rows a statement changed."""
-        if self.postgres:
-            conn = self._pgconn
-            with conn.transaction():
-                return work(
-                    lambda sql, p: conn.execute(self._pg.placeholders(sql), list(p)).rowcount
-                )
-        db = self._sqlite
-        delay = 0.01
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    done = work(lambda sql, p: db.execute(sql, p).rowcount)
-                    db.execute("COMMIT")
-                    return done
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:
-                if not sqlite_backend.is_locked(exc):
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-
-    def close(self) -> None:
-        if self.postgres:
-            self._pgconn.close()
-        elif self._memory is not None:
-            self._memory.lock.release()
-        else:
-            self._sqlite.close()
-
-
-@contextlib.contextmanager
-def _open(url: str) -> Iterator[_Conn]:
-    conn = _Conn(url)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _delete(ids: list[str], execute: Execute) -> dict[str, int]:
+def _delete(ids: list[str], execute: admin.Execute) -> dict[str, int]:
     """Delete the runs ``ids`` and what they own; the rows deleted per table."""
     marks = ", ".join("?" * len(ids))
     return {
@@ -165,7 +81,7 @@ def prune(
         raise ConfigError(missing_store_message(url))
     prepare_schema(url)
     result = PruneResult(cutoff, 0, 0, 0, 0, dry_run, 0)
-    with _open(url) as conn:
+    with admin.connect(url) as conn:
         if dry_run:
             ((result.runs,),) = conn.rows(f"SELECT count(*) FROM ({chosen}) c", params)
             for table in _OWNED:

@@ -6,6 +6,8 @@ connection and calls ``write``; a ``Store`` opened for queries owns another.
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import operator
 import os
 import sqlite3
@@ -37,6 +39,14 @@ def iso_from_ns(ns: int) -> str:
     """ISO-8601 UTC with microseconds; sorts as text."""
     seconds, rest = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+def ns_from_iso(iso: str | None) -> int | None:
+    """ns since the epoch of an ``iso_from_ns`` text (None for None)."""
+    if not iso:
+        return None
+    moment = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return calendar.timegm(moment.utctimetuple()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 def path_from_url(url: str) -> str:
