@@ -1,15 +1,15 @@
 """A store whose runs have known lineage, for what shows it (``test_lineage.py``, the
 UI's ``test_ui_lineage.py``).
 
-``record(url)`` runs the ``ticket`` workflow six times through the public API, then
-sets the lineage columns of those runs as the runtime sets them when it forks, replays
-or resumes a run (with the engine's own driver: test set-up, the store's columns as
-migration ``0006_lineage`` made them):
+``record(url)`` makes the runs through the public API — ``st.run``, ``st.resume``,
+``st.fork``, ``st.replay`` — on the ``ticket`` workflow below (the runs' entry point
+imports it again):
 
-- ``source``: resumed twice, with its entry point and code version; its input text
-  holds a single quote (``I'd``), and so does its ``draft`` step's input;
-- ``fork`` of ``source`` at ``draft#0``, ``nested_fork`` of it at a nested step's key
-  (``outer#0/inner#1``), ``replay`` of it;
+- ``source``: fails in ``draft`` twice and is resumed twice, the second time to
+  success; its input text holds a single quote (``I'd``), and so does its ``draft``
+  step's input;
+- ``fork`` of ``source`` at ``draft#0`` (with ``tone`` ``formal``), ``nested_fork`` of it
+  at a nested step (``outer#0/inner#1``), ``replay`` of it;
 - ``grandchild``: a fork of ``fork`` (at ``classify#0``), not of ``source``;
 - ``plain``: a run made from nothing, with nothing made from it.
 
@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 import steptrace as st
-from tests.support.helpers import is_postgres, raw_sql, recording_into
+from tests.support.helpers import recording_into
 
 SOURCE_TEXT = "I'd like a refund"
 ENTRY_POINT = "tests.support.lineage_data:ticket"
-CODE_VERSION = {"steptrace": "0.1.0", "package": "2.3.1", "git": "1a2b3c4d"}
 FORK_AT = "draft#0"
 NESTED_FORK_AT = "outer#0/inner#1"
 GRANDCHILD_AT = "classify#0"
 RESUMES = 2
+
+_draft_failures = [0]
+"""How many more calls of ``draft`` fail (the source run's, until it is resumed)."""
 
 
 @st.step
@@ -53,6 +53,9 @@ def outer(n: int) -> int:
 
 @st.step
 def draft(ticket: dict[str, Any], tone: str) -> str:
+    if _draft_failures[0]:
+        _draft_failures[0] -= 1
+        raise RuntimeError("the drafting service is down")
     return f"[{tone}] {ticket['label']}: {ticket['text']}"
 
 
@@ -75,36 +78,28 @@ class Lineage:
     plain: str
 
 
+def _ok(result: st.RunResult) -> str:
+    assert result.status == "succeeded", result.exception
+    return result.run_id
+
+
 def record(url: str | Path) -> Lineage:
-    """Record the runs into a fresh store at ``url``, close the writer, then set their
-    lineage."""
+    """Make the runs in a fresh store at ``url`` and close the writer."""
     url = str(url)
     with recording_into(url):
-        ids = [
-            st.run(ticket, SOURCE_TEXT).run_id,
-            st.run(ticket, SOURCE_TEXT, tone="formal").run_id,
-            st.run(ticket, SOURCE_TEXT).run_id,
-            st.run(ticket, SOURCE_TEXT).run_id,
-            st.run(ticket, "a question").run_id,
-            st.run(ticket, "something else").run_id,
-        ]
-    runs = Lineage(url, *ids)
-    json = "CAST(? AS jsonb)" if is_postgres(url) else "?"
-    raw_sql(
-        url,
-        f"UPDATE runs SET resume_count = ?, entry_point = ?, code_version = {json} "
-        "WHERE run_id = ?",
-        (RESUMES, ENTRY_POINT, orjson.dumps(CODE_VERSION).decode(), runs.source),
-    )
-    for run_id, source, at in (
-        (runs.fork, runs.source, FORK_AT),
-        (runs.nested_fork, runs.source, NESTED_FORK_AT),
-        (runs.grandchild, runs.fork, GRANDCHILD_AT),
-    ):
-        raw_sql(
+        _draft_failures[0] = RESUMES  # the run and its first resume fail
+        first = st.run(ticket, SOURCE_TEXT)
+        assert first.status == "failed"
+        assert st.resume(first.run_id).status == "failed"
+        source = _ok(st.resume(first.run_id))
+        fork = _ok(st.fork(source, FORK_AT, input={"tone": "formal"}))
+        runs = Lineage(
             url,
-            "UPDATE runs SET forked_from = ?, forked_at = ? WHERE run_id = ?",
-            (source, at, run_id),
+            source,
+            fork,
+            _ok(st.fork(source, NESTED_FORK_AT)),
+            _ok(st.replay(source)),
+            _ok(st.fork(fork, GRANDCHILD_AT)),
+            _ok(st.run(ticket, "something else")),
         )
-    raw_sql(url, "UPDATE runs SET replay_of = ? WHERE run_id = ?", (runs.source, runs.replay))
     return runs

@@ -113,26 +113,6 @@ class RunRecord:
     def children(self, span_id: str) -> list[SpanView]:
         return [s for s in self.spans if s.parent_span_id == span_id]
 
-    def step_paths(self) -> dict[str, str]:
-        """By span id, each step (or tool) call's key as a path from the run: the keys
-        of the calls it is inside and its own, joined by ``/`` (``draft#0``,
-        ``outer#0/inner#1``), the form a fork's ``from_step`` takes. A span's own
-        ``step_key`` counts its occurrence within its parent call only."""
-        by_id = {s.span_id: s for s in self.spans}
-        keyed: dict[str, str | None] = {}  # the path of the innermost call at or above
-        for span in self.spans:
-            chain: list[SpanView] = []  # up to the first span whose path is known
-            node: SpanView | None = span
-            while node is not None and node.span_id not in keyed and len(chain) <= len(by_id):
-                chain.append(node)
-                node = by_id.get(node.parent_span_id or "")
-            above = keyed.get(node.span_id) if node is not None else None
-            for s in reversed(chain):
-                if s.step_key is not None:
-                    above = f"{above}/{s.step_key}" if above else s.step_key
-                keyed[s.span_id] = above
-        return {s.span_id: path for s in self.spans if s.step_key and (path := keyed[s.span_id])}
-
     def summary(self) -> dict[str, Any]:
         """The run without its spans (the shape of ``steptrace runs --json`` items)."""
         return {name: getattr(self, name) for name in RUN_FIELDS}

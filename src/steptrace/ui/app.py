@@ -98,9 +98,8 @@ _LIGHT_LLM = (
 )
 
 
-def _light_span(span: SpanView, step_path: str | None) -> dict[str, Any]:
-    """What the waterfall, the tree and a fork's command need of a span: no values, no
-    messages."""
+def _light_span(span: SpanView) -> dict[str, Any]:
+    """What the waterfall and the tree need of a span: no values, no messages."""
     error = span.error
     return {
         "span_id": span.span_id,
@@ -108,7 +107,6 @@ def _light_span(span: SpanView, step_path: str | None) -> dict[str, Any]:
         "kind": span.kind,
         "name": span.name,
         "step_key": span.step_key,
-        "step_path": step_path,
         "attempt": span.attempt,
         "status": span.status,
         "started_at": span.started_at,
@@ -275,16 +273,15 @@ def create_app(
     ) -> Any:
         """A run (id or unique prefix) with its spans in start order, and the runs made
         from it (``derived``: its forks and replays, newest first). Without ``values``
-        the spans are light (no input, output, messages or logs; each step call's
-        ``step_path``): fetch one span whole from ``/runs/{run_id}/spans/{span_id}``."""
+        the spans are light (no input, output, messages or logs): fetch one span whole
+        from ``/runs/{run_id}/spans/{span_id}``."""
         record = runs_cache.get(run_id)
         if values:
             data = record.to_dict()
         else:
             data = record.summary()
             data["logs"] = record.logs
-            paths = record.step_paths()
-            data["spans"] = [_light_span(s, paths.get(s.span_id)) for s in record.spans]
+            data["spans"] = [_light_span(s) for s in record.spans]
         data["totals"] = _totals(record)
         data["trace_link"] = _trace_link(trace_url, record)
         # Read afresh, not kept with the run: a finished run may be forked at any time.

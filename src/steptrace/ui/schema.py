@@ -150,11 +150,6 @@ class _SpanFields(_Open):
 class LightSpan(_SpanFields):
     """A span without values: what the waterfall and the tree need."""
 
-    step_path: str | None = Field(
-        description="A step call's key as a path from the run (outer#0/inner#1), as "
-        "`steptrace fork --from` takes it."
-    )
-
     error: LightSpanError | None
     llm: dict[str, Any] | None
     logs: int = Field(description="How many log records the span has.")

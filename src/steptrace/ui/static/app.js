@@ -485,8 +485,7 @@ function spanDetail(span, run, siblings, select) {
       ["finish", l.finish_reason], ["incomplete", l.incomplete ? "yes (stream closed early)" : null]);
   }
   out.push(kv(facts));
-  const light = run.spans.find((s) => s.span_id === span.span_id);
-  if (light && light.step_path) out.push(forkSection(run.run_id, light.step_path, span.input)); // lineage.js
+  if (span.step_key) out.push(forkSection(run.run_id, span.step_key, span.input)); // lineage.js
   if (span.error) {
     const validation = !!span.error.validation;
     out.push(section(validation ? "Validation error" : "Error", errorView(span.error, validation)));

@@ -81,7 +81,7 @@ function rewriteJson(text, python) {
 
 // The command and the Python call for `input` (the text in the box), or the reason
 // there are none.
-function forkCommands(runId, stepPath, input) {
+function forkCommands(runId, stepKey, input) {
   let value;
   try { value = JSON.parse(input); } catch (e) { return { error: "not valid JSON: " + e.message }; }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
@@ -89,14 +89,14 @@ function forkCommands(runId, stepPath, input) {
   }
   const json = rewriteJson(input, false);
   return {
-    command: `steptrace fork ${shellWord(runId)} --from ${shellWord(stepPath)} --input ${shellWord(json, true)}`,
-    python: `st.fork(${JSON.stringify(runId)}, from_step=${JSON.stringify(stepPath)}, input=${rewriteJson(json, true)})`,
+    command: `steptrace fork ${shellWord(runId)} --from ${shellWord(stepKey)} --input ${shellWord(json, true)}`,
+    python: `st.fork(${JSON.stringify(runId)}, from_step=${JSON.stringify(stepKey)}, input=${rewriteJson(json, true)})`,
     placeholders: json.includes('"__steptrace__"') || json.includes("[REDACTED]"),
   };
 }
 
 // The "Fork from here" button of a step's detail, and the panel it opens.
-function forkSection(runId, stepPath, recordedInput) {
+function forkSection(runId, stepKey, recordedInput) {
   const recorded = recordedInput === null || recordedInput === undefined ? {} : recordedInput;
   const box = el("textarea", { id: "fork-input", class: "fork-input", spellcheck: "false",
     rows: String(Math.min(16, Math.max(3, JSON.stringify(recorded, null, 2).split("\n").length))) });
@@ -108,7 +108,7 @@ function forkSection(runId, stepPath, recordedInput) {
   const copy = el("button", { class: "copy", id: "fork-copy", title: "copy the command" }, "copy");
   copy.addEventListener("click", () => copyText(command.textContent, copy));
   const update = () => {
-    const made = forkCommands(runId, stepPath, box.value);
+    const made = forkCommands(runId, stepKey, box.value);
     error.textContent = made.error || "";
     command.textContent = made.command || "";
     python.textContent = made.python || "";
@@ -119,7 +119,7 @@ function forkSection(runId, stepPath, recordedInput) {
   box.addEventListener("input", update);
   update();
   const panel = el("div", { class: "fork", id: "fork-panel", hidden: true },
-    el("h3", {}, "Input of ", el("code", { text: stepPath }), el("span", { class: "muted", text: " (JSON: the step's arguments by name; edit to fork with another)" })),
+    el("h3", {}, "Input of ", el("code", { text: stepKey }), el("span", { class: "muted", text: " (JSON: the step's arguments by name; edit to fork with another)" })),
     box, error, warning,
     el("div", { class: "sh" }, el("h3", { text: "Command" }), copy), command,
     el("h3", { text: "Python" }), python,
