@@ -123,7 +123,7 @@ function forkSection(runId, stepKey, recordedInput) {
     box, error, warning,
     el("div", { class: "sh" }, el("h3", { text: "Command" }), copy), command,
     el("h3", { text: "Python" }), python,
-    el("p", { class: "muted", text: "Run it where the workflow's code can be imported, with this store configured (STEPTRACE_STORE or --store). The UI itself runs nothing." }));
+    el("p", { class: "muted", text: "Run it where the workflow's code can be imported (--entry module:function names it when it has moved), with this store configured (STEPTRACE_STORE or --store). The UI itself runs nothing." }));
   const toggle = el("button", { id: "fork-toggle", title: "the command that forks this run at this step" }, "Fork from here");
   toggle.addEventListener("click", () => {
     panel.hidden = !panel.hidden;
