@@ -89,6 +89,30 @@ def run_python(
     return proc
 
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout the tests run in."""
+
+
+def steptrace_cli(
+    *args: str, store: Path | str, returncode: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m steptrace ARGS`` on ``store``, as a user at a wide terminal runs it
+    (no ``OTEL_*`` or other ``STEPTRACE_*`` settings); fails the test unless it exits
+    with ``returncode`` (None: any)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "steptrace", *args],
+        cwd=ROOT,
+        env=clean_env(STEPTRACE_STORE=str(store), COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if returncode is not None:
+        assert proc.returncode == returncode, proc.stderr
+    return proc
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 

@@ -26,7 +26,7 @@ from steptrace.store.columns import JSON_NAMES, LLM_CALLS, LOGS, RUN_FIELDS, RUN
 from steptrace.store.dialect import Dialect
 from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.engines import open_read_engine, open_writer, query_params
-from steptrace.store.model import RunRecord, SpanView, loads
+from steptrace.store.model import DerivedRun, RunRecord, SpanView, loads
 from steptrace.store.schema import migrate_store, same_store
 
 T = TypeVar("T")
@@ -52,6 +52,14 @@ _SPANS_OF_RUN = (
 _LOG_FIELDS = ("span_id", "ts", "level", "logger", "message", "exception")
 _LOGS_OF_RUN = f"SELECT {LOGS.select(_LOG_FIELDS)} FROM logs WHERE run_id = ? ORDER BY span_id, seq"
 
+
+_DERIVED = (
+    "SELECT run_id, workflow, status, started_at, CASE WHEN forked_from = ? THEN 1 ELSE 0 END,"
+    " forked_at FROM runs WHERE forked_from = ? OR replay_of = ?"
+    " ORDER BY started_at DESC, run_id DESC"
+)
+"""The runs forked from or replaying one run (each condition served by its partial
+index): whether it is a fork, then its fork step."""
 
 SQL_TIMEOUT_S = 30.0
 """How long ``Store.sql`` lets a statement run, unless told otherwise."""
@@ -165,14 +173,23 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
     ) -> list[RunRecord]:
         """Runs, newest first, without their spans: ``last`` of them after skipping
         ``offset`` (a page). ``since``/``until`` bound the start time (ISO-8601, or
         ``"2h"``/``"7d"`` before now); ``tag`` keeps runs carrying every tag given;
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
-        (see ``steptrace.query.where``). Raises ``QueryError`` for a malformed filter."""
-        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
+        (see ``steptrace.query.where``); ``forked_from``/``replay_of`` keep the forks or
+        replays of the run with that id, ``derived`` every fork and replay. Raises
+        ``QueryError`` for a malformed filter."""
+        clause, params = self._where(
+            RunFilter.of(
+                workflow, status, since, until, tag, where, forked_from, replay_of, derived
+            )
+        )
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
@@ -189,15 +206,41 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
     ) -> int:
         """How many runs ``runs`` with the same filters would list without a limit."""
-        clause, params = self._where(RunFilter.of(workflow, status, since, until, tag, where))
+        clause, params = self._where(
+            RunFilter.of(
+                workflow, status, since, until, tag, where, forked_from, replay_of, derived
+            )
+        )
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def _where(self, runs: RunFilter) -> tuple[str, list[Any]]:
         """`` WHERE …`` (or nothing) choosing ``runs``, and its parameters."""
         conds, params = runs.sql(self.dialect)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
+
+    def derived(self, run_id: str) -> list[DerivedRun]:
+        """The runs made from this run (id or unambiguous prefix), newest first: its
+        forks (``relation`` ``"fork"``, ``forked_at`` the step key the fork started at)
+        and its replays (``"replay"``, ``forked_at`` None). Each is ``{"run_id",
+        "workflow", "status", "started_at", "relation", "forked_at"}``."""
+        source = self.resolve(run_id)
+        rows = self._rows(_DERIVED, [source, source, source])
+        return [
+            DerivedRun(
+                run_id=r[0],
+                workflow=r[1],
+                status=r[2],
+                started_at=r[3],
+                relation="fork" if r[4] else "replay",
+                forked_at=r[5] if r[4] else None,
+            )
+            for r in rows
+        ]
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run whose id is ``run_id`` or starts with it."""
@@ -405,6 +448,9 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
         last: int | None = None,
         step: str | None = None,
     ) -> int:
@@ -420,7 +466,9 @@ class Store:
             )
         if format == "parquet":
             export.require_arrow()  # fail before creating the file
-        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         if isinstance(dest, str | Path):
             with open(dest, "wb") as out:
@@ -437,6 +485,9 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
         last: int | None = None,
         step: str | None = None,
     ) -> Any:
@@ -444,12 +495,15 @@ class Store:
         needs pandas."""
         from steptrace.query import export
 
-        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         return export.to_pandas(columns, rows)
 
 
 __all__ = [
+    "DerivedRun",
     "QueryError",
     "RunNotFound",
     "RunRecord",
