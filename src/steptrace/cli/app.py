@@ -1,7 +1,7 @@
 """The ``steptrace`` typer app and its global options (``--store``, ``--debug``,
-``--version``): what they set for the command that runs (``options``), and the option
+``--version``): what they set for the command that runs (``options``), the option
 types several commands share (the run filters of ``runs`` and ``export``, declared
-once here).
+once here), and how a command that recorded runs ends (``finish_recording``).
 
 The command modules register their commands on ``app``; ``steptrace.cli`` does that
 for every one of them and holds the entry point.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 import steptrace as st
 from steptrace.cli.errors import masked
@@ -186,6 +187,25 @@ def _setup(
     from steptrace.store.engines import record_export_report
 
     configure_sdk(report=record_export_report)
+
+
+def finish_recording() -> None:
+    """At the end of a command that recorded runs: write every record and export every
+    span before the process exits; say plainly if spans could not be exported (the
+    store has them all)."""
+    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
+    from steptrace.otel.otlp import export_counts, shutdown_sdk
+
+    if not st.flush():
+        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
+    shutdown_sdk()
+    counts = export_counts()
+    if counts.dropped:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
+            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
+            "--since … --endpoint …"
+        )
 
 
 class _BriefFormatter(logging.Formatter):

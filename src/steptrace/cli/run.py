@@ -34,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 import steptrace as st
-from steptrace.cli.app import options, store_option
+from steptrace.cli.app import finish_recording, options, store_option
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import short_prefix
 from steptrace.cli.output import format_duration, make_console, print_json, styled_status
@@ -42,25 +42,6 @@ from steptrace.config import get_config
 from steptrace.decorators import workflow_spec
 from steptrace.masking import mask_url
 from steptrace.store.model import RunRecord
-
-
-def _finish_recording() -> None:
-    """Write every record and export every span before the process exits; say plainly
-    if spans could not be exported (the store has them all)."""
-    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otel.otlp import export_counts, shutdown_sdk
-
-    if not st.flush():
-        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
-    shutdown_sdk()
-    counts = export_counts()
-    if counts.dropped:
-        Console(stderr=True, highlight=False).print(
-            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
-            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
-            "--since … --endpoint …"
-        )
-
 
 # --- demo ---------------------------------------------------------------------------
 
@@ -92,7 +73,7 @@ def demo_command(
         with console.status(f"running the triage workflow {runs} times…"):
             results = triage.run_demo(runs)
     finally:
-        _finish_recording()
+        finish_recording()
     with st.Store.open() as store:
         records = [store.run(r.run_id) for r in results]
         failed = next((r for r in records if r.status == "failed"), None)
@@ -220,7 +201,7 @@ def run_command(
         else:
             result = st.run(workflow, *args, **kwargs)
     finally:
-        _finish_recording()
+        finish_recording()
     with st.Store.open() as store:
         record = store.run(result.run_id)
         prefix = short_prefix(store, record.run_id)
