@@ -428,5 +428,5 @@ def test_misconfiguration_is_one_line(tmp_path: Path, env: dict[str, Any], fragm
 def test_help_lists_the_commands() -> None:
     proc = steptrace("--help", store=None)
     assert proc.returncode == 0
-    for command in ("demo", "run", "runs", "show"):
+    for command in ("demo", "run", "runs", "show", "recover"):
         assert command in proc.stdout

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import typer.main
 
-from steptrace.cli import otel, query, run, runs, store, ui
+from steptrace.cli import otel, query, recover, run, runs, store, ui
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -36,6 +36,7 @@ query.register(app)  # dist, stats, diff, compare, sql, export, index
 otel.register(app)  # export-otlp
 ui.register(app)  # ui
 store.register(app)  # status, migrate, prune
+recover.register(app)  # recover
 
 
 def main(argv: Sequence[str] | None = None) -> None:
