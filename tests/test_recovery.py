@@ -147,6 +147,39 @@ def test_two_recoverers_resume_each_run_exactly_once(store_url: str, workdir: Pa
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_run_whose_recoverer_was_killed_is_recovered_again(store_url: str, workdir: Path) -> None:
+    """A recoverer killed while it resumes a run leaves the run under its own name: the
+    run is interrupted again, its lease given back with it (not left to lapse), and
+    the next recovery finishes it (resumed twice), with the steps the killed recoverer
+    committed not executed again."""
+    (run_id,), child = block_many(workdir, store_url, 1)
+    env = flow_env(store_url, workdir, RECOVERY_FLOW_BLOCK="draft")
+    first = resume_trials.recover_cli(store_url, workdir, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while ("draft", first.pid) not in side_effects(workdir, run_id):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        first.kill()
+        first.communicate(timeout=30)
+
+    (outcome,) = recover()
+
+    assert (outcome.run_id, outcome.status, outcome.resume_count) == (run_id, "succeeded", 2)
+    assert _by_step(side_effects(workdir, run_id)) == {
+        "fetch": [child],
+        "clean": [child, first.pid],
+        "classify": [first.pid],
+        "draft": [first.pid, os.getpid()],
+        "deliver": [os.getpid()],
+    }
+    record = read_store(store_url, workdir, [run_id])[run_id]
+    assert (record.status, record.resume_count) == ("succeeded", 2)
+    assert [s.name for s in record.steps()] == list(STEPS)  # one attempt each, recorded
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_watch_resumes_a_run_interrupted_later_and_stops_cleanly_on_sigterm(
     store_url: str, workdir: Path
 ) -> None:

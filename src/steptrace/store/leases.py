@@ -6,7 +6,9 @@ one run, ``claim_interrupted`` on up to ``limit`` interrupted durable runs for a
 recoverer. A lease is taken in one statement (or, on PostgreSQL, one transaction whose
 ``SELECT … FOR UPDATE SKIP LOCKED`` lets recoverers on many machines each take other
 runs); it lapses at ``lease_until``, by when the resumed run is marked ``running`` by
-its new owner (so recoverers leave it alone) or the lease may be taken again.
+its new owner (so recoverers leave it alone) or the lease may be taken again. A holder
+that dies while it resumes a run gives the lease back with it: the sweep that marks the
+run ``interrupted`` (``liveness``) clears the lease too.
 """
 
 from __future__ import annotations
