@@ -94,14 +94,14 @@ def recover(
     url = get_config().store_url()
     if missing(url):
         return []  # no store yet: no runs
-    # Mark the runs of processes that are gone as interrupted (and write the spill
-    # journals they left, which may hold their last committed steps) before looking.
-    writer.recover(url, now=True)
     holder = current_owner().id
     name = None if workflow is None else stored_name(workflow)
     skip = set(exclude)
     outcomes: list[Outcome] = []
-    with Store.open(url) as store:  # (a store an older steptrace wrote is migrated)
+    with Store.open(url) as store:  # (a store an older steptrace wrote is migrated first)
+        # Mark the runs of processes that are gone as interrupted (and write the spill
+        # journals they left, which may hold their last committed steps) before looking.
+        writer.recover(url, now=True)
         while limit is None or len(outcomes) < limit:
             if stop is not None and stop.is_set():
                 break
