@@ -9,6 +9,13 @@ trials (default 20): a workload process killed at a random moment, its store che
 ``tests/support/fault_scenarios.py``): SQLite locked 20 s, PostgreSQL stopped 90 s, PostgreSQL
 hung 30 s, the store directory deleted, a full disk (needs root for ``mount``).
 
+Resume trials (``--only resume``): for each engine, ``--trials`` durable runs (sync and
+async) in child processes killed by SIGKILL at random moments, in batches of
+``--resume-batch`` processes at once, each batch then recovered by ``steptrace recover``
+(see ``tests/support/resume_trials.py``): counts of runs completed, of steps committed
+before the kill and executed again (must be 0), of steps the kill caught between their
+side effect and their commit.
+
 Prints a table per part and exits 1 when anything was lost. It tests the ``src/`` of
 the checkout it lives in (or the ``src`` directory ``STEPTRACE_SRC`` names), touches
 only loopback and temporary directories, and stops by itself (``--deadline-s``,
@@ -16,6 +23,7 @@ default one hour, on top of each step's own timeouts).
 
     .venv/bin/python -m scripts.stress                 # everything (about 15 minutes)
     .venv/bin/python -m scripts.stress --only kill --trials 50 --engines sqlite
+    .venv/bin/python -m scripts.stress --only resume --trials 50
 
 (from the repository's root: it uses the tests' ``tests.support`` package)
 """
@@ -42,7 +50,7 @@ SRC = Path(os.environ.get("STEPTRACE_SRC") or ROOT / "src")
 # The steptrace under test: this checkout's (or STEPTRACE_SRC's), not an installed one.
 sys.path.insert(0, str(SRC))
 
-from tests.support import fault_scenarios, kill_trials, pg_server  # noqa: E402
+from tests.support import fault_scenarios, kill_trials, pg_server, resume_trials  # noqa: E402
 
 KILL_CASES: tuple[tuple[str, signal.Signals], ...] = (
     ("plain", signal.SIGKILL),
@@ -97,13 +105,24 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(flush=True)
 
 
+_db_numbers = iter(range(1_000_000))
+
+
+def trial_store(engine: str, workdir: Path, server: pg_server.PostgresServer | None) -> str:
+    """A new, empty store for one trial: a SQLite file in ``workdir``, or a new database
+    on ``server``."""
+    if engine == "sqlite":
+        return str(workdir / "steptrace.db")
+    assert server is not None
+    return pg_server.create_database(server.url, f"stress_{os.getpid()}_{next(_db_numbers)}")
+
+
 def kill_part(
     work: Path, engines: list[str], trials: int, server: pg_server.PostgresServer | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     rng = random.Random()
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    db_numbers = iter(range(1_000_000))
     for engine in engines:
         for variant, sig in KILL_CASES:
             row: dict[str, Any] = {
@@ -126,13 +145,7 @@ def kill_part(
             started = time.monotonic()
             for n in range(trials):
                 workdir = work / f"kill-{engine}-{variant}-{sig.name}-{n}"
-                if engine == "sqlite":
-                    url = str(workdir / "steptrace.db")
-                else:
-                    assert server is not None
-                    url = pg_server.create_database(
-                        server.url, f"stress_{os.getpid()}_{next(db_numbers)}"
-                    )
+                url = trial_store(engine, workdir, server)
                 result = kill_trials.run_trial(
                     workdir, url, engine=engine, variant=variant, sig=sig, rng=rng
                 )
@@ -157,6 +170,43 @@ def kill_part(
                 f"  {engine} {variant} {sig.name}: {row['failed']} of {trials} trials failed",
                 flush=True,
             )
+    return rows, failures
+
+
+def resume_part(
+    work: Path,
+    engines: list[str],
+    trials: int,
+    batch: int,
+    server: pg_server.PostgresServer | None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    rng = random.Random()
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for engine in engines:
+        total = resume_trials.TrialCounts()
+        started = time.monotonic()
+        for first in range(0, trials, batch):
+            size = min(batch, trials - first)
+            workdir = work / f"resume-{engine}-{first}"
+            url = trial_store(engine, workdir, server)
+            kinds = [("sync", "async")[n % 2] for n in range(size)]
+            killed = resume_trials.kill_children(workdir, url, kinds, rng)
+            try:
+                resume_trials.recover_once(url, workdir)
+            except RuntimeError as exc:
+                failures.append(f"{engine}: {exc}")
+            counts = resume_trials.check(workdir, url, killed)
+            total.add(counts)
+            failures += [f"{engine}: {problem}" for problem in counts.problems]
+            shutil.rmtree(workdir, ignore_errors=True)
+        row = {"engine": engine, **total.row(), "seconds": round(time.monotonic() - started, 1)}
+        rows.append(row)
+        print(
+            f"  {engine}: {total.completed} of {total.trials} runs completed, "
+            f"{total.re_executed} committed steps executed again",
+            flush=True,
+        )
     return rows, failures
 
 
@@ -215,8 +265,13 @@ def fault_part(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("kill", "faults"))
-    parser.add_argument("--trials", type=int, default=20, help="kill trials per case")
+    parser.add_argument("--only", choices=("kill", "faults", "resume"))
+    parser.add_argument(
+        "--trials", type=int, default=20, help="kill trials per case; resume trials per engine"
+    )
+    parser.add_argument(
+        "--resume-batch", type=int, default=10, help="resume trials' processes killed at once"
+    )
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--lock-s", type=float, default=20.0)
     parser.add_argument("--pg-down-s", type=float, default=90.0)
@@ -250,6 +305,13 @@ def main() -> int:
             with contextmanager_or_none("postgresql" in engines) as server:
                 rows, failed = kill_part(work, engines, args.trials, server)
             figures["kill"] = rows
+            failures += failed
+            print_table(rows)
+        if args.only in (None, "resume"):
+            print(f"== resume trials ({args.trials} per engine)", flush=True)
+            with contextmanager_or_none("postgresql" in engines) as server:
+                rows, failed = resume_part(work, engines, args.trials, args.resume_batch, server)
+            figures["resume"] = rows
             failures += failed
             print_table(rows)
         if args.only in (None, "faults"):

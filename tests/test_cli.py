@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 import steptrace as st
-from tests.support.helpers import run_steptrace
+from tests.support.helpers import steptrace_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
@@ -93,7 +93,7 @@ def steptrace(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m steptrace ARGS`` with ``STEPTRACE_STORE=store`` and no OTEL_* settings."""
-    return run_steptrace(*args, cwd=cwd, store=store, env=env)
+    return steptrace_cli(*args, store=store, returncode=None, cwd=cwd, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -188,7 +188,9 @@ def test_show_json_is_the_stored_run_and_accepts_a_prefix(demo_store: Path) -> N
     assert full.returncode == 0, full.stderr
     data = json.loads(full.stdout)
     with st.Store.open(str(demo_store)) as store:
-        assert data == json.loads(json.dumps(store.run(run.run_id).to_dict()))
+        # The run, and the runs made from it (none here: tests/test_lineage.py has some).
+        expected = store.run(run.run_id).to_dict() | {"derived": []}
+        assert data == json.loads(json.dumps(expected))
     assert DESIGN_RUN_KEYS | {"spans"} <= set(data)
     assert data["spans"], "a triage run has spans"
     for span in data["spans"]:
@@ -413,5 +415,5 @@ def test_misconfiguration_is_one_line(tmp_path: Path, env: dict[str, Any], fragm
 def test_help_lists_the_commands() -> None:
     proc = steptrace("--help", store=None)
     assert proc.returncode == 0
-    for command in ("demo", "run", "runs", "show"):
+    for command in ("demo", "run", "runs", "show", "recover"):
         assert command in proc.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import steptrace as st
-from tests.support.helpers import clean_env, run_steptrace
+from tests.support.helpers import clean_env, steptrace_cli
 
 FLOWS = """
 import os
@@ -90,7 +90,7 @@ class Recorded:
 def steptrace(
     *args: str, store: Path, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return run_steptrace(*args, cwd=cwd, store=store, env=env)
+    return steptrace_cli(*args, store=store, returncode=None, cwd=cwd, env=env)
 
 
 def replay_traffic(

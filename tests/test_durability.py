@@ -87,6 +87,24 @@ def test_durable_steps_are_in_the_store_before_the_step_returns(store_url: str) 
     assert _status(store_url, seen[0][0]) == "succeeded"
 
 
+def test_a_durable_run_is_in_the_store_before_its_first_step_runs(store_url: str) -> None:
+    """A process killed inside a durable run's first step leaves the run in the store
+    (``interrupted`` once the process is gone), to be recovered: not lost."""
+    seen: list[list[tuple[object, ...]]] = []
+
+    @st.step
+    def first() -> None:
+        sql = "SELECT status, durability FROM runs WHERE run_id = ?"
+        seen.append(raw_sql(store_url, sql, (st.current_run_id(),)))
+
+    @st.workflow(durable=True)
+    def wf() -> None:
+        first()
+
+    wf()
+    assert seen == [[("running", "step")]]
+
+
 def test_configure_durable_step_and_env(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     stored: list[int] = []
 

@@ -1,6 +1,6 @@
 """Regression replay from Python (``steptrace.regression``): the verdict on each replay
 of recorded runs after a code change, and what it reads them with (``Store.read_runs``,
-``Store.runs(derived=False)``), on SQLite and PostgreSQL.
+``Store.runs(originals=True)``), on SQLite and PostgreSQL.
 
 The workflows below are found again by their recorded entry point
 (``tests.test_regression:…``); a "code change" is ``BEHAVIOUR``, which their steps
@@ -112,8 +112,8 @@ def test_runs_can_leave_out_forks_and_replays(store_url: str) -> None:
     assert forked.status == replayed.status == "succeeded"
     with st.Store.open(store_url) as store:
         everything = {r.run_id for r in store.runs("triage", last=100)}
-        originals = [r.run_id for r in store.runs("triage", last=100, derived=False)]
-        assert store.count_runs("triage", derived=False) == 5
+        originals = [r.run_id for r in store.runs("triage", last=100, originals=True)]
+        assert store.count_runs("triage", originals=True) == 5
     assert {forked.run_id, replayed.run_id} <= everything
     assert originals == ids[::-1]
 

@@ -99,8 +99,9 @@ def _check_resumable(record: RunRecord) -> None:
         )
     if record.status == "running":
         raise ReentryError(
-            f"run {record.run_id} is still running (its process is alive): it can be "
-            "resumed once it has failed, or been interrupted"
+            f"run {record.run_id} is still running (its process is alive, or on another "
+            "host its heartbeat has not lapsed yet): it can be resumed once it has failed or "
+            "been interrupted"
         )
 
 

@@ -35,7 +35,7 @@ import orjson
 import pydantic
 
 from steptrace.config import get_config
-from steptrace.errors import ReentryError, ReplayMismatch
+from steptrace.errors import DivergenceError, ReentryError, ReplayMismatch
 from steptrace.frames import current_frame
 from steptrace.record import MARKER, encode, input_hash, redact_values
 from steptrace.store.model import RunRecord, SpanView
@@ -371,7 +371,9 @@ class Reentry:
         occurrence = self.recording.steps.get(key)
         return 1 if occurrence is None else occurrence.last_attempt + 1
 
-    def fork_arguments(self, spec: Spec, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def fork_arguments(
+        self, spec: Spec, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments the fork step is called with: today's, with the given input's
         arguments in place of theirs."""
         if key != self.from_step or self.step_input is None:
@@ -396,8 +398,6 @@ class Reentry:
         expected = recorded[position]
         if key in self.recording.steps and self.recording.overlapped(key, expected):
             return  # they ran concurrently: either may start first
-        from steptrace.errors import DivergenceError
-
         where = parent_key(key) or "the workflow"
         raise DivergenceError(
             f"run {self.source_id} diverged at step {key!r}: today's code calls it as step "

@@ -261,7 +261,7 @@ def replay_many(
     workflows = _Workflows(given)
     report = Report(name)
     with Store.open() as store:
-        ids = [r.run_id for r in store.runs(name, status, last=last, where=where, derived=False)]
+        ids = [r.run_id for r in store.runs(name, status, last=last, where=where, originals=True)]
         loop: asyncio.AbstractEventLoop | None = None
         try:
             for at in range(0, len(ids), BATCH_RUNS):

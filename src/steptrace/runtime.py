@@ -509,8 +509,11 @@ class RunScope:
         self.run = Run(state, sink, durable, reentry)
         sink.begin_run(state)
         frame_span = state.span_id if self.incarnation is None else self.incarnation.span_id
-        if self.incarnation is not None:
-            sink.commit()  # running again, at once: no recoverer takes it meanwhile
+        if self.incarnation is not None or durable == "step":
+            # Running (again), at once: a resumed run is not taken by a recoverer
+            # meanwhile, and a durable run killed inside its first step is in the store
+            # (interrupted), to be resumed, rather than lost.
+            sink.commit()
         self.token = current_frame.set(Frame(self.run, frame_span, state.logs))
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
 

@@ -89,27 +89,36 @@ def run_python(
     return proc
 
 
-def run_steptrace(
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout the tests run in."""
+
+
+def steptrace_cli(
     *args: str,
-    cwd: Path,
-    store: Path | str | None = None,
+    store: Path | str | None,
+    returncode: int | None = 0,
+    cwd: Path = ROOT,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m steptrace ARGS`` in ``cwd``, with ``STEPTRACE_STORE=store`` (when
-    given), ``COLUMNS=200``, ``env``, and no ``OTEL_*``/``STEPTRACE_*`` settings of this
-    process."""
+    """``python -m steptrace ARGS`` on ``store`` (None: the default), in ``cwd``, as a
+    user at a wide terminal runs it (no ``OTEL_*`` or other ``STEPTRACE_*`` settings but
+    ``env``); fails the test unless it exits with ``returncode`` (None: any)."""
     full_env = clean_env(COLUMNS="200")
     if store is not None:
         full_env["STEPTRACE_STORE"] = str(store)
     full_env.update(env or {})
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "steptrace", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
+    if returncode is not None:
+        assert proc.returncode == returncode, proc.stderr
+    return proc
 
 
 def is_postgres(url: str) -> bool:

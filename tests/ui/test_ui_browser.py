@@ -196,12 +196,13 @@ def test_store_values_render_as_text_never_as_markup(
     assert "<img src=x onerror=alert(8)> went wrong" in detail.inner_text()
     page.hover("#detail")
     page.wait_for_timeout(300)  # give an injected handler the chance to fire
-    # Nothing from the store became an element: no <img>, <svg>, <b>, <i>, and one script.
+    # Nothing from the store became an element: no <img>, <svg>, <b>, <i>, and the
+    # scripts are the page's own two (app.js and lineage.js).
     counts = page.evaluate(
         "() => ['img', 'svg', 'b[onmouseover]', 'i', 'script'].map("
         "s => document.querySelectorAll(s).length)"
     )
-    assert counts == [0, 0, 0, 0, 1]
+    assert counts == [0, 0, 0, 0, 2]
     assert page.problems == []  # no dialog (alert) fired: the fixture checks again at teardown
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import typer.main
 
-from steptrace.cli import acting, otel, query, run, runs, store, ui
+from steptrace.cli import acting, otel, query, recover, run, runs, store, ui
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -38,6 +38,7 @@ acting.register(app)  # resume, fork, replay
 otel.register(app)  # export-otlp
 ui.register(app)  # ui
 store.register(app)  # status, migrate, prune
+recover.register(app)  # recover
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,7 +31,7 @@ from rich.text import Text
 
 import steptrace as st
 from steptrace.acting import source_spec
-from steptrace.cli.app import Status, store_option
+from steptrace.cli.app import Status, finish_recording, store_option
 from steptrace.cli.diffs import print_change, print_diff
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_workflow, short_prefix
@@ -43,7 +43,7 @@ from steptrace.cli.output import (
     print_json,
     styled_status,
 )
-from steptrace.cli.workflows import finish_recording, load_workflow, self_command
+from steptrace.cli.workflows import load_workflow, self_command
 from steptrace.decorators import workflow_spec
 from steptrace.errors import QueryError, ReentryError
 from steptrace.regression import Report, Verdict, replay_many, verdict
@@ -500,7 +500,7 @@ def _replay_many(
         with st.Store.open() as store:
             check_workflow(store, workflow)
             total = min(
-                last, store.count_runs(workflow, status, where=where or None, derived=False)
+                last, store.count_runs(workflow, status, where=where or None, originals=True)
             )
         if not total:
             filters = " and ".join([f"--status {status}", *(f"--where {w!r}" for w in where)])

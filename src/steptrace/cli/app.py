@@ -1,6 +1,7 @@
 """The ``steptrace`` typer app and its global options (``--store``, ``--debug``,
-``--version``): what they set for the command that runs (``options``), and the option
-types several commands share.
+``--version``): what they set for the command that runs (``options``), the option
+types several commands share (the run filters of ``runs`` and ``export``, declared
+once here), and how a command that recorded runs ends (``finish_recording``).
 
 The command modules register their commands on ``app``; ``steptrace.cli`` does that
 for every one of them and holds the entry point.
@@ -13,9 +14,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 import steptrace as st
 from steptrace.cli.errors import masked
@@ -45,6 +47,76 @@ class Status(enum.StrEnum):
     failed = "failed"
     running = "running"
     interrupted = "interrupted"
+
+
+# The run filters (``Store.runs``'s), as ``runs`` and ``export`` take them.
+WorkflowFilter = Annotated[
+    str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
+]
+StatusFilter = Annotated[Status | None, typer.Option("--status", "-s", help="Only these.")]
+WhereFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        metavar="PREDICATE",
+        help="Only runs where e.g. 'classify.output.label = billing' or "
+        "'classify.attempts > 1' (repeatable: all must hold).",
+    ),
+]
+SinceFilter = Annotated[
+    str | None,
+    typer.Option("--since", metavar="TIME", help="Started at or after: ISO-8601 or 2h, 7d…"),
+]
+UntilFilter = Annotated[
+    str | None, typer.Option("--until", metavar="TIME", help="Started before: ISO or 2h…")
+]
+TagFilter = Annotated[
+    list[str] | None,
+    typer.Option("--tag", metavar="TAG", help="Only runs with this tag (repeatable)."),
+]
+ForkedFromFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--forked-from", metavar="RUN_ID", help="Only forks of this run (an id or a prefix)."
+    ),
+]
+ReplayOfFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--replay-of", metavar="RUN_ID", help="Only replays of this run (an id or a prefix)."
+    ),
+]
+DerivedFilter = Annotated[
+    bool, typer.Option("--derived", help="Only runs made from another: forks and replays.")
+]
+
+
+def run_filters(
+    store: st.Store,
+    workflow: str | None,
+    status: Status | None,
+    since: str | None,
+    until: str | None,
+    tag: list[str] | None,
+    where: list[str] | None,
+    forked_from: str | None,
+    replay_of: str | None,
+    derived: bool,
+) -> dict[str, Any]:
+    """The ``Store.runs`` keyword arguments the filter options give; a run id of
+    ``--forked-from``/``--replay-of`` may be a prefix of a stored run's (``RunNotFound``
+    when it names none, or several)."""
+    return {
+        "workflow": workflow,
+        "status": status.value if status else None,
+        "since": since,
+        "until": until,
+        "tag": tag,
+        "where": where,
+        "forked_from": None if forked_from is None else store.resolve(forked_from),
+        "replay_of": None if replay_of is None else store.resolve(replay_of),
+        "derived": derived,
+    }
 
 
 app = typer.Typer(
@@ -115,6 +187,25 @@ def _setup(
     from steptrace.store.engines import record_export_report
 
     configure_sdk(report=record_export_report)
+
+
+def finish_recording() -> None:
+    """At the end of a command that recorded runs: write every record and export every
+    span before the process exits; say plainly if spans could not be exported (the
+    store has them all)."""
+    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
+    from steptrace.otel.otlp import export_counts, shutdown_sdk
+
+    if not st.flush():
+        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
+    shutdown_sdk()
+    counts = export_counts()
+    if counts.dropped:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
+            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
+            "--since … --endpoint …"
+        )
 
 
 class _BriefFormatter(logging.Formatter):

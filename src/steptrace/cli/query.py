@@ -20,7 +20,18 @@ import typer
 from rich.text import Text
 
 import steptrace as st
-from steptrace.cli.app import Status
+from steptrace.cli.app import (
+    DerivedFilter,
+    ForkedFromFilter,
+    ReplayOfFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    WhereFilter,
+    WorkflowFilter,
+    run_filters,
+)
 from steptrace.cli.diffs import print_diff
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_step, check_workflow, short_prefix
@@ -509,23 +520,15 @@ def export_command(
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="FILE", help="Where to write (- : stdout).")
     ] = "-",
-    workflow: Annotated[
-        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
-    ] = None,
-    status: Annotated[Status | None, typer.Option("--status", "-s", help="Only these.")] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option("--where", metavar="PREDICATE", help="As for `runs` (repeatable)."),
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option("--since", metavar="TIME", help="Started at or after.")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option("--until", metavar="TIME", help="Started before.")
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", metavar="TAG", help="Repeatable.")
-    ] = None,
+    workflow: WorkflowFilter = None,
+    status: StatusFilter = None,
+    where: WhereFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    tag: TagFilter = None,
+    forked_from: ForkedFromFilter = None,
+    replay_of: ReplayOfFilter = None,
+    derived: DerivedFilter = False,
     last: Annotated[
         int | None, typer.Option("--last", "-n", min=1, help="Only the last N runs.")
     ] = None,
@@ -542,21 +545,14 @@ def export_command(
             check_step(store, step, workflow)
         elif workflow is not None:
             check_workflow(store, workflow)
-        options: dict[str, Any] = {
-            "workflow": workflow,
-            "status": status.value if status else None,
-            "since": since,
-            "until": until,
-            "tag": tag,
-            "where": where,
-            "last": last,
-            "step": step,
-        }
+        options = run_filters(
+            store, workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         if output == "-":
-            n = store.export(sys.stdout.buffer, fmt, table, **options)
+            n = store.export(sys.stdout.buffer, fmt, table, last=last, step=step, **options)
             sys.stdout.buffer.flush()
         else:
-            n = store.export(output, fmt, table, **options)
+            n = store.export(output, fmt, table, last=last, step=step, **options)
     if output != "-":
         sys.stderr.write(f"wrote {n:,} row(s) of {table} to {output}\n")
 

@@ -19,6 +19,7 @@ import sys
 import typing
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -30,11 +31,11 @@ from rich.table import Table
 from rich.text import Text
 
 import steptrace as st
-from steptrace.cli.app import options, store_option
+from steptrace.cli.app import finish_recording, options, store_option
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import short_prefix
 from steptrace.cli.output import format_duration, make_console, print_json, styled_status
-from steptrace.cli.workflows import finish_recording, load_workflow, self_command
+from steptrace.cli.workflows import load_workflow, self_command
 from steptrace.config import get_config
 from steptrace.decorators import workflow_spec
 from steptrace.masking import mask_url
@@ -45,11 +46,23 @@ from steptrace.store.model import RunRecord
 
 def demo_command(
     runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="How many runs to make.")] = 20,
+    eject: Annotated[
+        Path | None,
+        typer.Option(
+            "--eject",
+            help="Write the demo workflow's source to this file (to edit it and act on "
+            "recorded runs with --entry FILE_STEM:triage) instead of running it.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the bundled support-ticket triage workflow N times and say where to look next."""
     from steptrace.examples import triage
 
     console = make_console()
+    if eject is not None:
+        _eject_demo(console, Path(triage.__file__), eject)
+        return
     if not options.debug and not triage.log.handlers:
         # Recorded in the store; the terminal shows the summary.
         triage.log.addHandler(logging.NullHandler())
@@ -74,6 +87,29 @@ def demo_command(
     console.print(Text("\nAsk across runs, or browse them:", style="bold"))
     for question in (["dist", "classify", "category"], ["stats", "triage"], ["ui"]):
         console.print("  " + shlex.join([*command, *question]), soft_wrap=True, markup=False)
+
+
+def _eject_demo(console: Console, source: Path, target: Path) -> None:
+    if target.exists():
+        raise typer.BadParameter(f"{target} exists; give another file name", param_hint="--eject")
+    if target.suffix != ".py" or not target.stem.isidentifier():
+        raise typer.BadParameter(
+            f"{target.name} is not an importable module name (like triage_demo.py)",
+            param_hint="--eject",
+        )
+    target.write_text(source.read_text())
+    entry = f"{target.stem}:triage"
+    console.print(
+        f"Wrote the demo workflow to {target}. Edit it (its prompts are at the top), then:"
+    )
+    command = [*self_command(), *store_option()]
+    for example in (
+        ["fork", "RUN_ID", "--from", "draft_reply", "--entry", entry],
+        ["replay", "--workflow", "triage", "--last", "50", "--entry", entry],
+    ):
+        console.print("  " + shlex.join([*command, *example]), soft_wrap=True, markup=False)
+    if target.parent.resolve() != Path.cwd().resolve():
+        console.print(f"(run them from {target.parent}, or put it on PYTHONPATH)")
 
 
 def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +15,18 @@ from rich.text import Text
 from rich.tree import Tree
 
 import steptrace as st
-from steptrace.cli.app import Status
+from steptrace.cli.app import (
+    DerivedFilter,
+    ForkedFromFilter,
+    ReplayOfFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    WhereFilter,
+    WorkflowFilter,
+    run_filters,
+)
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_workflow, short_prefix
 from steptrace.cli.output import (
@@ -35,52 +47,32 @@ from steptrace.cli.output import (
 )
 from steptrace.query import export as export_tables
 from steptrace.query.where import QueryError
-from steptrace.store.model import RunRecord, SpanView
+from steptrace.store.model import DerivedRun, RunRecord, SpanView
 
 
 def runs_command(
-    workflow: Annotated[
-        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
-    ] = None,
-    status: Annotated[Status | None, typer.Option("--status", "-s", help="Only these.")] = None,
+    workflow: WorkflowFilter = None,
+    status: StatusFilter = None,
     last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many, newest first.")] = 20,
     offset: Annotated[
         int, typer.Option("--offset", min=0, help="Skip this many first (the next page).")
     ] = 0,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--where",
-            metavar="PREDICATE",
-            help="Only runs where e.g. 'classify.output.label = billing' or "
-            "'classify.attempts > 1' (repeatable: all must hold).",
-        ),
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", metavar="TIME", help="Started at or after: ISO-8601 or 2h, 7d…"),
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option("--until", metavar="TIME", help="Started before: ISO or 2h…")
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option("--tag", metavar="TAG", help="Only runs with this tag (repeatable)."),
-    ] = None,
+    where: WhereFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    tag: TagFilter = None,
+    forked_from: ForkedFromFilter = None,
+    replay_of: ReplayOfFilter = None,
+    derived: DerivedFilter = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON run objects.")] = False,
     fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
     """List runs, newest first (a note on stderr says when more match)."""
     fmt = output_format(fmt, as_json)
-    filters: dict[str, Any] = {
-        "workflow": workflow,
-        "status": status.value if status else None,
-        "since": since,
-        "until": until,
-        "tag": tag,
-        "where": where,
-    }
     with st.Store.open() as store:
+        filters = run_filters(
+            store, workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         try:
             records = store.runs(last=last, offset=offset, **filters)
             if workflow is not None and not records:
@@ -108,7 +100,7 @@ def runs_command(
                 note(more)
             return
         if not records:
-            filtered = workflow or status or where or since or until or tag or offset
+            filtered = any(filters.values()) or offset
             make_console().print(Text(f"no {'matching ' if filtered else ''}runs in {store.url}"))
             return
         rows = [
@@ -145,14 +137,17 @@ def show_command(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id or a prefix of one.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
 ) -> None:
-    """Show one run as a tree: steps and their attempts, LLM and tool calls, logs."""
+    """Show one run as a tree: where it came from (a fork or replay of another run, how
+    often it was resumed, its code) and the runs made from it; steps and their
+    attempts, LLM and tool calls, logs."""
     with st.Store.open() as store:
         record = store.run(run_id)
+        derived = store.derived(record.run_id)
     if as_json:
-        print_json(record.to_dict())
+        print_json(record.to_dict() | {"derived": derived})
         return
     console = make_console()
-    tree = run_tree(record)
+    tree = run_tree(record, derived)
     console.print(tree)
     cut = _cut_lines(tree, console.width)
     if cut:
@@ -174,8 +169,9 @@ def _cut_lines(tree: Tree, width: int, depth: int = 0) -> int:
     return cut
 
 
-def run_tree(record: RunRecord) -> Tree:
-    """The run as a rich tree: run → steps/attempts → LLM and tool calls, with logs."""
+def run_tree(record: RunRecord, derived: Sequence[DerivedRun] = ()) -> Tree:
+    """The run as a rich tree: run → its lineage (``_lineage``) and steps/attempts → LLM
+    and tool calls, with logs."""
     tree = Tree(
         Text.assemble(
             ("run ", "bold"),
@@ -188,6 +184,7 @@ def run_tree(record: RunRecord) -> Tree:
             (record.started_at, "dim"),
         )
     )
+    _lineage(tree, record, derived)
     _value(tree, "input", record.input)
     ids = {s.span_id for s in record.spans}
     children: dict[str, list[SpanView]] = defaultdict(list)
@@ -201,6 +198,41 @@ def run_tree(record: RunRecord) -> Tree:
     if record.error:
         _error(tree, record.error)
     return tree
+
+
+def _lineage(tree: Tree, record: RunRecord, derived: Sequence[DerivedRun]) -> None:
+    """The lines that say where the run came from and what was made from it, each only
+    when there is something to say."""
+    if record.forked_from:
+        at = ((" at ", "dim"), record.forked_at) if record.forked_at else ()
+        _line(tree, ("forked from ", "bold dim"), (record.forked_from, "cyan"), *at)
+    if record.replay_of:
+        _line(tree, ("replay of ", "bold dim"), (record.replay_of, "cyan"))
+    if record.resume_count:
+        n = record.resume_count
+        _line(tree, (f"resumed {n} time{'' if n == 1 else 's'}", "yellow"))
+    if record.entry_point:
+        _value(tree, "entry point", record.entry_point)
+    version: Any = record.code_version
+    if version:
+        if isinstance(version, dict):  # by name: PostgreSQL's JSONB keeps no key order
+            parts = sorted(version.items())
+            version = ", ".join(f"{k} {abbrev(v)}" for k, v in parts if v is not None)
+        _value(tree, "code version", version)
+    if derived:
+        node = tree.add(Text("derived runs:", style="bold dim"))
+        for run in derived:
+            relation: str = run["relation"]
+            if relation == "fork" and run["forked_at"]:
+                relation += f" at {run['forked_at']}"
+            _line(node, (run["run_id"], "cyan"), f"  {relation}  ", styled_status(run["status"]))
+
+
+def _line(node: Tree, *parts: str | tuple[str, str] | Text) -> None:
+    """A one-line child of ``node`` (cut to the terminal's width, like ``_value``)."""
+    line = Text.assemble(*parts)
+    line.no_wrap, line.overflow = True, "ellipsis"
+    node.add(line)
 
 
 def _add_span(parent: Tree, span: SpanView, children: dict[str, list[SpanView]]) -> None:

@@ -1,14 +1,12 @@
-"""Workflows as the command line names and runs them: ``load_workflow`` imports
-``module:function`` or ``path/to/file.py:function``, ``finish_recording`` writes every
-record and exports every span before a command that recorded runs exits, and
-``self_command`` is how to invoke this steptrace again in the commands we suggest.
+"""Workflows as the command line names them: ``load_workflow`` imports
+``module:function`` or ``path/to/file.py:function``, and ``self_command`` is how to
+invoke this steptrace again in the commands we suggest.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import os
 import shutil
 import sys
@@ -16,28 +14,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
-
-import steptrace as st
 from steptrace.cli.errors import CLIError
-
-
-def finish_recording() -> None:
-    """Write every record and export every span before the process exits; say plainly
-    if spans could not be exported (the store has them all)."""
-    # Imported here: the OTLP module pulls in the SDK, which `steptrace --help` never needs.
-    from steptrace.otel.otlp import export_counts, shutdown_sdk
-
-    if not st.flush():
-        logging.getLogger("steptrace").warning("steptrace: not all records were written in time")
-    shutdown_sdk()
-    counts = export_counts()
-    if counts.dropped:
-        Console(stderr=True, highlight=False).print(
-            f"[yellow]{counts.dropped:,} spans were not exported[/] ({counts.describe()}); "
-            "the store has them all: re-send with [bold]steptrace export-otlp[/] "
-            "--since … --endpoint …"
-        )
 
 
 def self_command() -> list[str]:

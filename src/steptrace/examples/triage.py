@@ -251,7 +251,7 @@ def _hits(text: str, words: tuple[str, ...]) -> int:
     return sum(len(re.findall(r"\b" + re.escape(w), text)) for w in words)
 
 
-def _classify_answer(prompt: str, digest: bytes) -> dict[str, Any]:
+def _classify_answer(prompt: str, digest: bytes, system: str = "") -> dict[str, Any]:
     text = prompt.lower()
     scores = sorted(((_hits(text, w), c) for c, w in _KEYWORDS.items()), key=lambda s: -s[0])
     (best, category), (second, _) = scores[0], scores[1]
@@ -275,7 +275,14 @@ def _classify_garbled(answer: dict[str, Any], kind: int) -> str:
     return json.dumps({**answer, "category": "payments"})
 
 
-def _draft_answer(prompt: str, digest: bytes) -> dict[str, Any]:
+NO_DATE_RULE = "offer express shipping instead of promising a date"
+"""Words that, in the drafter's system prompt, keep it from promising delivery dates."""
+ESCALATE_RULE = "hand refunds over the limit to a colleague"
+"""Words that, in the drafter's system prompt, keep it from refunding over the limit."""
+
+
+def _draft_answer(prompt: str, digest: bytes, system: str = "") -> dict[str, Any]:
+    rules = system.lower()
     context = json.loads(prompt[prompt.index("{") :])
     ticket, label, order = context["ticket"], context["classification"], context["order"]
     name = ticket["customer"].split()[0]
@@ -295,6 +302,12 @@ def _draft_answer(prompt: str, digest: bytes) -> dict[str, Any]:
             f"Hi {name}, I'm sorry about order {order_id}. I've refunded ${refund:.2f} to your "
             "original payment method; it shows up within 5 business days."
         )
+        if refund > REFUND_LIMIT_USD and ESCALATE_RULE in rules:
+            refund, promises = 0.0, []
+            body = (
+                f"Hi {name}, I'm sorry about order {order_id}. A colleague will approve your "
+                "refund today and confirm it by email."
+            )
     elif label["category"] == "billing" and ("twice" in body_text or "double" in body_text):
         refund = float(amount.group(1)) if amount else 0.0
         promises = ["refund"]
@@ -303,7 +316,12 @@ def _draft_answer(prompt: str, digest: bytes) -> dict[str, Any]:
         body = f"Hi {name}, we've corrected the invoice and emailed you a new copy."
     elif label["category"] == "shipping":
         day = next((d for d in _DAYS if d in body_text), None)
-        if day and label["urgency"] in ("high", "critical"):
+        if day and label["urgency"] in ("high", "critical") and NO_DATE_RULE in rules:
+            body = (
+                f"Hi {name}, I've upgraded your order to express shipping, the fastest we "
+                f"have; we'll do all we can to get it to you before {day.capitalize()}."
+            )
+        elif day and label["urgency"] in ("high", "critical"):
             promises = [f"guaranteed delivery by {day.capitalize()}"]
             body = (
                 f"Hi {name}, I've upgraded your order to express shipping and we guarantee "
@@ -346,7 +364,7 @@ class ScriptedModel:
 
     def __init__(
         self,
-        answer: Callable[[str, bytes], dict[str, Any]],
+        answer: Callable[[str, bytes, str], dict[str, Any]],
         garble: Callable[[dict[str, Any], int], str],
         flaky_every: int,
     ) -> None:
@@ -358,13 +376,14 @@ class ScriptedModel:
 
     def __call__(self, messages: list[dict[str, Any]], **params: Any) -> str:
         prompt = str(messages[-1]["content"])
+        system = str(messages[0]["content"]) if messages[0].get("role") == "system" else ""
         digest = _digest(prompt)
         with self._lock:
             if len(self._seen) > 100_000:  # bounded memory in a long-lived process
                 self._seen.clear()
             seen = self._seen.get(digest, 0)
             self._seen[digest] = seen + 1
-        answer = self._answer(prompt, digest)
+        answer = self._answer(prompt, digest, system)
         if seen == 0 and digest[0] % self._flaky_every == 0:
             return self._garble(answer, digest[1] % 3)
         return json.dumps(answer)

@@ -78,13 +78,42 @@ class SpanFacts:
     llm: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
     stored_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """A run's ``steptrace.run.*`` lineage attributes (entry point, source, resumes)."""
+
+
+def _lineage(
+    entry_point: str | None,
+    forked_from: str | None,
+    forked_at: str | None,
+    replay_of: str | None,
+    resume_count: int,
+) -> dict[str, Any]:
+    lineage: dict[str, Any] = {
+        "steptrace.run.entry_point": entry_point,
+        "steptrace.run.forked_from": forked_from,
+        "steptrace.run.forked_at": forked_at,
+        "steptrace.run.replay_of": replay_of,
+        "steptrace.run.resume_count": resume_count or None,
+    }
+    return {k: v for k, v in lineage.items() if v is not None}
 
 
 def facts_from_record(rec: RunState | SpanRecord) -> SpanFacts:
     """The facts of a live record whose values the writer has redacted already."""
     if isinstance(rec, RunState):
+        lineage = _lineage(
+            rec.entry_point, rec.forked_from, rec.forked_at, rec.replay_of, rec.resume_count
+        )
         return SpanFacts(
-            "run", rec.workflow, rec.run_id, rec.status, rec.input, rec.output, error=rec.otel_error
+            "run",
+            rec.workflow,
+            rec.run_id,
+            rec.status,
+            rec.input,
+            rec.output,
+            error=rec.otel_error,
+            lineage=lineage,
         )
     stored = orjson.loads(rec.attributes) if rec.attributes else {}
     facts = SpanFacts(
@@ -146,6 +175,9 @@ def facts_from_stored(run: RunRecord, span: SpanView | None = None) -> SpanFacts
             _dumps(run.input),
             _dumps(run.output),
             error=_stored_error(run.status, run.error),
+            lineage=_lineage(
+                run.entry_point, run.forked_from, run.forked_at, run.replay_of, run.resume_count
+            ),
         )
     return SpanFacts(
         span.kind,
@@ -182,8 +214,10 @@ def span_attributes(facts: SpanFacts, *, openinference: bool) -> dict[str, Any]:
         attributes["steptrace.workflow.name"] = facts.name
         attributes["steptrace.run.input"] = input_value
         attributes["steptrace.run.output"] = output_value
+        attributes.update(facts.lineage)
     elif facts.kind == "llm":
         _llm_attributes(attributes, facts)
+        _replay_attributes(attributes, facts)
     else:
         if facts.key is not None:
             attributes["steptrace.step.key"] = facts.key
@@ -196,11 +230,31 @@ def span_attributes(facts: SpanFacts, *, openinference: bool) -> dict[str, Any]:
             attributes["gen_ai.tool.name"] = facts.name
             if facts.tool_call_id is not None:
                 attributes["gen_ai.tool.call.id"] = facts.tool_call_id
+        _replay_attributes(attributes, facts)
     if facts.error is not None:
         attributes["error.type"] = facts.error[0]
     if openinference:
         _openinference(attributes, facts, input_value, output_value)
     return attributes
+
+
+_REPLAY_ATTRIBUTES = (
+    "steptrace.reused_from",
+    "steptrace.replay.answer",
+    "steptrace.replay.source_span_id",
+    "steptrace.replay.unmatched",
+    "steptrace.replay.reason",
+)
+
+
+def _replay_attributes(attributes: dict[str, Any], facts: SpanFacts) -> None:
+    """How a re-entered run's span came to be: reused, answered from the recording, or
+    run live without a recorded match."""
+    stored = facts.stored_attributes
+    for name in _REPLAY_ATTRIBUTES:
+        value = stored.get(name)
+        if isinstance(value, str | bool | int | float):
+            attributes[name] = value
 
 
 def span_status(facts: SpanFacts) -> Status:

@@ -9,7 +9,7 @@ final attempts' inputs, outputs, errors (without tracebacks) and LLM calls
 by a path such as ``output.classification`` or ``llm[0].messages[1].content``.
 Long or multi-line strings also get a line diff. Steps only one run has are
 listed as such, in the order the runs met them. A step a fork reused is a copy of
-its recorded attempt without the LLM calls it made: its LLM calls are not compared.
+its recorded attempt: its LLM calls and its number of attempts are not compared.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import orjson
 
 from steptrace.store.model import RunRecord, SpanView
 
-REUSED_FROM = "steptrace.reused_from"
-"""The attribute of a step attempt that is a copy of a recorded one (``fork``)."""
 LONG_STRING = 120
 """Strings longer than this (or with a newline) are also diffed line by line."""
 
@@ -204,18 +202,18 @@ def _llm_view(span: SpanView) -> dict[str, Any]:
     }
 
 
-def _content(step: _Step) -> dict[str, Any]:
+def _content(step: _Step, *, llm: bool = True) -> dict[str, Any]:
     final = step.final
-    return {
-        "input": final.input,
-        "output": final.output,
-        "error": _error(final.error),
-        "llm": [_llm_view(s) for s in step.llm],
-    }
+    content = {"input": final.input, "output": final.output, "error": _error(final.error)}
+    if llm:
+        content["llm"] = [_llm_view(s) for s in step.llm]
+    return content
 
 
-def _reused(step: _Step) -> bool:
-    return REUSED_FROM in step.final.attributes
+def _reused(step: _Step | None) -> bool:
+    """A fork's copy of a recorded step (``steptrace.reused_from``): it made no LLM calls
+    and has one attempt, whatever the recorded one made and had."""
+    return step is not None and "steptrace.reused_from" in step.final.attributes
 
 
 def _delta(a: float | None, b: float | None) -> float | None:
@@ -228,14 +226,9 @@ def _step_diff(key: str, a: _Step | None, b: _Step | None) -> StepDiff:
     final_a = a.final if a else None
     final_b = b.final if b else None
     changes: list[Change] = []
+    reused = _reused(a) or _reused(b)
     if a is not None and b is not None:
-        content_a, content_b = _content(a), _content(b)
-        if _reused(a) or _reused(b):
-            # A copy of a recorded attempt (a fork's steps before its fork point) has the
-            # attempt's input and output, not its LLM calls: those were made in the
-            # source run, not in this one.
-            del content_a["llm"], content_b["llm"]
-        changes = json_diff(content_a, content_b)
+        changes = json_diff(_content(a, llm=not reused), _content(b, llm=not reused))
     status: Pair = {
         "a": final_a.status if final_a else None,
         "b": final_b.status if final_b else None,
@@ -251,7 +244,9 @@ def _step_diff(key: str, a: _Step | None, b: _Step | None) -> StepDiff:
         "status": status,
         "attempts": attempts,
         "duration_ms": {"a": duration_a, "b": duration_b, "delta": _delta(duration_a, duration_b)},
-        "changed": bool(changes) or status["a"] != status["b"] or attempts["a"] != attempts["b"],
+        "changed": bool(changes)
+        or status["a"] != status["b"]
+        or (attempts["a"] != attempts["b"] and not reused),
         "changes": changes,
     }
 

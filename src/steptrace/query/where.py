@@ -314,8 +314,14 @@ class RunFilter:
     until: str | dt.datetime | None = None
     tags: Sequence[str] = ()
     where: Sequence[str] = field(default_factory=tuple)
-    derived: bool = True
-    """False: leave out the runs made from another by ``fork`` or ``replay``."""
+    forked_from: str | None = None
+    """Only forks of the run with this id."""
+    replay_of: str | None = None
+    """Only replays of the run with this id."""
+    derived: bool = False
+    """Only runs made from another run: forks and replays."""
+    originals: bool = False
+    """Only runs not made from another run: neither forks nor replays."""
 
     @classmethod
     def of(
@@ -326,11 +332,16 @@ class RunFilter:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
-        derived: bool = True,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
+        originals: bool = False,
     ) -> RunFilter:
         tags = (tag,) if isinstance(tag, str) else tuple(tag or ())
         wheres = (where,) if isinstance(where, str) else tuple(where or ())
-        return cls(workflow, status, since, until, tags, wheres, derived)
+        return cls(
+            workflow, status, since, until, tags, wheres, forked_from, replay_of, derived, originals
+        )
 
     def sql(self, d: Dialect, runs: str = "runs") -> tuple[list[str], list[Any]]:
         """Conditions (to AND together) on the runs table aliased ``runs``, and their
@@ -343,8 +354,16 @@ class RunFilter:
         if self.status is not None:
             conds.append(f"{runs}.status = ?")
             params.append(self.status)
-        if not self.derived:
-            conds.append(f"{runs}.replay_of IS NULL AND {runs}.forked_from IS NULL")
+        if self.forked_from is not None:
+            conds.append(f"{runs}.forked_from = ?")
+            params.append(self.forked_from)
+        if self.replay_of is not None:
+            conds.append(f"{runs}.replay_of = ?")
+            params.append(self.replay_of)
+        if self.derived:
+            conds.append(f"({runs}.forked_from IS NOT NULL OR {runs}.replay_of IS NOT NULL)")
+        if self.originals:
+            conds.append(f"{runs}.forked_from IS NULL AND {runs}.replay_of IS NULL")
         if self.since is not None:
             conds.append(f"{runs}.started_at >= ?")
             params.append(parse_time(self.since))

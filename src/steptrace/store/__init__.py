@@ -26,7 +26,7 @@ from steptrace.store.columns import JSON_NAMES, LLM_CALLS, LOGS, RUN_FIELDS, RUN
 from steptrace.store.dialect import Dialect
 from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.engines import open_read_engine, open_writer, query_params
-from steptrace.store.model import RunRecord, SpanView, loads
+from steptrace.store.model import DerivedRun, RunRecord, SpanView, loads
 from steptrace.store.schema import migrate_store, same_store
 
 T = TypeVar("T")
@@ -63,6 +63,14 @@ _LOGS_OF_RUNS = (
 READ_RUNS_BATCH = 200
 """Runs ``Store.read_runs`` reads with one query per table."""
 
+
+_DERIVED = (
+    "SELECT run_id, workflow, status, started_at, CASE WHEN forked_from = ? THEN 1 ELSE 0 END,"
+    " forked_at FROM runs WHERE forked_from = ? OR replay_of = ?"
+    " ORDER BY started_at DESC, run_id DESC"
+)
+"""The runs forked from or replaying one run (each condition served by its partial
+index): whether it is a fork, then its fork step."""
 
 SQL_TIMEOUT_S = 30.0
 """How long ``Store.sql`` lets a statement run, unless told otherwise."""
@@ -240,16 +248,22 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
-        derived: bool = True,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
+        originals: bool = False,
     ) -> list[RunRecord]:
         """Runs, newest first, without their spans: ``last`` of them after skipping
         ``offset`` (a page). ``since``/``until`` bound the start time (ISO-8601, or
         ``"2h"``/``"7d"`` before now); ``tag`` keeps runs carrying every tag given;
         ``where`` keeps runs matching every predicate, e.g.
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
-        (see ``steptrace.query.where``); ``derived=False`` leaves out the runs made
-        from another by ``fork`` or ``replay``. Raises ``QueryError`` for a malformed filter."""
-        runs = RunFilter.of(workflow, status, since, until, tag, where, derived)
+        (see ``steptrace.query.where``); ``forked_from``/``replay_of`` keep the forks or
+        replays of the run with that id, ``derived`` every fork and replay, ``originals``
+        every run that is neither. Raises ``QueryError`` for a malformed filter."""
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
+        )
         clause, params = self._where(runs)
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
@@ -267,10 +281,15 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
-        derived: bool = True,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
+        originals: bool = False,
     ) -> int:
         """How many runs ``runs`` with the same filters would list without a limit."""
-        runs = RunFilter.of(workflow, status, since, until, tag, where, derived)
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
+        )
         clause, params = self._where(runs)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
@@ -278,6 +297,25 @@ class Store:
         """`` WHERE …`` (or nothing) choosing ``runs``, and its parameters."""
         conds, params = runs.sql(self.dialect)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
+
+    def derived(self, run_id: str) -> list[DerivedRun]:
+        """The runs made from this run (id or unambiguous prefix), newest first: its
+        forks (``relation`` ``"fork"``, ``forked_at`` the step key the fork started at)
+        and its replays (``"replay"``, ``forked_at`` None). Each is ``{"run_id",
+        "workflow", "status", "started_at", "relation", "forked_at"}``."""
+        source = self.resolve(run_id)
+        rows = self._rows(_DERIVED, [source, source, source])
+        return [
+            DerivedRun(
+                run_id=r[0],
+                workflow=r[1],
+                status=r[2],
+                started_at=r[3],
+                relation="fork" if r[4] else "replay",
+                forked_at=r[5] if r[4] else None,
+            )
+            for r in rows
+        ]
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run whose id is ``run_id`` or starts with it."""
@@ -484,6 +522,9 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
         last: int | None = None,
         step: str | None = None,
     ) -> int:
@@ -499,7 +540,9 @@ class Store:
             )
         if format == "parquet":
             export.require_arrow()  # fail before creating the file
-        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         if isinstance(dest, str | Path):
             with open(dest, "wb") as out:
@@ -516,6 +559,9 @@ class Store:
         until: str | dt.datetime | None = None,
         tag: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
+        forked_from: str | None = None,
+        replay_of: str | None = None,
+        derived: bool = False,
         last: int | None = None,
         step: str | None = None,
     ) -> Any:
@@ -523,12 +569,15 @@ class Store:
         needs pandas."""
         from steptrace.query import export
 
-        runs = RunFilter.of(workflow, status, since, until, tag, where)
+        runs = RunFilter.of(
+            workflow, status, since, until, tag, where, forked_from, replay_of, derived
+        )
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         return export.to_pandas(columns, rows)
 
 
 __all__ = [
+    "DerivedRun",
     "QueryError",
     "RunNotFound",
     "RunRecord",

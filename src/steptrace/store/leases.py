@@ -6,12 +6,15 @@ one run, ``claim_interrupted`` on up to ``limit`` interrupted durable runs for a
 recoverer. A lease is taken in one statement (or, on PostgreSQL, one transaction whose
 ``SELECT … FOR UPDATE SKIP LOCKED`` lets recoverers on many machines each take other
 runs); it lapses at ``lease_until``, by when the resumed run is marked ``running`` by
-its new owner (so recoverers leave it alone) or the lease may be taken again.
+its new owner (so recoverers leave it alone) or the lease may be taken again. A holder
+that dies while it resumes a run gives the lease back with it: the sweep that marks the
+run ``interrupted`` (``liveness``) clears the lease too.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from steptrace.store import admin
 from steptrace.store.sqlite import iso_from_ns
@@ -40,10 +43,16 @@ def claim(url: str, run_id: str, holder: str, lease_s: float = LEASE_S) -> bool:
 
 
 def claim_interrupted(
-    url: str, holder: str, limit: int, lease_s: float = LEASE_S, workflow: str | None = None
+    url: str,
+    holder: str,
+    limit: int,
+    lease_s: float = LEASE_S,
+    workflow: str | None = None,
+    exclude: Collection[str] = (),
 ) -> list[str]:
     """Take the lease on up to ``limit`` interrupted durable runs (oldest first) that
-    nobody holds; the ids taken."""
+    nobody holds, but those in ``exclude`` (runs the recoverer could not resume); the
+    ids taken."""
     now = time.time_ns()
     until = iso_from_ns(now + int(lease_s * 1e9))
     where = (
@@ -54,6 +63,9 @@ def claim_interrupted(
     if workflow is not None:
         where += " AND workflow = ?"
         params.append(workflow)
+    if exclude:
+        where += f" AND run_id NOT IN ({', '.join(['?'] * len(exclude))})"
+        params.extend(exclude)
     with admin.connect(url) as conn:
         lock = " FOR UPDATE SKIP LOCKED" if conn.postgres else ""
 

@@ -62,6 +62,13 @@ def end(owner: Owner, now_ns: int) -> Statements:
 
 def _interrupt(owner_id: str, now: str) -> Statements:
     return [
+        # A run the owner was resuming holds its lease (``leases``): given back, so that
+        # a recoverer takes the run now rather than once the lease lapses.
+        (
+            "UPDATE runs SET lease_owner = NULL, lease_until = NULL "
+            "WHERE owner = ? AND status = 'running' AND lease_owner = ?",
+            (owner_id, owner_id),
+        ),
         (
             "UPDATE runs SET status = 'interrupted' WHERE owner = ? AND status = 'running'",
             (owner_id,),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import orjson
 
@@ -58,6 +58,19 @@ class SpanView:
             "logs": self.logs,
             "attributes": self.attributes,
         }
+
+
+class DerivedRun(TypedDict):
+    """A run made from another (``Store.derived``): a fork of it or a replay of it."""
+
+    run_id: str
+    workflow: str
+    status: str
+    started_at: str
+    relation: Literal["fork", "replay"]
+    forked_at: str | None
+    """The step key a fork started at (``draft#0``, ``outer#0/inner#1``); None for a
+    replay."""
 
 
 @dataclass

@@ -1010,14 +1010,15 @@ _RECOVER_EVERY_S = 5.0
 _recovered_at: dict[str, float] = {}
 
 
-def recover(url: str) -> None:
-    """What a reader opening the store does, at most every few seconds per store: mark
-    the runs of processes that are gone as interrupted, and write the spill journals
-    they left to the store. Never raises (a read-only role just does not do it)."""
-    now = time.monotonic()
-    if now - _recovered_at.get(url, -_RECOVER_EVERY_S) < _RECOVER_EVERY_S:
+def recover(url: str, *, now: bool = False) -> None:
+    """What a reader opening the store does, at most every few seconds per store (``now``:
+    whenever it was done last): mark the runs of processes that are gone as interrupted,
+    and write the spill journals they left to the store. Never raises (a read-only role
+    just does not do it)."""
+    started = time.monotonic()
+    if not now and started - _recovered_at.get(url, -_RECOVER_EVERY_S) < _RECOVER_EVERY_S:
         return
-    _recovered_at[url] = now
+    _recovered_at[url] = started
     try:
         _recover(url)
     except Exception as exc:

@@ -271,7 +271,8 @@ def create_app(
             bool, Query(description="include each span's values, messages and logs")
         ] = False,
     ) -> Any:
-        """A run (id or unique prefix) with its spans in start order. Without ``values``
+        """A run (id or unique prefix) with its spans in start order, and the runs made
+        from it (``derived``: its forks and replays, newest first). Without ``values``
         the spans are light (no input, output, messages or logs): fetch one span whole
         from ``/runs/{run_id}/spans/{span_id}``."""
         record = runs_cache.get(run_id)
@@ -283,6 +284,8 @@ def create_app(
             data["spans"] = [_light_span(s) for s in record.spans]
         data["totals"] = _totals(record)
         data["trace_link"] = _trace_link(trace_url, record)
+        # Read afresh, not kept with the run: a finished run may be forked at any time.
+        data["derived"] = store.derived(record.run_id)
         return data
 
     @api_get("/runs/{run_id}/spans/{span_id}", "runs", schema.Span | schema.RootSpan)

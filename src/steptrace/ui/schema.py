@@ -22,6 +22,40 @@ from steptrace.query.compare import Comparison
 from steptrace.query.diff import RunDiff
 from steptrace.query.distribution import Distribution
 from steptrace.query.stats import StepStats
+from steptrace.store.model import DerivedRun
+
+
+@functools.cache
+def model_of(typed_dict: type) -> type[BaseModel]:
+    """A pydantic model describing a ``TypedDict`` (nested ones too), for the OpenAPI
+    description. Keys marked ``NotRequired`` are optional. (Pydantic takes only
+    ``typing_extensions.TypedDict`` before Python 3.12, and Python 3.11 loses
+    ``NotRequired`` under ``from __future__ import annotations``, hence this.)"""
+    hints = typing.get_type_hints(typed_dict, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is NotRequired:
+            fields[name] = (_described(typing.get_args(hint)[0]), None)
+        else:
+            fields[name] = (_described(hint), ...)
+    model: type[BaseModel] = create_model(
+        typed_dict.__name__, __config__=ConfigDict(extra="allow"), **fields
+    )
+    return model
+
+
+def _described(hint: Any) -> Any:
+    """``hint`` with every ``TypedDict`` in it replaced by its model."""
+    if typing.is_typeddict(hint):
+        return model_of(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return list[_described(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[args[0], _described(args[1])]  # type: ignore[misc,valid-type]
+    if origin in (Union, types.UnionType):
+        return functools.reduce(lambda a, b: a | b, (_described(a) for a in args))
+    return hint
 
 
 class _Open(BaseModel):
@@ -152,6 +186,9 @@ class Run(_RunFields):
     )
     totals: Totals
     trace_link: str | None
+    derived: list[model_of(DerivedRun)] = Field(  # type: ignore[valid-type]
+        description="The runs made from this one (its forks and replays), newest first."
+    )
 
 
 class Bin(BaseModel):
@@ -167,39 +204,6 @@ class Histogram(_Open):
     workflow: str | None
     count: int
     bins: list[Bin]
-
-
-@functools.cache
-def model_of(typed_dict: type) -> type[BaseModel]:
-    """A pydantic model describing a ``TypedDict`` (nested ones too), for the OpenAPI
-    description. Keys marked ``NotRequired`` are optional. (Pydantic takes only
-    ``typing_extensions.TypedDict`` before Python 3.12, and Python 3.11 loses
-    ``NotRequired`` under ``from __future__ import annotations``, hence this.)"""
-    hints = typing.get_type_hints(typed_dict, include_extras=True)
-    fields: dict[str, Any] = {}
-    for name, hint in hints.items():
-        if typing.get_origin(hint) is NotRequired:
-            fields[name] = (_described(typing.get_args(hint)[0]), None)
-        else:
-            fields[name] = (_described(hint), ...)
-    model: type[BaseModel] = create_model(
-        typed_dict.__name__, __config__=ConfigDict(extra="allow"), **fields
-    )
-    return model
-
-
-def _described(hint: Any) -> Any:
-    """``hint`` with every ``TypedDict`` in it replaced by its model."""
-    if typing.is_typeddict(hint):
-        return model_of(hint)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        return list[_described(args[0])]  # type: ignore[misc]
-    if origin is dict:
-        return dict[args[0], _described(args[1])]  # type: ignore[misc,valid-type]
-    if origin in (Union, types.UnionType):
-        return functools.reduce(lambda a, b: a | b, (_described(a) for a in args))
-    return hint
 
 
 def diff_model() -> type[BaseModel]:

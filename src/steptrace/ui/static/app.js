@@ -309,6 +309,8 @@ async function runPage(runId) {
       el("button", { onclick: () => go(`/diff?b=${run.run_id}`) }, "Diff with…")));
   if (run.error) head.append(el("div", { class: "errbox", style: "flex-basis:100%" },
     el("span", { class: "et", text: run.error.type || "error" }), " ", String(run.error.message || "").split("\n")[0]));
+  const lineage = lineageView(run); // lineage.js
+  if (lineage) head.append(lineage);
 
   const tree = buildTree(run);
   const collapsed = new Set();
@@ -385,7 +387,7 @@ async function runPage(runId) {
   // Up/down (or k/j) move the selection through the waterfall's spans.
   const onKey = (e) => {
     if (!document.body.contains(wf)) { document.removeEventListener("keydown", onKey); return; }
-    if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.ctrlKey || e.metaKey || e.altKey) return;
     const step = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 }[e.key];
     if (!step) return;
     const rows = [...wf.querySelectorAll(".wf-row[data-span]")];
@@ -483,6 +485,7 @@ function spanDetail(span, run, siblings, select) {
       ["finish", l.finish_reason], ["incomplete", l.incomplete ? "yes (stream closed early)" : null]);
   }
   out.push(kv(facts));
+  if (span.step_key) out.push(forkSection(run.run_id, span.step_key, span.input)); // lineage.js
   if (span.error) {
     const validation = !!span.error.validation;
     out.push(section(validation ? "Validation error" : "Error", errorView(span.error, validation)));
