@@ -6,6 +6,7 @@ PostgreSQL. The workflows live at module level, so each run's recorded entry poi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -344,19 +345,26 @@ async def fan(parts: list[str]) -> int:
     return await combine(scored)
 
 
+def _run_async(coroutine: Any) -> Any:
+    """``asyncio.run`` on a thread of its own: a test run before this one may have left
+    an event loop running on this thread (Playwright's sync API does)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_async_concurrent_steps_resume_and_replay() -> None:
     knobs["combine_fails"] = True
-    failed = asyncio.run(st.arun(fan, ["a", "b", "c"]))
+    failed = _run_async(st.arun(fan, ["a", "b", "c"]))
     assert failed.status == "failed"
     knobs.clear()
     calls.clear()
     with pytest.raises(TypeError, match="aresume"):
         st.resume(failed.run_id)
-    resumed = asyncio.run(st.aresume(failed.run_id))
+    resumed = _run_async(st.aresume(failed.run_id))
     assert resumed.status == "succeeded" and resumed.output == 3
     assert calls == Counter({"combine": 1})  # the gathered steps were not run again
     calls.clear()
-    replayed = asyncio.run(st.areplay(failed.run_id))
+    replayed = _run_async(st.areplay(failed.run_id))
     assert replayed.status == "succeeded" and calls["model"] == 0
     assert sum(calls[f"score:{p}"] for p in "abc") == 3
 
