@@ -213,6 +213,7 @@ def test_regression_replay_json(recorded: Recorded) -> None:
         "changed": 2,
         "diverged": 0,
         "failed": 0,
+        "skipped": 0,
         "changed_at": {"route#0": 2},
     }
     with st.Store.open(str(recorded.traffic)) as store:

@@ -148,6 +148,7 @@ def test_a_code_change_is_reported_at_the_first_step_it_changes(
         "changed": 2,
         "diverged": 0,
         "failed": 0,
+        "skipped": 0,
         "changed_at": {"route#0": 2},
     }
     assert (
@@ -176,13 +177,31 @@ def test_failed_and_diverged_replays(store_url: str) -> None:
     BEHAVIOUR["prompt"] = "Classify: {}"
     loose = replay_many("triage", last=1)
     (v,) = loose.verdicts
-    assert (v.verdict, v.step) == ("changed", "classify#0")
+    # the prompt is the change under test; the model's answer, and every output, stayed
+    assert (v.verdict, v.step) == ("identical", None)
     assert v.llm_live == 1 and v.llm_recorded == 0
     assert v.unmatched == [{"kind": "llm", "at": "classify#0", "reason": "the prompt changed"}]
     strict = replay_many("triage", last=2, strict=True)
     assert [(v.verdict, v.step) for v in strict.verdicts] == [("diverged", "classify#0")] * 2
     assert all("ReplayMismatch" in (v.message or "") for v in strict.verdicts)
     assert strict.summary_line() == "0 identical, 0 changed, 2 diverged, 0 failed"
+
+
+def test_a_run_that_cannot_be_replayed_is_skipped_not_failed(store_url: str) -> None:
+    st.configure(store=store_url)
+    plain = st.run(triage, "where is my parcel")
+    secret = st.run(triage, "my key is sk-live-0123456789abcdef0123456789abcdef, refund it")
+    assert plain.status == secret.status == "succeeded"
+    report = replay_many("triage", last=2)
+    verdicts = by_source(report)
+    assert verdicts[plain.run_id].verdict == "identical"
+    skipped = verdicts[secret.run_id]
+    assert (skipped.verdict, skipped.replay_run_id) == ("skipped", None)
+    assert "a secret in it was redacted" in (skipped.message or "")
+    assert report.summary_line() == "1 identical, 0 changed, 0 diverged, 0 failed, 1 skipped"
+    assert report.ok  # counted, not failed
+    only_skipped = replay_many("triage", last=1)  # the newest: the one with the secret
+    assert [v.verdict for v in only_skipped.verdicts] == ["skipped"] and not only_skipped.ok
 
 
 def test_a_failure_the_source_had_too_is_identical(store_url: str) -> None:

@@ -3,18 +3,22 @@ for each, whether it still behaves as recorded (``replay_many``, ``steptrace rep
 --workflow W --last N``), and the verdict on one replay (``verdict``, also what
 ``steptrace replay RUN_ID`` prints).
 
-A verdict compares the replay with its source run as ``steptrace.query.diff`` does
-(status, attempts, inputs, outputs, errors and LLM calls of each step's final attempt;
-never durations or ids):
+A verdict compares what the replay *produced* with what its source run produced, step
+by step in the source run's order (``steptrace.query.diff`` aligns them): each step's
+status, output and error (without its traceback), and the run's own status, output
+and error. A step's input, its attempts and its LLM calls are not compared: a changed
+prompt is the code change under test, and what matters is whether outputs change.
 
-- ``identical``: no step and nothing of the run differs;
-- ``changed``: the first step that differs, in the source run's step order (a step
-  only one of them ran counts), with that step's structural changes; ``step`` is None
-  when only the run's own output or error differs;
+- ``identical``: no step and nothing of the run produced anything else;
+- ``changed``: the first step whose outcome differs (a step only one of them ran
+  counts), with its structural changes; ``step`` is None when only the run's own
+  output or error differs;
 - ``diverged``: today's code called steps in another order (``DivergenceError``) or
   made a call the recording cannot answer under ``strict`` (``ReplayMismatch``);
-- ``failed``: the replay raised something else, or could not start, and does not
-  reproduce the source run's own failure.
+- ``failed``: the replay raised something else, and does not reproduce the source
+  run's own failure;
+- ``skipped``: the run could not be replayed at all (``ReentryError`` before it
+  started: its input was not recorded in full, its workflow cannot be imported).
 
 ``replay_many`` reads the source runs a batch at a time (``Store.read_runs``), records
 the replays fire-and-forget (``durable="off"``) and writes each batch with one commit
@@ -34,15 +38,18 @@ from typing import Any, Literal
 from steptrace.acting import replay_scope, source_spec
 from steptrace.decorators import RunResult, aexecute, execute, workflow_spec
 from steptrace.errors import DivergenceError, ReentryError, ReplayMismatch
-from steptrace.query.diff import Change, diff_runs
+from steptrace.query.diff import Change, StepDiff, diff_runs
 from steptrace.reentry import LLMMode, ToolMode
 from steptrace.spec import Spec
 from steptrace.store import Store
 from steptrace.store.model import RunRecord
 from steptrace.store.writer import flush
 
-Outcome = Literal["identical", "changed", "diverged", "failed"]
-OUTCOMES: tuple[Outcome, ...] = ("identical", "changed", "diverged", "failed")
+Outcome = Literal["identical", "changed", "diverged", "failed", "skipped"]
+OUTCOMES: tuple[Outcome, ...] = ("identical", "changed", "diverged", "failed", "skipped")
+
+_OUTCOME_PATHS = ("output", "error")
+"""The parts of a step the verdict compares (with its status)."""
 
 BATCH_RUNS = 200
 """Source runs ``replay_many`` reads, replays and writes at a time."""
@@ -94,8 +101,10 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """Every replay is identical to its source run."""
-        return all(v.verdict == "identical" for v in self.verdicts)
+        """No replay changed, diverged or failed, and at least one was identical (runs
+        that could not be replayed are counted, not failed)."""
+        verdicts = {v.verdict for v in self.verdicts}
+        return "identical" in verdicts and verdicts <= {"identical", "skipped"}
 
     def summary(self) -> dict[str, Any]:
         """Counts by verdict, and the changed runs counted by their first differing
@@ -116,6 +125,8 @@ class Report:
             where = ", ".join(f"{step}: {n}" for step, n in s["changed_at"].items())
             changed += f" (at step {where})"
         rest = f"{s['diverged']} diverged, {s['failed']} failed"
+        if s["skipped"]:
+            rest += f", {s['skipped']} skipped"
         return f"{s['identical']} identical, {changed}, {rest}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +151,7 @@ def verdict(
     ``exception`` is what the replay raised (``RunResult.exception``)."""
     if replay is None:
         reason = _described(exception) if exception is not None else "the replay did not run"
-        return Verdict(source.run_id, None, "failed", message=reason)
+        return Verdict(source.run_id, None, "skipped", message=reason)
     found = Verdict(source.run_id, replay.run_id, "identical")
     _count_calls(replay, found)
     if isinstance(exception, DivergenceError | ReplayMismatch):
@@ -152,13 +163,19 @@ def verdict(
         found.message = _described(exception)
         return found
     diff = diff_runs(source, replay)
-    first = next((s for s in diff["steps"] if s["changed"]), None)
+    first: StepDiff | None = None
+    first_changes: list[Change] = []
+    for step in diff["steps"]:
+        first_changes = _outcome_changes(step)
+        if first_changes:
+            first = step
+            break
     run_changed = bool(diff["run"]["changes"]) or source.status != replay.status
     if first is None and not run_changed:
         return found  # (a failure the source run had too, reproduced)
     if first is not None:
         found.step = first["key"]
-        found.changes = _status_changes(first["status"], first["attempts"]) + first["changes"]
+        found.changes = first_changes
     else:
         status = {"a": source.status, "b": replay.status}
         found.changes = _status_changes(status, None) + diff["run"]["changes"]
@@ -167,6 +184,17 @@ def verdict(
     else:
         found.verdict = "changed"
     return found
+
+
+def _outcome_changes(step: StepDiff) -> list[Change]:
+    """What a step produced differently: its status, output and error (all of it for a
+    step only one run has)."""
+    if step["only_in"] is not None:
+        side = "a" if step["only_in"] == "a" else "b"
+        return [{"path": "step", "change": "removed" if side == "a" else "added"}]
+    changes = _status_changes(step["status"], None)
+    changes += [c for c in step["changes"] if c["path"].startswith(_OUTCOME_PATHS)]
+    return changes
 
 
 def _mismatched_at(replay: RunRecord) -> str | None:

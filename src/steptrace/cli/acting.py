@@ -435,7 +435,13 @@ _ID_CHARS = 16
 bits: unambiguous in any real store); --json has them whole."""
 _MESSAGE_CHARS = 200
 """The message of a diverged or failed run in a regression replay's line is cut to this."""
-_VERDICT_STYLES = {"identical": "green", "changed": "yellow", "diverged": "red", "failed": "red"}
+_VERDICT_STYLES = {
+    "identical": "green",
+    "changed": "yellow",
+    "diverged": "red",
+    "failed": "red",
+    "skipped": "dim",
+}
 
 
 def _verdict_text(v: Verdict) -> Text:
