@@ -213,6 +213,14 @@ def test_a_failure_the_source_had_too_is_identical(store_url: str) -> None:
     with st.Store.open(store_url) as store:
         v = verdict(store.run(source.run_id), store.run(replayed.run_id), replayed.exception)
     assert (v.verdict, v.message) == ("identical", None)
+    # replayed from a copy of the workflow's module, the error's class lives elsewhere
+    with st.Store.open(store_url) as store:
+        moved = store.run(replayed.run_id)
+    for error in [moved.error, *(s.error for s in moved.spans if s.error)]:
+        assert error is not None
+        error["module"] = "a_copy_of_the_module"
+    with st.Store.open(store_url) as store:
+        assert verdict(store.run(source.run_id), moved, replayed.exception).verdict == "identical"
     BEHAVIOUR["explode_on"] = None  # now it succeeds: the run changed
     report = replay_many("triage", status="failed")
     (changed,) = report.verdicts

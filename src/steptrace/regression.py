@@ -50,6 +50,9 @@ OUTCOMES: tuple[Outcome, ...] = ("identical", "changed", "diverged", "failed", "
 
 _OUTCOME_PATHS = ("output", "error")
 """The parts of a step the verdict compares (with its status)."""
+_NOT_OUTCOME = "error.module"
+"""Where an error's class is defined: it moves with the code (a workflow run from a copy
+of its module), while the error stays the same."""
 
 BATCH_RUNS = 200
 """Source runs ``replay_many`` reads, replays and writes at a time."""
@@ -170,7 +173,8 @@ def verdict(
         if first_changes:
             first = step
             break
-    run_changed = bool(diff["run"]["changes"]) or source.status != replay.status
+    run_changes = _outcomes(diff["run"]["changes"])
+    run_changed = bool(run_changes) or source.status != replay.status
     if first is None and not run_changed:
         return found  # (a failure the source run had too, reproduced)
     if first is not None:
@@ -178,7 +182,7 @@ def verdict(
         found.changes = first_changes
     else:
         status = {"a": source.status, "b": replay.status}
-        found.changes = _status_changes(status, None) + diff["run"]["changes"]
+        found.changes = _status_changes(status, None) + run_changes
     if exception is not None:
         found.verdict, found.message = "failed", _described(exception)
     else:
@@ -193,8 +197,14 @@ def _outcome_changes(step: StepDiff) -> list[Change]:
         side = "a" if step["only_in"] == "a" else "b"
         return [{"path": "step", "change": "removed" if side == "a" else "added"}]
     changes = _status_changes(step["status"], None)
-    changes += [c for c in step["changes"] if c["path"].startswith(_OUTCOME_PATHS)]
+    changes += _outcomes(step["changes"])
     return changes
+
+
+def _outcomes(changes: list[Change]) -> list[Change]:
+    return [
+        c for c in changes if c["path"].startswith(_OUTCOME_PATHS) and c["path"] != _NOT_OUTCOME
+    ]
 
 
 def _mismatched_at(replay: RunRecord) -> str | None:
