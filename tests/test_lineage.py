@@ -35,6 +35,14 @@ def lineage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return lineage_data.record(request.getfixturevalue("new_postgres_database")())
 
 
+@pytest.fixture(scope="module")
+def lineage_file(tmp_path_factory: pytest.TempPathFactory) -> Lineage:
+    """The same runs in a SQLite file, for the command line: it reads every engine
+    through the ``Store`` API the tests above run on both (a command is a process of
+    its own, the suite's slowest kind of test)."""
+    return lineage_data.record(tmp_path_factory.mktemp("lineage-cli") / "lineage.db")
+
+
 def ids(runs: list[st.RunRecord]) -> list[str]:
     return [r.run_id for r in runs]
 
@@ -101,7 +109,8 @@ def test_runs_filters_choose_forks_replays_and_derived_runs(lineage: Lineage) ->
 # --- the command line ---------------------------------------------------------------------
 
 
-def test_runs_command_filters_by_lineage(lineage: Lineage) -> None:
+def test_runs_command_filters_by_lineage(lineage_file: Lineage) -> None:
+    lineage = lineage_file
     url = lineage.url
     forks = cli_json("runs", "--forked-from", lineage.source[:8], store=url)
     assert [r["run_id"] for r in forks] == [lineage.nested_fork, lineage.fork]
@@ -146,7 +155,8 @@ def _code_lines(store: st.Store, run_id: str) -> list[str]:
     return [f"entry point {ENTRY_POINT}", f"code version {parts}"]
 
 
-def test_show_says_where_a_run_came_from_and_what_was_made_from_it(lineage: Lineage) -> None:
+def test_show_says_where_a_run_came_from_and_what_was_made_from_it(lineage_file: Lineage) -> None:
+    lineage = lineage_file
     url = lineage.url
     with st.Store.open(url) as store:
         code = {r: _code_lines(store, r) for r in (lineage.source, lineage.fork, lineage.plain)}
@@ -173,7 +183,8 @@ def test_show_says_where_a_run_came_from_and_what_was_made_from_it(lineage: Line
     assert not [word for word in LINEAGE_WORDS if word in plain]
 
 
-def test_show_json_is_the_run_and_the_runs_made_from_it(lineage: Lineage) -> None:
+def test_show_json_is_the_run_and_the_runs_made_from_it(lineage_file: Lineage) -> None:
+    lineage = lineage_file
     data = cli_json("show", lineage.source, store=lineage.url)
     with st.Store.open(lineage.url) as store:
         expected = store.run(lineage.source).to_dict() | {"derived": store.derived(lineage.source)}
