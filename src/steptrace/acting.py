@@ -15,6 +15,7 @@ is the run's outcome, in ``RunResult.exception`` as for ``run``.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,8 @@ from steptrace.spec import Spec
 from steptrace.store import Store, leases
 from steptrace.store.model import RunRecord
 from steptrace.store.owner import current as current_owner
+
+log = logging.getLogger(__name__)
 
 
 def _source(run_id: str, workflow: Callable[..., Any] | None) -> tuple[RunRecord, Spec]:
@@ -123,7 +126,7 @@ def resume(run_id: str, *, workflow: Callable[..., Any] | None = None) -> RunRes
     try:
         return execute(RunScope(spec, tuple(args), kwargs, reentry=reentry), args, kwargs)
     finally:
-        leases.release(get_config().store_url(), record.run_id, holder)
+        _release(record.run_id, holder)
 
 
 async def aresume(run_id: str, *, workflow: Callable[..., Any] | None = None) -> RunResult:
@@ -134,7 +137,21 @@ async def aresume(run_id: str, *, workflow: Callable[..., Any] | None = None) ->
         scope = RunScope(spec, tuple(args), kwargs, reentry=reentry)
         return await aexecute(scope, args, kwargs)
     finally:
-        leases.release(get_config().store_url(), record.run_id, holder)
+        _release(record.run_id, holder)
+
+
+def _release(run_id: str, holder: str) -> None:
+    """Give the lease back; a store that cannot be reached now costs the run nothing (its
+    outcome is recorded or spilled) and the lease lapses by itself."""
+    try:
+        leases.release(get_config().store_url(), run_id, holder)
+    except Exception as exc:
+        log.warning(
+            "steptrace: could not give back the lease on run %s (%s); it lapses in %.0f s",
+            run_id,
+            exc,
+            leases.LEASE_S,
+        )
 
 
 # --- fork ---------------------------------------------------------------------------------
