@@ -202,10 +202,16 @@ def test_fork_reuses_steps_before_runs_the_edited_step_and_everything_after() ->
     assert changed == ["draft#0", "audit#0", "send#0"]
 
 
-def test_fork_refuses_a_step_the_run_does_not_have() -> None:
+def test_fork_refuses_a_step_the_run_does_not_have_or_an_argument_it_did_not_take() -> None:
     source = st.run(triage, "x")
     with pytest.raises(st.ReentryError, match=r"no step 'drafting#0'.*classify#0"):
         st.fork(source.run_id, "drafting")
+    with st.Store.open() as store:
+        before = store.count_runs("triage")
+    with pytest.raises(st.ReentryError, match=r"no argument 'txt'; its arguments: label, text"):
+        st.fork(source.run_id, "draft", input={"txt": "typo"})
+    with st.Store.open() as store:
+        assert store.count_runs("triage") == before  # refused before anything ran
 
 
 @st.step

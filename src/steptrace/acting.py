@@ -171,6 +171,19 @@ def step_key(record: RunRecord, from_step: str) -> str:
     return key
 
 
+def _check_step_input(record: RunRecord, key: str, input: dict[str, Any]) -> None:
+    """Refuse, before anything runs, an input naming arguments the step did not have."""
+    recorded = next(s.input for s in record.spans if s.step_key == key)
+    if not isinstance(recorded, dict) or set(recorded) == {"args", "kwargs"}:
+        return  # recorded unbound: the call itself will say
+    unknown = sorted(set(input) - set(recorded))
+    if unknown:
+        raise ReentryError(
+            f"step {key} has no argument {', '.join(map(repr, unknown))}; its arguments: "
+            f"{', '.join(sorted(recorded)) or 'none'}"
+        )
+
+
 def _fork(
     run_id: str,
     from_step: str,
@@ -188,6 +201,8 @@ def _fork(
         )
     record, spec = _source(run_id, workflow)
     key = step_key(record, from_step)
+    if input:
+        _check_step_input(record, key, input)
     reentry, args, kwargs = _prepare(
         record, spec, "fork", asynchronous=asynchronous, from_step=key, step_input=input, llm=llm
     )
