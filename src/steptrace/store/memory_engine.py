@@ -26,7 +26,12 @@ class MemoryWriter:
 
     def __init__(self, db: MemoryDatabase) -> None:
         self._db = db
-        self._writer = sqlite_backend.SQLiteWriter(db.url, conn=db.conn)
+        # Under the lock like every other use of the connection: a reader's ``sql`` sets a
+        # Python progress handler on it, which a statement run here meanwhile would call
+        # holding the connection's mutex — while the reader, holding the GIL, waits for
+        # that mutex (a deadlock).
+        with db.lock:
+            self._writer = sqlite_backend.SQLiteWriter(db.url, conn=db.conn)
 
     def write(self, runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> None:
         with self._db.lock:
