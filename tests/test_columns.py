@@ -127,6 +127,7 @@ def _records() -> tuple[list[RunState], list[SpanRecord]]:
         replay_of=None,
         resume_count=1,
         durability="step",
+        session_id="chat-7",
     )
     # The end row without input or tags: the stored run keeps its start row's.
     ended = dataclasses.replace(
@@ -214,6 +215,7 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
             "durability": "step",
             "lease_owner": None,
             "lease_until": None,
+            "session_id": "chat-7",
         }
     ],
     "spans": [

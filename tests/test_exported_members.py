@@ -43,6 +43,7 @@ EXPECTED = [
     "replay",
     "resume",
     "run",
+    "score",
     "step",
     "tool",
     "workflow",

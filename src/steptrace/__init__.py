@@ -14,6 +14,7 @@ from steptrace.errors import (
     RunNotFound,
     SteptraceError,
 )
+from steptrace.evals.scoring import score
 from steptrace.instrument import instrument
 from steptrace.reentry import is_replay
 from steptrace.runtime import current_run_id, current_traceparent
@@ -54,6 +55,7 @@ __all__ = [
     "replay",
     "resume",
     "run",
+    "score",
     "step",
     "tool",
     "workflow",

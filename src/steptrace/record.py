@@ -528,6 +528,8 @@ class RunState:
     replay_of: str | None = None
     resume_count: int = 0
     durability: str | None = None
+    session_id: str | None = None
+    """The conversation or user journey the run belongs to (``st.run(session_id=…)``)."""
 
 
 def finish_record_values(records: Sequence[RunState | SpanRecord]) -> None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from steptrace.query.distribution import Distribution
     from steptrace.query.overview import RunTotals, RunWindow, StoreStatus
     from steptrace.query.stats import StepStats
+    from steptrace.store.scores import Score
 
 
 _SPAN_FIELDS = tuple(n for n in SPANS.names if n in {f.name for f in fields(SpanView)})
@@ -372,6 +373,109 @@ class Store:
             for run in _assemble(*batch, keyed=True):
                 found[run.run_id] = run
         return [found[r] for r in unique if r in found]
+
+    # -- scores ---------------------------------------------------------------------
+    def target(self, target: str) -> tuple[str, str | None, str | None]:
+        """``(run_id, span_id, step)`` of a score's target: a run id (or unambiguous
+        prefix), ``RUN/SPAN`` (a span id or unambiguous prefix within the run), or a
+        span id on its own. The run's root span is the run (``span_id`` None); ``step``
+        is the span's name."""
+        run_part, slash, span_part = target.partition("/")
+        if not slash:
+            rows = self._rows("SELECT run_id, span_id, name FROM spans WHERE span_id = ?", [target])
+            if rows:
+                return str(rows[0][0]), str(rows[0][1]), str(rows[0][2])
+            rows = self._rows("SELECT run_id FROM runs WHERE span_id = ?", [target])
+            if len(rows) == 1:
+                return str(rows[0][0]), None, None
+        run_id = self.resolve(run_part)
+        if not slash or not span_part:
+            return run_id, None, None
+        rows = self._rows(
+            "SELECT span_id, name FROM spans WHERE run_id = ? AND span_id >= ? "
+            "AND span_id < ? LIMIT 2",
+            [run_id, span_part, span_part + "\U0010ffff"],
+        )
+        if len(rows) == 1:
+            return run_id, str(rows[0][0]), str(rows[0][1])
+        if rows:
+            raise RunNotFound(f"span id prefix {span_part!r} is ambiguous: give more characters")
+        root = self._rows("SELECT span_id FROM runs WHERE run_id = ?", [run_id])
+        if root and str(root[0][0]).startswith(span_part):
+            return run_id, None, None
+        raise RunNotFound(f"run {run_id} has no span {span_part!r} in {self.url}")
+
+    def score(
+        self,
+        target: str,
+        name: str,
+        value: float | bool | str,
+        *,
+        label: str | None = None,
+        rationale: str | None = None,
+        source: str = "human",
+        judge_run_id: str | None = None,
+    ) -> Score:
+        """Score a run or one span attempt (``target`` as ``Store.target`` reads it):
+        ``value`` is a number, a bool or a category string, ``source`` ``human``,
+        ``code`` or ``llm``. Scoring the same target again with the same name and
+        source replaces the value. ``ValueError`` for a value or name that cannot be a
+        score, ``RunNotFound`` for a target that is not in the store."""
+        from steptrace.store import scores
+
+        run_id, span_id, step = self.target(target)
+        written = scores.line(
+            run_id,
+            span_id,
+            step,
+            name,
+            value,
+            label=label,
+            rationale=rationale,
+            source=source,
+            judge_run_id=judge_run_id,
+        )
+        scores.write(self.engine.dsn, [written])
+        found = self.scores(run_id, span_id=span_id or "", name=written.name, source=source)
+        return found[0]
+
+    def scores(
+        self,
+        run_id: str | None = None,
+        *,
+        span_id: str | None = None,
+        name: str | None = None,
+        source: str | None = None,
+        step: str | None = None,
+        limit: int | None = None,
+    ) -> list[Score]:
+        """Stored scores, newest first: of one run (id or prefix) or of every run, one
+        span's (``span_id``; ``""`` for the run's own scores), of one ``name``,
+        ``source`` or ``step``."""
+        from steptrace.store import scores
+
+        conds: list[str] = []
+        params: list[Any] = []
+        if run_id is not None:
+            conds.append("run_id = ?")
+            params.append(self.resolve(run_id))
+        if span_id == "":
+            conds.append("span_id IS NULL")
+        elif span_id is not None:
+            conds.append("span_id = ?")
+            params.append(span_id)
+        for column, wanted in (("name", name), ("source", source), ("step", step)):
+            if wanted is not None:
+                conds.append(f"{column} = ?")
+                params.append(stored_form(wanted))
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
+        rows = self._rows(
+            f"SELECT {scores.READ_COLUMNS} FROM scores{where} "
+            f"ORDER BY updated_at DESC, score_id{tail}",
+            params,
+        )
+        return [scores.from_row(r) for r in rows]
 
     # -- questions across runs ------------------------------------------------------
     def distribution(

@@ -173,6 +173,7 @@ RUNS = Table(
         _c("durability", "text", "durability", on_conflict="keep", internal=True),
         _c("lease_owner", "text", internal=True),
         _c("lease_until", "text", internal=True),
+        _c("session_id", "text", "session_id", form="text", on_conflict="keep"),
     ),
     key=("run_id",),
     conflict="merge",
@@ -249,6 +250,121 @@ LOGS = Table(
     conflict="ignore",
 )
 """One row per log record, from a ``LogLine``; a record written twice is stored once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreLine:
+    """The record a ``scores`` row is written from (``steptrace.store.scores.line``)."""
+
+    score_id: str
+    run_id: str
+    span_id: str | None
+    step: str | None
+    name: str
+    kind: str
+    value: float | None
+    label: str | None
+    rationale: str | None
+    source: str
+    judge_run_id: str | None
+    created_ns: int
+
+
+SCORES = Table(
+    "scores",
+    (
+        _c("score_id", "text", "score_id", null=False),
+        _c("run_id", "text", "run_id", null=False, on_conflict="fixed"),
+        _c("span_id", "text", "span_id", on_conflict="fixed"),
+        _c("step", "text", "step", form="text", on_conflict="keep"),
+        _c("name", "text", "name", form="text", null=False, on_conflict="fixed"),
+        _c("kind", "text", "kind", null=False),
+        _c("value", "real", "value"),
+        _c("label", "text", "label", form="text"),
+        _c("rationale", "text", "rationale", form="text"),
+        _c("source", "text", "source", null=False, on_conflict="fixed"),
+        _c("judge_run_id", "text", "judge_run_id"),
+        _c("created_at", "text", "created_ns", form="time", null=False, on_conflict="fixed"),
+        _c("updated_at", "text", "created_ns", form="time", null=False),
+    ),
+    key=("score_id",),
+    conflict="merge",
+)
+"""One row per score on a run or a span attempt; scoring a target again with the same
+name and source updates its row (``created_at`` stays the first time's)."""
+
+DATASETS = Table(
+    "datasets",
+    (
+        _c("name", "text", null=False),
+        _c("step", "text"),
+        _c("description", "text"),
+        _c("created_at", "text", null=False),
+    ),
+    key=("name",),
+)
+"""One row per dataset."""
+
+DATASET_ITEMS = Table(
+    "dataset_items",
+    (
+        _c("item_id", "text", null=False),
+        _c("dataset", "text", null=False),
+        _c("seq", "integer", null=False),
+        _c("step", "text", null=False),
+        _c("step_key", "text"),
+        _c("source_run_id", "text"),
+        _c("source_span_id", "text"),
+        _c("input", "json"),
+        _c("recorded_output", "json"),
+        _c("reference", "json"),
+        _c("corrected_at", "text"),
+        _c("corrected_by", "text"),
+        _c("created_at", "text", null=False),
+    ),
+    key=("item_id",),
+)
+"""One row per dataset item: a recorded step occurrence's input, and the reference an
+output is judged against (the recorded output, or a human correction)."""
+
+EXPERIMENTS = Table(
+    "experiments",
+    (
+        _c("name", "text", null=False),
+        _c("dataset", "text", null=False),
+        _c("target", "text", null=False),
+        _c("mode", "text", null=False),
+        _c("evaluators", "json"),
+        _c("params", "json"),
+        _c("code_version", "json"),
+        _c("status", "text", null=False),
+        _c("started_at", "text", null=False),
+        _c("ended_at", "text"),
+    ),
+    key=("name",),
+)
+"""One row per experiment: today's code of a step (or of the workflow from a step) run
+over a dataset."""
+
+EXPERIMENT_ITEMS = Table(
+    "experiment_items",
+    (
+        _c("experiment", "text", null=False),
+        _c("item_id", "text", null=False),
+        _c("run_id", "text"),
+        _c("span_id", "text"),
+        _c("status", "text", null=False),
+        _c("output", "json"),
+        _c("error", "json"),
+        _c("duration_ms", "real"),
+        _c("cost_usd", "real"),
+        _c("input_tokens", "integer"),
+        _c("output_tokens", "integer"),
+    ),
+    key=("experiment", "item_id"),
+)
+"""One row per dataset item an experiment ran: the run that executed it and what the
+step produced there."""
 
 OWNERS = Table(
     "owners",
@@ -367,6 +483,11 @@ TABLES: tuple[Table, ...] = (
     OWNERS,
     OTEL_EXPORT,
     STORE_HEALTH,
+    SCORES,
+    DATASETS,
+    DATASET_ITEMS,
+    EXPERIMENTS,
+    EXPERIMENT_ITEMS,
     STEPS,
     LLM,
 )

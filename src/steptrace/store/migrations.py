@@ -268,6 +268,98 @@ def _lineage(dialect: str) -> list[str]:
     ]
 
 
+def _evaluation(dialect: str) -> list[str]:
+    """What evaluating step outputs needs.
+
+    - ``scores``: one row per score on a run (``span_id`` NULL) or on one span attempt.
+      ``score_id`` is a digest of (run, span, name, source), so scoring the same target
+      again with the same name and source updates the row instead of adding one.
+      ``kind`` is ``numeric``, ``boolean`` (``value`` 1 or 0) or ``categorical``
+      (``label`` holds the category, ``value`` is NULL); ``step`` is the scored span's
+      name (NULL for a run) so a step's scores aggregate from one index;
+      ``judge_run_id`` names the run in which an LLM judge decided.
+    - ``datasets`` and ``dataset_items``: inputs taken from recorded step occurrences,
+      each with a reference output (the recorded one, or a human correction).
+    - ``experiments`` and ``experiment_items``: today's code of a step run over a
+      dataset, one row per item with the run that executed it.
+    - ``runs.session_id``: the conversation or user journey a run belongs to.
+    """
+    j, t = _json(dialect), _text(dialect)
+    return [
+        f"""CREATE TABLE scores (
+            score_id {t} PRIMARY KEY,
+            run_id {t} NOT NULL,
+            span_id {t},
+            step {t},
+            name {t} NOT NULL,
+            kind {t} NOT NULL,
+            value DOUBLE PRECISION,
+            label {t},
+            rationale {t},
+            source {t} NOT NULL,
+            judge_run_id {t},
+            created_at {t} NOT NULL,
+            updated_at {t} NOT NULL
+        )""",
+        "CREATE INDEX scores_run ON scores (run_id, span_id)",
+        "CREATE INDEX scores_name_value ON scores (name, value, run_id)",
+        "CREATE INDEX scores_name_label ON scores (name, label, run_id)",
+        "CREATE INDEX scores_step_name ON scores (step, name, value, label) WHERE step IS NOT NULL",
+        f"""CREATE TABLE datasets (
+            name {t} PRIMARY KEY,
+            step {t},
+            description {t},
+            created_at {t} NOT NULL
+        )""",
+        f"""CREATE TABLE dataset_items (
+            item_id {t} PRIMARY KEY,
+            dataset {t} NOT NULL,
+            seq INTEGER NOT NULL,
+            step {t} NOT NULL,
+            step_key {t},
+            source_run_id {t},
+            source_span_id {t},
+            input {j},
+            recorded_output {j},
+            reference {j},
+            corrected_at {t},
+            corrected_by {t},
+            created_at {t} NOT NULL
+        )""",
+        "CREATE INDEX dataset_items_dataset ON dataset_items (dataset, seq)",
+        "CREATE UNIQUE INDEX dataset_items_source ON dataset_items (dataset, source_span_id)",
+        f"""CREATE TABLE experiments (
+            name {t} PRIMARY KEY,
+            dataset {t} NOT NULL,
+            target {t} NOT NULL,
+            mode {t} NOT NULL,
+            evaluators {j},
+            params {j},
+            code_version {j},
+            status {t} NOT NULL,
+            started_at {t} NOT NULL,
+            ended_at {t}
+        )""",
+        f"""CREATE TABLE experiment_items (
+            experiment {t} NOT NULL,
+            item_id {t} NOT NULL,
+            run_id {t},
+            span_id {t},
+            status {t} NOT NULL,
+            output {j},
+            error {j},
+            duration_ms DOUBLE PRECISION,
+            cost_usd DOUBLE PRECISION,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            PRIMARY KEY (experiment, item_id)
+        )""",
+        "CREATE INDEX experiment_items_run ON experiment_items (run_id)",
+        f"ALTER TABLE runs ADD COLUMN session_id {t}",
+        "CREATE INDEX runs_session ON runs (session_id, started_at) WHERE session_id IS NOT NULL",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_llm_details", _llm_details),
@@ -275,6 +367,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0004_export_drops", _export_drops),
     Migration("0005_durability", _durability),
     Migration("0006_lineage", _lineage),
+    Migration("0007_evaluation", _evaluation),
 )
 
 

@@ -102,6 +102,8 @@ class RunRecord:
     """The run this one replays."""
     resume_count: int = 0
     """How often the run was resumed in place."""
+    session_id: str | None = None
+    """The conversation or user journey the run belongs to."""
     spans: list[SpanView] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     """Log records written in the run outside any step."""
