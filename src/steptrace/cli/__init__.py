@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import typer.main
 
-from steptrace.cli import acting, otel, query, recover, run, runs, store, ui
+from steptrace.cli import acting, datasets, experiments, otel, query, recover, run, runs, store, ui
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -35,6 +35,8 @@ run.register(app)  # demo, run
 runs.register(app)  # runs, show
 query.register(app)  # dist, stats, diff, compare, sql, export, index
 acting.register(app)  # resume, fork, replay
+datasets.register(app)  # dataset add, list, show, rm, export, correct
+experiments.register(app)  # experiment NAME, compare, list, show, rm
 otel.register(app)  # export-otlp
 ui.register(app)  # ui
 store.register(app)  # status, migrate, prune

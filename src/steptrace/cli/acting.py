@@ -18,7 +18,6 @@ import enum
 import inspect
 import json
 import shlex
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -26,7 +25,6 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 import steptrace as st
@@ -41,6 +39,7 @@ from steptrace.cli.output import (
     make_console,
     note,
     print_json,
+    progress,
     styled_status,
 )
 from steptrace.cli.workflows import load_workflow, self_command
@@ -528,7 +527,7 @@ def _replay_many(
         console.print(line, soft_wrap=True)
 
     try:
-        with _progress(total) as advance, _request():
+        with progress(total, "replaying") as advance, _request():
 
             def on_verdict(v: Verdict) -> None:
                 one(v)
@@ -565,28 +564,6 @@ def _workflow_name(fn: Callable[..., Any]) -> str:
 def _print_summary(console: Console, report: Report) -> None:
     style = "green" if report.ok else "red"
     console.print(Text(report.summary_line(), style=f"bold {style}"), soft_wrap=True)
-
-
-@contextmanager
-def _progress(total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr while runs are replayed, when stderr is a terminal."""
-    err = Console(stderr=True)
-    if not err.is_terminal:
-        yield lambda: None
-        return
-    columns = (
-        TextColumn("replaying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    # Lines printed on stdout go above the bar when stdout is the same terminal; piped,
-    # they go their own way.
-    with Progress(
-        *columns, console=err, transient=True, redirect_stdout=sys.stdout.isatty()
-    ) as progress:
-        task = progress.add_task("replay", total=total)
-        yield lambda: progress.advance(task)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import click
 
@@ -24,6 +25,16 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextmanager
+def refused(*kinds: type[Exception]) -> Iterator[None]:
+    """An exception of ``kinds`` raised in the block is a request that cannot be carried
+    out: a ``CLIError`` (one line, exit code 2)."""
+    try:
+        yield
+    except kinds as exc:
+        raise CLIError(str(exc), exit_code=2) from None
 
 
 def masked(text: str, secrets: Sequence[str] = ()) -> str:

@@ -18,7 +18,8 @@ import enum
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ import click
 import orjson
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -238,8 +240,9 @@ STATUS_MARKS = {
     "running": ("…", "yellow"),
     "interrupted": ("⚠", "magenta"),
     "incomplete": ("◐", "yellow"),
+    "completed": ("✓", "green"),
 }
-"""A run's or span's status → its mark and rich style."""
+"""A run's, span's or experiment's status → its mark and rich style."""
 
 
 def styled_status(status: str) -> Text:
@@ -277,3 +280,21 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A progress bar of ``total`` steps on stderr, when stderr is a terminal; yields the
+    function that advances it by one."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield lambda: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # Lines printed on stdout go above the bar when stdout is the same terminal; piped,
+    # they go their own way.
+    with Progress(
+        *columns, console=err, transient=True, redirect_stdout=sys.stdout.isatty()
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)

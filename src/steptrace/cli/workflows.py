@@ -39,9 +39,15 @@ def self_command() -> list[str]:
 
 def load_workflow(target: str) -> Callable[..., Any]:
     """Import ``module:attr`` or ``path/to/file.py:attr`` (cwd on ``sys.path``)."""
+    return load_callable(target, "@steptrace.workflow", "MODULE:WORKFLOW (e.g. myapp.flows:triage)")
+
+
+def load_callable(target: str, what: str, form: str) -> Callable[..., Any]:
+    """The function ``target`` names, ``module:attr`` or ``path/to/file.py:attr`` (cwd on
+    ``sys.path``); a ``CLIError`` saying it is not ``form`` or not a ``what``."""
     location, sep, attr = target.rpartition(":")
     if not sep or not location or not attr:
-        raise CLIError(f"{target!r} is not MODULE:WORKFLOW (e.g. myapp.flows:triage)")
+        raise CLIError(f"{target!r} is not {form}")
     if location.endswith(".py") or os.sep in location or "/" in location:
         module = import_file(location)
     else:
@@ -60,7 +66,7 @@ def load_workflow(target: str) -> Callable[..., Any]:
         except AttributeError:
             raise CLIError(f"{location!r} has no attribute {attr!r}") from None
     if not callable(obj):
-        raise CLIError(f"{target}: {attr!r} is not a @steptrace.workflow")
+        raise CLIError(f"{target}: {attr!r} is not a {what}")
     return typing.cast(Callable[..., Any], obj)
 
 
