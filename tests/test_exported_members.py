@@ -33,6 +33,7 @@ EXPECTED = [
     "configure",
     "current_run_id",
     "current_traceparent",
+    "experiment",
     "flush",
     "fork",
     "health",

@@ -14,6 +14,7 @@ from steptrace.errors import (
     RunNotFound,
     SteptraceError,
 )
+from steptrace.evals.runner import experiment
 from steptrace.evals.scoring import score
 from steptrace.instrument import instrument
 from steptrace.reentry import is_replay
@@ -45,6 +46,7 @@ __all__ = [
     "configure",
     "current_run_id",
     "current_traceparent",
+    "experiment",
     "flush",
     "fork",
     "health",

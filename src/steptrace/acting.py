@@ -211,17 +211,20 @@ def fork_scope(
     llm: str = "live",
     *,
     asynchronous: bool,
+    durable: str | None = None,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
     """A started fork of the run ``record`` (read already) from ``from_step`` by the
     workflow ``spec`` (``source_spec``), and the arguments to call it with (``execute``
-    or ``aexecute`` runs it): what ``fork`` does once it has read the run."""
+    or ``aexecute`` runs it): what ``fork`` does once it has read the run. ``durable``
+    overrides the workflow's durability for the fork (an experiment forking many runs
+    records them fire-and-forget, then flushes them together)."""
     key = step_key(record, from_step)
     if input:
         _check_step_input(record, key, input)
     reentry, args, kwargs = _prepare(
         record, spec, "fork", asynchronous=asynchronous, from_step=key, step_input=input, llm=llm
     )
-    return RunScope(spec, tuple(args), kwargs, reentry=reentry), args, kwargs
+    return RunScope(spec, tuple(args), kwargs, reentry=reentry, durable=durable), args, kwargs
 
 
 def fork(

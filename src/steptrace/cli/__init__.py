@@ -20,8 +20,10 @@ here down to the command modules and from them down to the shared ones.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import typer.main
 
@@ -43,9 +45,16 @@ store.register(app)  # status, migrate, prune
 recover.register(app)  # recover
 
 
+@functools.cache
+def _command() -> Any:
+    # Built once: typer reads every command's signature (~0.5 s), and a process that
+    # calls ``main`` again (tests, an embedding application) need not pay it again.
+    return typer.main.get_command(app)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``steptrace`` command line (``argv`` defaults to ``sys.argv[1:]``)."""
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         command.main(args=argv, prog_name="steptrace")
     except SystemExit:

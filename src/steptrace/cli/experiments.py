@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 import steptrace as st
 from steptrace.cli.app import finish_recording, store_option
 from steptrace.cli.diffs import print_change
-from steptrace.cli.errors import refused
+from steptrace.cli.errors import CLIError, refused
 from steptrace.cli.output import (
     Column,
     abbrev,
@@ -78,7 +78,7 @@ class LLMChoice(enum.StrEnum):
 
 
 def _requests() -> Any:
-    return refused(EvaluationError, QueryError, ReentryError, st.RunNotFound)
+    return refused(CLIError, EvaluationError, QueryError, ReentryError, st.RunNotFound)
 
 
 def _evaluator(target: str) -> Any:
@@ -136,15 +136,16 @@ def run_command(
     """Run today's code of the dataset's step on each item's input, record each run
     (tagged experiment:NAME), and score each output with the evaluators against the
     item's reference."""
-    with _requests():
+    with _requests():  # what can be refused is, before anything is recorded
+        with st.Store.open() as store:
+            runner.new_name(store, name)
+            total = len(datasets.items(store, dataset))
         fn = None if step is None else load_callable(step, "function", "MODULE:FUNC")
         judges = [_evaluator(e) for e in evaluator or []]
-        with st.Store.open() as store:
-            total = len(datasets.items(store, dataset))
     result: Experiment | None = None
     interrupted = False
     try:
-        with progress(total, f"experiment {name}") as advance, _requests():
+        with progress(0 if as_json else total, f"experiment {name}") as advance, _requests():
 
             def on_item(_: ExperimentItem) -> None:
                 advance()

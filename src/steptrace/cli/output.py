@@ -284,10 +284,10 @@ def print_json(value: Any) -> None:
 
 @contextmanager
 def progress(total: int, label: str) -> Iterator[Callable[[], None]]:
-    """A progress bar of ``total`` steps on stderr, when stderr is a terminal; yields the
-    function that advances it by one."""
+    """A progress bar of ``total`` steps on stderr, when stderr is a terminal (and
+    ``total`` is not 0); yields the function that advances it by one."""
     err = Console(stderr=True)
-    if not err.is_terminal:
+    if not err.is_terminal or not total:
         yield lambda: None
         return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -28,7 +28,7 @@ from steptrace.query.diff import Change, json_diff
 from steptrace.query.distribution import percentile
 from steptrace.record import stored_name
 from steptrace.store import Store, StoreReader, admin, scores
-from steptrace.store.columns import EXPERIMENT_ITEMS, EXPERIMENTS, named
+from steptrace.store.columns import EXPERIMENT_ITEMS, EXPERIMENTS, ScoreLine, named
 from steptrace.store.model import loads
 from steptrace.store.sqlite import iso_from_ns
 
@@ -304,26 +304,31 @@ def finish(store: Store, name: str, status: str) -> None:
         )
 
 
-def write_item(
-    store: Store, experiment: str, item: ExperimentItem, lines: Sequence[Any] = ()
+def write_items(
+    store: Store, experiment: str, done: Sequence[tuple[ExperimentItem, Sequence[ScoreLine]]]
 ) -> None:
-    """Write one item's row and its scores (``ScoreLine``s) in one transaction."""
-    d = item.to_dict()
-    row = (
-        experiment,
-        *(
-            _json(d[n]) if n in EXPERIMENT_ITEMS.json_names else d[n]
-            for n in EXPERIMENT_ITEMS.names[1:]
-        ),
-    )
+    """Write items' rows and their scores in one transaction (an item written again is
+    replaced)."""
 
     def write(execute: admin.Execute) -> None:
-        execute(_UPSERT_ITEM, row)
-        for line in lines:
-            execute(scores.UPSERT, scores.row(line))
+        for item, lines in done:
+            d = item.to_dict()
+            execute(
+                _UPSERT_ITEM,
+                (
+                    experiment,
+                    *(
+                        _json(d[n]) if n in EXPERIMENT_ITEMS.json_names else d[n]
+                        for n in EXPERIMENT_ITEMS.names[1:]
+                    ),
+                ),
+            )
+            for line in lines:
+                execute(scores.UPSERT, scores.row(line))
 
-    with admin.connect(store.engine.dsn) as conn:
-        conn.transaction(write)
+    if done:
+        with admin.connect(store.engine.dsn) as conn:
+            conn.transaction(write)
 
 
 def remove(store: Store, name: str) -> int:

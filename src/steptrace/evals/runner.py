@@ -34,6 +34,7 @@ import concurrent.futures
 import dataclasses
 import inspect
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ from steptrace.evals.experiments import (
     exists,
     finish,
     load,
-    write_item,
+    write_items,
 )
 from steptrace.provenance import code_version, load_entry_point
 from steptrace.query.diff import json_diff
@@ -65,7 +66,14 @@ from steptrace.store import Store, scores
 from steptrace.store.columns import ScoreLine
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.store.sqlite import ns_from_iso
+from steptrace.store.writer import flush
 
+FLUSH_TIMEOUT_S = 60.0
+"""How long an experiment waits for a batch of its runs to be written."""
+CONCLUDE_EVERY_S = 0.25
+CONCLUDE_ITEMS = 200
+"""Finished items are concluded (their runs committed and read back, judged, written)
+together: at least every ``CONCLUDE_EVERY_S`` seconds, or every ``CONCLUDE_ITEMS``."""
 RESERVED: tuple[str, ...] = ("compare", "list", "rm", "run", "show")
 """Names an experiment may not have: the ``steptrace experiment`` subcommands."""
 TAG_PREFIX = "experiment:"
@@ -288,7 +296,7 @@ class _StepTarget(_Target):
             source = _source_run(self.store, item, "--llm recorded answers from it")
             recording = _step_recording(source, item.step_key or f"{item.step}#0", self.key)
         args, kwargs = call_arguments(self.step, item.input)
-        scope = RunScope(self.spec, tuple(args), kwargs)
+        scope = RunScope(self.spec, tuple(args), kwargs, durable="off")
         if recording is not None:
             # LLM calls answered from the source run, where the step is re-keyed as this
             # run's; the run is not a fork of it (its workflow is another), so the
@@ -327,11 +335,16 @@ def _step_of_source(store: Store, items: Sequence[DatasetItem]) -> Any:
             continue
         if not run.entry_point:
             break
-        try:
-            load_entry_point(run.entry_point)
-        except ReentryError as exc:
-            raise EvaluationError(f"{exc}; or {hint}") from None
-        module = sys.modules[run.entry_point.partition(":")[0]]
+        name = run.entry_point.partition(":")[0]
+        if name != "__main__":  # a script's steps are found in this process's script
+            try:
+                load_entry_point(run.entry_point)
+            except ReentryError as exc:
+                raise EvaluationError(
+                    f"cannot find step {step!r} through the entry point {run.entry_point} "
+                    f"of run {run.run_id} ({exc}): {hint}"
+                ) from None
+        module = sys.modules[name]
         for value in vars(module).values():
             spec = getattr(value, "__steptrace_spec__", None)
             if isinstance(spec, Spec) and spec.kind != "workflow" and spec.name == step:
@@ -383,7 +396,9 @@ class _ForkTarget(_Target):
         record = _source_run(self.store, item, "--from-step forks it")
         spec = self._spec(record)
         key = item.step_key or f"{item.step}#0"
-        return fork_scope(record, spec, key, item.input, self.llm, asynchronous=asynchronous)
+        return fork_scope(
+            record, spec, key, item.input, self.llm, asynchronous=asynchronous, durable="off"
+        )
 
     def attempts(self, run: RunRecord, item: DatasetItem) -> list[SpanView]:
         return _final_attempts(run.spans, item.step_key or f"{item.step}#0")
@@ -438,8 +453,22 @@ def _outcome(run: RunRecord, item: DatasetItem, attempts: list[SpanView]) -> Exp
     )
 
 
+@dataclass(frozen=True)
+class _Executed:
+    """An item whose run has finished (or could not start: ``problem``)."""
+
+    item: DatasetItem
+    run_id: str | None
+    problem: BaseException | None = None
+
+
 class _Running:
-    """One experiment being run: its target, evaluators and store."""
+    """One experiment being run: its target, evaluators and store.
+
+    Workers execute items (``start``), recording each run fire-and-forget; the thread
+    that drives them concludes what has finished in batches (``conclude``: one commit
+    of the runs, one read of them, one transaction for the items and their scores),
+    while the workers go on with the next items."""
 
     def __init__(
         self,
@@ -453,58 +482,59 @@ class _Running:
         self.target = target
         self.evaluators = evaluators
 
-    def item(self, item: DatasetItem) -> ExperimentItem:
+    def start(self, item: DatasetItem) -> _Executed:
         try:
             scope, args, kwargs = self.target.scope(item, asynchronous=False)
         except (EvaluationError, ReentryError, TypeError, ValueError) as exc:
-            return self.done(item, None, exc)
-        result = execute(scope, list(args), kwargs)
-        return self.done(item, result.run_id)
+            return _Executed(item, None, exc)
+        return _Executed(item, execute(scope, list(args), kwargs).run_id)
 
-    async def aitem(self, item: DatasetItem) -> ExperimentItem:
+    async def astart(self, item: DatasetItem) -> _Executed:
         try:
             scope, args, kwargs = self.target.scope(item, asynchronous=True)
         except (EvaluationError, ReentryError, TypeError, ValueError) as exc:
-            return await asyncio.to_thread(self.done, item, None, exc)
-        result = await aexecute(scope, list(args), kwargs)
-        return await asyncio.to_thread(self.done, item, result.run_id)
+            return _Executed(item, None, exc)
+        return _Executed(item, (await aexecute(scope, list(args), kwargs)).run_id)
 
-    def done(
-        self, item: DatasetItem, run_id: str | None, problem: BaseException | None = None
-    ) -> ExperimentItem:
-        """Read the item's run back, judge its output, and write the item with its scores."""
-        step = item.step
-        if run_id is None:
-            found = _not_started(item, problem or RuntimeError("not started"))
-        else:
-            try:
-                run = self.store.run(run_id)
-            except RunNotFound:
-                found = _not_started(
-                    item,
-                    RuntimeError(
-                        f"run {run_id} was not written to the store in time "
-                        "(see `steptrace status`)"
-                    ),
-                )
-            else:
-                attempts = self.target.attempts(run, item)
-                found = _outcome(run, item, attempts)
-                step = attempts[-1].name if attempts else step
-        lines: list[ScoreLine] = []
-        if found.status == "succeeded" and found.run_id and found.span_id:
-            judged = [
-                (
-                    n,
-                    source,
-                    evaluate(fn, output=found.output, input=item.input, reference=item.reference),
-                )
-                for n, source, fn in self.evaluators
-            ]
-            lines, shown = _score_lines(found.run_id, found.span_id, step, judged)
-            found = dataclasses.replace(found, scores=shown)
-        write_item(self.store, self.name, found, lines)
-        return found
+    def conclude(self, batch: Sequence[_Executed]) -> list[ExperimentItem]:
+        """Write the batch's runs, read them back, judge each step's output, and write
+        the items with their scores in one transaction."""
+        ids = [e.run_id for e in batch if e.run_id is not None]
+        if ids:
+            flush(timeout_s=FLUSH_TIMEOUT_S)
+        runs = {r.run_id: r for r in self.store.read_runs(ids)}
+        done: list[tuple[ExperimentItem, list[ScoreLine]]] = []
+        for executed in batch:
+            done.append(self._judged(executed, runs.get(executed.run_id or "")))
+        write_items(self.store, self.name, done)
+        return [found for found, _ in done]
+
+    def _judged(
+        self, executed: _Executed, run: RunRecord | None
+    ) -> tuple[ExperimentItem, list[ScoreLine]]:
+        item = executed.item
+        if executed.run_id is None:
+            return _not_started(item, executed.problem or RuntimeError("not started")), []
+        if run is None:
+            problem = RuntimeError(
+                f"run {executed.run_id} was not written to the store in time "
+                "(see `steptrace status`)"
+            )
+            return _not_started(item, problem), []
+        attempts = self.target.attempts(run, item)
+        found = _outcome(run, item, attempts)
+        if found.status != "succeeded" or found.run_id is None or found.span_id is None:
+            return found, []
+        judged = [
+            (
+                n,
+                source,
+                evaluate(fn, output=found.output, input=item.input, reference=item.reference),
+            )
+            for n, source, fn in self.evaluators
+        ]
+        lines, shown = _score_lines(found.run_id, found.span_id, attempts[-1].name, judged)
+        return dataclasses.replace(found, scores=shown), lines
 
     # --- many items ---------------------------------------------------------------------
 
@@ -514,27 +544,48 @@ class _Running:
         concurrency: int,
         on_item: Callable[[ExperimentItem], None],
     ) -> None:
-        """Run the items on ``concurrency`` threads; a KeyboardInterrupt starts no more and
-        lets those running finish (and be written) before it is raised."""
+        """Run the items on ``concurrency`` threads. Interrupted (Ctrl-C, or a step that
+        raised ``KeyboardInterrupt``), it starts no more, lets those running finish and
+        concludes them before the interrupt goes on."""
         todo = iter(items)
+        finished: list[_Executed] = []
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="steptrace-experiment"
         ) as pool:
-            running: set[concurrent.futures.Future[ExperimentItem]] = set()
+            running: set[concurrent.futures.Future[_Executed]] = set()
+
+            def feed() -> None:
+                while len(running) < concurrency:
+                    item = next(todo, None)
+                    if item is None:
+                        return
+                    running.add(pool.submit(self.start, item))
+
             try:
-                for item in todo:
-                    running.add(pool.submit(self.item, item))
-                    if len(running) >= concurrency:
-                        done, running = concurrent.futures.wait(
-                            running, return_when=concurrent.futures.FIRST_COMPLETED
-                        )
-                        for future in done:
-                            on_item(future.result())
-                for future in concurrent.futures.as_completed(running):
-                    on_item(future.result())
+                feed()
+                due = time.monotonic() + CONCLUDE_EVERY_S
+                while running:
+                    done, running = concurrent.futures.wait(
+                        running,
+                        timeout=max(0.0, due - time.monotonic()),
+                        return_when=concurrent.futures.FIRST_COMPLETED,
+                    )
+                    _collect(done, finished)
+                    feed()  # the workers go on while a batch is concluded
+                    if finished and (
+                        not running or len(finished) >= CONCLUDE_ITEMS or time.monotonic() >= due
+                    ):
+                        for result in self.conclude(finished):
+                            on_item(result)
+                        finished = []
+                        due = time.monotonic() + CONCLUDE_EVERY_S
             except BaseException:
                 for future in running:
                     future.cancel()
+                concurrent.futures.wait(running)
+                _collect((f for f in running if not f.cancelled()), finished, quiet=True)
+                if finished:
+                    self.conclude(finished)
                 raise
 
     async def tasks(
@@ -543,22 +594,53 @@ class _Running:
         concurrency: int,
         on_item: Callable[[ExperimentItem], None],
     ) -> None:
-        """Run the items as tasks, ``concurrency`` at a time; cancelled, the tasks still
-        running are cancelled (their runs recorded as failed) and awaited."""
+        """Run the items as tasks, ``concurrency`` at a time, concluding what finished on
+        a thread while the others go on; cancelled, the tasks still running are
+        cancelled (their runs recorded as failed) and those done concluded."""
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(item: DatasetItem) -> ExperimentItem:
+        async def one(item: DatasetItem) -> _Executed:
             async with gate:
-                return await self.aitem(item)
+                return await self.astart(item)
 
-        started = [asyncio.ensure_future(one(item)) for item in items]
+        running = {asyncio.ensure_future(one(item)) for item in items}
+        finished: list[_Executed] = []
         try:
-            for next_done in asyncio.as_completed(started):
-                on_item(await next_done)
+            due = time.monotonic() + CONCLUDE_EVERY_S
+            while running:
+                done, running = await asyncio.wait(
+                    running,
+                    timeout=max(0.0, due - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                _collect(done, finished)
+                if finished and (
+                    not running or len(finished) >= CONCLUDE_ITEMS or time.monotonic() >= due
+                ):
+                    for result in await asyncio.to_thread(self.conclude, finished):
+                        on_item(result)
+                    finished = []
+                    due = time.monotonic() + CONCLUDE_EVERY_S
         finally:
-            for task in started:
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*started, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
+            if finished:
+                await asyncio.to_thread(self.conclude, finished)
+
+
+def _collect(done: Any, into: list[_Executed], *, quiet: bool = False) -> None:
+    """The results of finished futures or tasks, added to ``into``; the first
+    ``BaseException`` one raised (a ``KeyboardInterrupt`` in a step) is raised once all
+    are in (``quiet``: dropped)."""
+    stop: BaseException | None = None
+    for future in done:
+        try:
+            into.append(future.result())
+        except BaseException as exc:
+            stop = stop or exc
+    if stop is not None and not quiet:
+        raise stop
 
 
 # --- the experiment -------------------------------------------------------------------
@@ -575,6 +657,30 @@ def _evaluators(given: Sequence[Evaluator]) -> list[tuple[str, str, Evaluator]]:
             raise EvaluationError(f"two evaluators are named {n!r}: their scores would collide")
         seen.add(n)
     return named
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def new_name(store: Store, name: str) -> str:
+    """``name`` as stored, for a new experiment: ``EvaluationError`` for a name that
+    cannot be one, is a subcommand of ``steptrace experiment``, or is taken."""
+    name = check_name(name, "experiment")
+    if name in RESERVED:
+        raise EvaluationError(
+            f"an experiment cannot be named {name!r}: it is a subcommand of `steptrace experiment`"
+        )
+    if exists(store, name):
+        raise EvaluationError(
+            f"an experiment named {name!r} exists already: give another name, or "
+            f"remove it first (steptrace experiment rm {name})"
+        )
+    return name
 
 
 def experiment(
@@ -600,11 +706,6 @@ def experiment(
     the configured store, which holds the dataset. ``EvaluationError`` before anything
     runs for a name that is taken, an unknown or empty dataset, a step that cannot be
     found; a ``KeyboardInterrupt`` leaves the experiment ``interrupted``."""
-    name = check_name(name, "experiment")
-    if name in RESERVED:
-        raise EvaluationError(
-            f"an experiment cannot be named {name!r}: it is a subcommand of `steptrace experiment`"
-        )
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise EvaluationError(f"concurrency must be a positive number, not {concurrency!r}")
     if llm not in LLM_MODES:
@@ -615,19 +716,21 @@ def experiment(
         )
     judges = _evaluators(evaluators)
     with Store.open() as store:
+        name = new_name(store, name)
         items = datasets.items(store, dataset)
         if not items:
             raise EvaluationError(f"dataset {dataset!r} has no items: nothing to run")
-        if exists(store, name):
-            raise EvaluationError(
-                f"an experiment named {name!r} exists already: give another name, or "
-                f"remove it first (steptrace experiment rm {name})"
-            )
         target: _Target = (
             _ForkTarget(store, name, items, llm)
             if from_step
             else _StepTarget(store, name, items, step, llm)
         )
+        if target.is_async and _loop_running():
+            raise EvaluationError(
+                f"{target.target} is async and an event loop is running in this thread: "
+                "run the experiment from a thread of its own "
+                "(await asyncio.to_thread(st.experiment, …))"
+            )
         create(
             store,
             {
