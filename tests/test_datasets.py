@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 import steptrace as st
-from steptrace.cli import main as cli_main
 from steptrace.errors import EvaluationError, QueryError
 from steptrace.evals import datasets
+from tests.support.helpers import cli_in_process
 
 on_both = pytest.mark.usefixtures("store_url")
 """A SQLite file, then PostgreSQL (the command-line tests read a SQLite file only: the
@@ -79,15 +79,6 @@ def _record() -> None:
     intake("invoice 7")
     st.run(triage, "broken 8")
     assert st.flush()
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        cli_main(list(args))
-    out = capsys.readouterr()
-    code = done.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
 
 
 @on_both
@@ -240,71 +231,42 @@ def test_export_jsonl_and_json(tmp_path: Path) -> None:
 
 
 def test_command_line(capsys: pytest.CaptureFixture[str], store_path: Path) -> None:
-    store_url = str(store_path)
     _record()
-    code, out, _ = _cli(
-        capsys,
-        "--store",
-        store_url,
-        "dataset",
-        "add",
-        "tickets",
-        "--step",
-        "classify",
-        "--where",
-        "classify.output = billing",
+
+    def dataset(*args: str) -> tuple[int, str, str]:
+        return cli_in_process(capsys, "--store", str(store_path), "dataset", *args)
+
+    code, out, _ = dataset(
+        "add", "tickets", "--step", "classify", "--where", "classify.output = billing"
     )
     assert code == 0
     assert "added 4 item(s) to dataset tickets (0 already in it, 0 skipped" in out
-    code, out, _ = _cli(
-        capsys, "--store", store_url, "dataset", "add", "tickets", "--step", "classify", "--json"
-    )
+    code, out, _ = dataset("add", "tickets", "--step", "classify", "--json")
     added = json.loads(out)
     assert (added["added"], added["existing"], added["skipped"]) == (3, 4, 0)
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "list", "--json")
+    code, out, _ = dataset("list", "--json")
     assert [(d["name"], d["step"], d["items"]) for d in json.loads(out)] == [
         ("tickets", "classify", 7)
     ]
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "show", "tickets", "--json")
-    items = json.loads(out)["items"]
-    first = items[0]["item_id"]
-    code, out, _ = _cli(
-        capsys,
-        "--store",
-        store_url,
-        "dataset",
-        "correct",
-        "tickets",
-        first[:8],
-        "--reference",
-        '"refund"',
-        "--by",
-        "bob",
+    code, out, _ = dataset("show", "tickets", "--json")
+    first = json.loads(out)["items"][0]["item_id"]
+    code, out, _ = dataset(
+        "correct", "tickets", first[:8], "--reference", '"refund"', "--by", "bob"
     )
     assert code == 0 and f"corrected {first[:8]} of dataset tickets" in out
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "show", "tickets")
+    code, out, _ = dataset("show", "tickets")
     assert code == 0 and "7 item(s), 1 corrected" in out and "★" in out
     assert first[:8] in out and "refund" in out
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "export", "tickets")
+    code, out, _ = dataset("export", "tickets")
     exported = [json.loads(line) for line in out.splitlines()]
     assert exported[0]["reference"] == "refund" and exported[0]["corrected_by"] == "bob"
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "rm", "tickets", first)
+    code, out, _ = dataset("rm", "tickets", first)
     assert code == 0 and out == "removed 1 item(s) from dataset tickets\n"
-    code, _, err = _cli(
-        capsys,
-        "--store",
-        store_url,
-        "dataset",
-        "correct",
-        "tickets",
-        first,
-        "--reference",
-        "{not json",
-    )
+    code, _, err = dataset("correct", "tickets", first, "--reference", "{not json")
     assert code == 1 and "--reference is not valid JSON" in err
-    code, _, err = _cli(capsys, "--store", store_url, "dataset", "add", "x", "--step", "nope")
+    code, _, err = dataset("add", "x", "--step", "nope")
     assert code == 1 and "no step named 'nope'" in err
-    code, _, err = _cli(capsys, "--store", store_url, "dataset", "show", "nope")
+    code, _, err = dataset("show", "nope")
     assert code == 2 and err.startswith("error: no dataset named 'nope'")
-    code, out, _ = _cli(capsys, "--store", store_url, "dataset", "rm", "tickets")
+    code, out, _ = dataset("rm", "tickets")
     assert code == 0 and out == "removed dataset tickets (6 item(s))\n"

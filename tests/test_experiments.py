@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 
 import steptrace as st
-from steptrace.cli import main as cli_main
 from steptrace.errors import EvaluationError
 from steptrace.evals import datasets, experiments
 from steptrace.evals.runner import experiment
-from tests.support.helpers import steptrace_cli
+from tests.support.helpers import cli_in_process, steptrace_cli
 
 on_both = pytest.mark.usefixtures("store_url")
 """A SQLite file, then PostgreSQL (the command-line tests read a SQLite file only: the
@@ -341,15 +340,6 @@ def test_requests_that_cannot_be_run_are_refused_before_anything_runs() -> None:
             experiments.load(store, "taken")
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        cli_main(list(args))
-    out = capsys.readouterr()
-    code = done.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
-
-
 def test_command_line(capsys: pytest.CaptureFixture[str], store_path: Path) -> None:
     store_url = str(store_path)
     items = _record()
@@ -377,23 +367,23 @@ def test_command_line(capsys: pytest.CaptureFixture[str], store_path: Path) -> N
     assert b["summary"]["scores"]["exact"]["mean"] == 0.75
     assert [i["item_id"] for i in b["items"]] == [i.item_id for i in items]
     base = ["--store", store_url, "experiment"]
-    code, out, _ = _cli(capsys, *base, "compare", "A", "B", "--json")
+    code, out, _ = cli_in_process(capsys, *base, "compare", "A", "B", "--json")
     assert json.loads(out)["changed"] == [items[i].item_id for i in sorted(WRONG)]
-    code, out, _ = _cli(capsys, *base, "compare", "A", "B")
+    code, out, _ = cli_in_process(capsys, *base, "compare", "A", "B")
     assert code == 0 and "5 of 20 item(s) changed" in out
     assert "exact          1.000 (20 scored)  0.750 (20 scored)   -0.250" in out
     assert f"~ {items[2].item_id[:8]}  exact true → false" in out
     assert "~ output.label: question → other" in out
-    code, out, _ = _cli(capsys, *base, "list", "--json")
+    code, out, _ = cli_in_process(capsys, *base, "list", "--json")
     assert [e["name"] for e in json.loads(out)] == ["B", "A"]
-    code, out, _ = _cli(capsys, *base, "show", "B")
+    code, out, _ = cli_in_process(capsys, *base, "show", "B")
     assert code == 0
     assert "experiment B  ✓ completed  20 item(s): 20 succeeded, 0 failed" in out
     assert "exact          0.750 (20 scored)" in out
     assert f"{items[2].item_id[:8]}  ✓ succeeded" in out and "exact=false" in out
-    code, _, err = _cli(capsys, *base, "show", "nope")
+    code, _, err = cli_in_process(capsys, *base, "show", "nope")
     assert code == 2 and err.startswith("error: no experiment named 'nope'")
-    code, _, err = _cli(capsys, *base, "compare", "--dataset", "tickets")
+    code, _, err = cli_in_process(capsys, *base, "compare", "--dataset", "tickets")
     assert code == 2 and "No such option: --dataset" in err
     for refused, message in [
         (["run", "compare", "--dataset", "tickets"], "cannot be named 'compare'"),
@@ -401,7 +391,7 @@ def test_command_line(capsys: pytest.CaptureFixture[str], store_path: Path) -> N
         (["C", "--dataset", "nope"], "no dataset named 'nope'"),
         (["C", "--dataset", "tickets", "--step", "nomodule"], "'nomodule' is not MODULE:FUNC"),
     ]:
-        code, _, err = _cli(capsys, *base, *refused)
+        code, _, err = cli_in_process(capsys, *base, *refused)
         assert code == 2 and message in err, err
-    code, out, _ = _cli(capsys, *base, "rm", "B")
+    code, out, _ = cli_in_process(capsys, *base, "rm", "B")
     assert code == 0 and "removed experiment B (20 item(s))" in out

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
 import steptrace as st
@@ -119,6 +120,20 @@ def steptrace_cli(
     if returncode is not None:
         assert proc.returncode == returncode, proc.stderr
     return proc
+
+
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``steptrace ARGS`` run in this process (``steptrace.cli.main``): its exit code and
+    the stdout and stderr ``capsys`` captured. Not for a command that records runs: at
+    its end it shuts the OpenTelemetry SDK down, as a command line does."""
+    from steptrace.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    captured = capsys.readouterr()
+    code = done.value.code
+    return (code if isinstance(code, int) else 0), captured.out, captured.err
 
 
 def is_postgres(url: str) -> bool:

@@ -29,7 +29,7 @@ from rich.text import Text
 
 import steptrace as st
 from steptrace.acting import source_spec
-from steptrace.cli.app import Status, finish_recording, store_option
+from steptrace.cli.app import LLMChoice, Status, finish_recording, store_option
 from steptrace.cli.diffs import print_change, print_diff
 from steptrace.cli.errors import CLIError
 from steptrace.cli.names import check_workflow, short_prefix
@@ -57,11 +57,6 @@ _ENTRY_HELP = (
 
 _RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help=_RUN_HELP)]
 _Entry = Annotated[str | None, typer.Option("--entry", metavar="MODULE:FN", help=_ENTRY_HELP)]
-
-
-class LLMChoice(enum.StrEnum):
-    live = "live"
-    recorded = "recorded"
 
 
 class ToolsChoice(enum.StrEnum):

@@ -49,6 +49,13 @@ class Status(enum.StrEnum):
     interrupted = "interrupted"
 
 
+class LLMChoice(enum.StrEnum):
+    """Where LLM calls of a run made from a recording are answered (``--llm``)."""
+
+    live = "live"
+    recorded = "recorded"
+
+
 # The run filters (``Store.runs``'s), as ``runs`` and ``export`` take them.
 WorkflowFilter = Annotated[
     str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")

@@ -14,7 +14,6 @@ so far kept).
 
 from __future__ import annotations
 
-import enum
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import steptrace as st
-from steptrace.cli.app import finish_recording, store_option
+from steptrace.cli.app import LLMChoice, finish_recording, store_option
 from steptrace.cli.diffs import print_change
 from steptrace.cli.errors import CLIError, refused
 from steptrace.cli.output import (
@@ -70,11 +69,6 @@ experiment_app = typer.Typer(
 )
 
 _Json = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
-
-
-class LLMChoice(enum.StrEnum):
-    live = "live"
-    recorded = "recorded"
 
 
 def _requests() -> Any:

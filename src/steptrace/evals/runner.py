@@ -159,32 +159,12 @@ def _score_lines(
 ) -> tuple[list[ScoreLine], dict[str, ItemScore]]:
     lines: list[ScoreLine] = []
     for name, source, found in named:
-        if found.error is None:
-            try:
-                lines.append(
-                    scores.line(
-                        run_id,
-                        span_id,
-                        step,
-                        name,
-                        found.value,
-                        rationale=found.rationale,
-                        source=source,
-                    )
-                )
-                continue
-            except ValueError as exc:
-                found = Evaluation(None, error=f"ValueError: {exc}")
+        value, rationale = found.value, found.rationale
+        if found.error is not None:
+            value, rationale = ERROR_LABEL, ERROR_PREFIX + found.error
+        # (the name was checked with the evaluators, the value by ``evaluate``)
         lines.append(
-            scores.line(
-                run_id,
-                span_id,
-                step,
-                name,
-                ERROR_LABEL,
-                rationale=ERROR_PREFIX + str(found.error),
-                source=source,
-            )
+            scores.line(run_id, span_id, step, name, value, rationale=rationale, source=source)
         )
     shown = {
         line.name: ItemScore(
@@ -648,9 +628,14 @@ def _collect(done: Any, into: list[_Executed], *, quiet: bool = False) -> None:
 
 def _evaluators(given: Sequence[Evaluator]) -> list[tuple[str, str, Evaluator]]:
     named = [(evaluator_name(fn), evaluator_source(fn), fn) for fn in (given or [exact])]
-    for _, _, fn in named:
+    for n, _, fn in named:
         if not callable(fn):
             raise EvaluationError(f"an evaluator is a function, not {fn!r}")
+        if not n.strip() or len(n) > scores.MAX_NAME:
+            raise EvaluationError(
+                f"an evaluator's name is what its scores are named: {n!r} cannot be one "
+                f"(a non-empty string of at most {scores.MAX_NAME} characters)"
+            )
     seen: set[str] = set()
     for n, _, _ in named:
         if n in seen:
