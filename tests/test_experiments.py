@@ -19,6 +19,7 @@ import pytest
 import steptrace as st
 from steptrace.errors import EvaluationError
 from steptrace.evals import datasets, experiments
+from steptrace.evals.evaluators import Evaluator
 from steptrace.evals.runner import experiment
 from tests.support.helpers import cli_in_process, steptrace_cli
 
@@ -186,19 +187,38 @@ def test_evaluators_that_raise_are_failed_scores_and_the_experiment_goes_on() ->
     def explained(output: Any, *, reference: Any, input: Any) -> tuple[float, str]:
         return 0.5, f"{input['text'][:8]} vs {reference['label']}"
 
-    e = experiment("judged", "tickets", evaluators=[picky, nothing, explained])
-    assert e.status == "completed" and e.evaluators == ["picky", "nothing", "explained"]
+    async def agrees(output: Any, reference: Any) -> bool:
+        await asyncio.sleep(0)
+        return bool(output == reference)
+
+    judge = Evaluator(lambda output: (0.9, "reads well"), name="judge", source="llm")
+    e = experiment("judged", "tickets", evaluators=[picky, nothing, explained, agrees, judge])
+    assert e.status == "completed"
+    assert e.evaluators == ["picky", "nothing", "explained", "agrees", "judge"]
+    assert e.summary()["scores"]["agrees"]["mean"] == 1.0
+    assert e.items[0].scores["judge"].source == "llm"
+    assert e.items[0].scores["judge"].value == 0.9
     scores = e.summary()["scores"]
     assert scores["picky"] == {"mean": 1.0, "count": 4, "errors": 2, "labels": {}}
     assert scores["nothing"] == {"mean": None, "count": 0, "errors": 6, "labels": {}}
     assert scores["explained"] == {"mean": 0.5, "count": 6, "errors": 0, "labels": {}}
     refund = e.items[0].scores
-    assert refund["picky"].error and refund["picky"].value == "error"
-    assert refund["picky"].rationale == "evaluation failed: ValueError: refunds are hard"
-    assert refund["picky"].to_dict()["value"] is None
-    assert refund["nothing"].rationale is not None
-    assert "ValueError: a score's value is a number, a bool" in refund["nothing"].rationale
+    assert refund["picky"].error and refund["picky"].value is False
+    assert (refund["picky"].label, refund["picky"].rationale) == (
+        "error",
+        "raised ValueError: refunds are hard",
+    )
+    assert refund["picky"].to_dict()["value"] is None and refund["picky"].to_dict()["error"]
+    assert refund["nothing"].error and refund["nothing"].label == "invalid"
+    assert (refund["nothing"].rationale or "").startswith(
+        "returned None: a score's value is a number, a bool"
+    )
     assert refund["explained"].rationale == "ticket 0 vs refund"
+    with st.Store.open() as store:  # the failed evaluation is a false score on the span
+        (stored,) = store.scores(e.items[0].run_id, name="picky")
+    assert (stored.value, stored.label, stored.kind) == (False, "error", "boolean")
+    with pytest.raises(EvaluationError, match="has no name to give its scores"):
+        experiment("anonymous", "tickets", evaluators=[lambda output: True])
     with pytest.raises(EvaluationError, match="two evaluators are named 'picky'"):
         experiment("twice", "tickets", evaluators=[picky, picky])
 

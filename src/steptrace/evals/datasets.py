@@ -381,7 +381,9 @@ def _write_items(
     rows: list[tuple[Any, ...]],
 ) -> list[str]:
     """Write the dataset's row (when new) and the items it does not hold yet, numbered
-    after its last; the ids of those written."""
+    after its last; the ids of those written. Nothing to write makes no dataset."""
+    if not rows:
+        return []
     with admin.connect(store.engine.dsn) as conn:
         last = conn.rows("SELECT max(seq) FROM dataset_items WHERE dataset = ?", [name])
         seq = int(last[0][0]) if last and last[0][0] is not None else 0

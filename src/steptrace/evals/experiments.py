@@ -8,9 +8,10 @@ score on that attempt (``scores``: source ``code``, or ``llm`` for a judge). Run
 is ``steptrace.evals.runner``; this module reads and writes the rows and answers
 ``compare`` (``steptrace experiment compare A B``).
 
-A failed evaluation (the evaluator raised, or returned something that is not a score)
-is stored as a categorical score labelled ``error`` whose rationale is
-``evaluation failed: Type: message``: it is counted as an error, never in a mean.
+A failed evaluation (``steptrace.evals.evaluators``: the evaluator raised, or returned
+something that is not a score) is stored as a false score labelled ``error`` or
+``invalid`` with the reason as its rationale: it is counted as an error, never in a
+mean.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 
 from steptrace.errors import EvaluationError
+from steptrace.evals.evaluators import ERROR, INVALID
 from steptrace.query.diff import Change, json_diff
 from steptrace.query.distribution import percentile
 from steptrace.record import stored_name
@@ -37,11 +39,8 @@ STATUSES: tuple[str, ...] = ("running", "completed", "interrupted", "failed")
 outcome), ``interrupted`` when stopped (Ctrl-C) with the items done so far kept,
 ``failed`` when the experiment itself broke off."""
 MODES: tuple[str, ...] = ("step", "from-step")
-ERROR_LABEL = "error"
-"""The label of a failed evaluation's score."""
-ERROR_PREFIX = "evaluation failed: "
-"""How a failed evaluation's rationale starts (then the exception, as ``Type: message``)."""
-
+FAILED_LABELS = (ERROR, INVALID)
+"""The labels of a failed evaluation's (false) score."""
 
 # --- the model ------------------------------------------------------------------------
 
@@ -58,7 +57,7 @@ class ItemScore:
     @property
     def error(self) -> bool:
         """The evaluation failed (the evaluator raised or returned no score)."""
-        return self.label == ERROR_LABEL and (self.rationale or "").startswith(ERROR_PREFIX)
+        return self.value is False and self.label in FAILED_LABELS
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -45,9 +45,8 @@ from steptrace.decorators import step as step_decorator
 from steptrace.errors import EvaluationError, ReentryError, RunNotFound
 from steptrace.evals import datasets
 from steptrace.evals.datasets import DatasetItem, check_name
+from steptrace.evals.evaluators import Evaluator, Verdict, aevaluate, as_evaluator, evaluate
 from steptrace.evals.experiments import (
-    ERROR_LABEL,
-    ERROR_PREFIX,
     Experiment,
     ExperimentItem,
     ItemScore,
@@ -80,9 +79,6 @@ TAG_PREFIX = "experiment:"
 """Runs an experiment makes carry the tag ``experiment:{name}``; in step mode their
 workflow is ``experiment:{step}``."""
 
-Evaluator = Callable[..., Any]
-
-
 # --- evaluators -----------------------------------------------------------------------
 
 
@@ -92,80 +88,33 @@ def exact(output: Any, reference: Any) -> bool:
     return not json_diff(output, reference)
 
 
-def evaluator_name(fn: Evaluator) -> str:
-    """The score name an evaluator writes: its ``name`` attribute, else its ``__name__``."""
-    name = getattr(fn, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    return str(getattr(fn, "__name__", type(fn).__name__))
-
-
-def evaluator_source(fn: Evaluator) -> str:
-    """``llm`` for a judge (an evaluator whose ``source`` attribute says so), else
-    ``code``."""
-    return "llm" if getattr(fn, "source", None) == "llm" else "code"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What one evaluator said of one output: a value (and rationale), or the error."""
-
-    value: Any
-    rationale: str | None = None
-    error: str | None = None
-
-
-def evaluate(fn: Evaluator, *, output: Any, input: Any = None, reference: Any = None) -> Evaluation:
-    """Call ``fn`` with the output (its first parameter, or one named ``output``) and,
-    when it takes them by name, ``reference`` and ``input``; its return value as an
-    ``Evaluation``. Never raises: an evaluator that raises, or returns something that is
-    not a score, is an ``Evaluation`` with ``error``."""
-    try:
-        result = _call(fn, output, input, reference)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_awaited(result))
-        rationale = None
-        if isinstance(result, tuple) and len(result) == 2:
-            result, rationale = result
-            rationale = None if rationale is None else str(rationale)
-        scores.kind_of(result)  # ValueError for what cannot be a score
-        return Evaluation(result, rationale)
-    except Exception as exc:
-        return Evaluation(None, error=f"{type(exc).__name__}: {exc}")
-
-
-async def _awaited(result: Any) -> Any:
-    return await result
-
-
-def _call(fn: Evaluator, output: Any, input: Any, reference: Any) -> Any:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: the output only
-        return fn(output)
-    anything = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {
-        name: value
-        for name, value in (("reference", reference), ("input", input))
-        if name in params or anything
-    }
-    if "output" in params:
-        return fn(output=output, **kwargs)
-    return fn(output, **kwargs)
+def _verdict(evaluator: Evaluator, output: Any, item: DatasetItem) -> Verdict:
+    """The evaluator's verdict on one output (an async one awaited on a loop of its own:
+    items are judged on the thread that concludes them)."""
+    if inspect.iscoroutinefunction(evaluator.afn or evaluator.fn):
+        return asyncio.run(
+            aevaluate(evaluator, output=output, input=item.input, reference=item.reference)
+        )
+    return evaluate(evaluator, output=output, input=item.input, reference=item.reference)
 
 
 def _score_lines(
-    run_id: str, span_id: str, step: str, named: Sequence[tuple[str, str, Evaluation]]
+    run_id: str, span_id: str, step: str, verdicts: Sequence[tuple[Evaluator, Verdict]]
 ) -> tuple[list[ScoreLine], dict[str, ItemScore]]:
-    lines: list[ScoreLine] = []
-    for name, source, found in named:
-        value, rationale = found.value, found.rationale
-        if found.error is not None:
-            value, rationale = ERROR_LABEL, ERROR_PREFIX + found.error
-        # (the name was checked with the evaluators, the value by ``evaluate``)
-        lines.append(
-            scores.line(run_id, span_id, step, name, value, rationale=rationale, source=source)
+    lines = [
+        scores.line(
+            run_id,
+            span_id,
+            step,
+            evaluator.name,
+            verdict.value,
+            label=verdict.label,
+            rationale=verdict.rationale,
+            source=evaluator.source,
+            judge_run_id=verdict.judge_run_id,
         )
+        for evaluator, verdict in verdicts
+    ]
     shown = {
         line.name: ItemScore(
             line.label
@@ -455,7 +404,7 @@ class _Running:
         store: Store,
         name: str,
         target: _Target,
-        evaluators: Sequence[tuple[str, str, Evaluator]],
+        evaluators: Sequence[Evaluator],
     ) -> None:
         self.store = store
         self.name = name
@@ -505,14 +454,7 @@ class _Running:
         found = _outcome(run, item, attempts)
         if found.status != "succeeded" or found.run_id is None or found.span_id is None:
             return found, []
-        judged = [
-            (
-                n,
-                source,
-                evaluate(fn, output=found.output, input=item.input, reference=item.reference),
-            )
-            for n, source, fn in self.evaluators
-        ]
+        judged = [(e, _verdict(e, found.output, item)) for e in self.evaluators]
         lines, shown = _score_lines(found.run_id, found.span_id, attempts[-1].name, judged)
         return dataclasses.replace(found, scores=shown), lines
 
@@ -626,22 +568,21 @@ def _collect(done: Any, into: list[_Executed], *, quiet: bool = False) -> None:
 # --- the experiment -------------------------------------------------------------------
 
 
-def _evaluators(given: Sequence[Evaluator]) -> list[tuple[str, str, Evaluator]]:
-    named = [(evaluator_name(fn), evaluator_source(fn), fn) for fn in (given or [exact])]
-    for n, _, fn in named:
-        if not callable(fn):
-            raise EvaluationError(f"an evaluator is a function, not {fn!r}")
-        if not n.strip() or len(n) > scores.MAX_NAME:
+def _evaluators(given: Sequence[Callable[..., Any] | Evaluator]) -> list[Evaluator]:
+    """The evaluators (``[exact]`` when none is given), each callable by the protocol and
+    named apart: ``EvaluationError`` otherwise."""
+    try:
+        found = [as_evaluator(fn) for fn in (given or [exact])]
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(str(exc)) from None
+    names = [e.name for e in found]
+    for name in names:
+        if names.count(name) > 1:
             raise EvaluationError(
-                f"an evaluator's name is what its scores are named: {n!r} cannot be one "
-                f"(a non-empty string of at most {scores.MAX_NAME} characters)"
+                f"two evaluators are named {name!r}: their scores would collide "
+                "(rename one: st.check(fn, name=...))"
             )
-    seen: set[str] = set()
-    for n, _, _ in named:
-        if n in seen:
-            raise EvaluationError(f"two evaluators are named {n!r}: their scores would collide")
-        seen.add(n)
-    return named
+    return found
 
 
 def _loop_running() -> bool:
@@ -673,7 +614,7 @@ def experiment(
     dataset: str,
     step: Callable[..., Any] | None = None,
     *,
-    evaluators: Sequence[Evaluator] = (),
+    evaluators: Sequence[Callable[..., Any] | Evaluator] = (),
     concurrency: int = 1,
     llm: LLMMode = "live",
     from_step: bool = False,
@@ -723,7 +664,7 @@ def experiment(
                 "dataset": items[0].dataset,
                 "target": target.target,
                 "mode": target.mode,
-                "evaluators": [n for n, _, _ in judges],
+                "evaluators": [e.name for e in judges],
                 "params": {"concurrency": concurrency, "llm": llm},
                 "code_version": code_version(target.fn),
             },
