@@ -251,7 +251,7 @@ def list_command(as_json: _Json = False) -> None:
             Column("status", fold=False),
             Column("dataset", fold=False),
             Column("mode", fold=False),
-            Column("target"),
+            Column("target", fold=False),
             Column("evaluators"),
             Column("started", fold=False),
         ],
