@@ -184,7 +184,8 @@ def test_the_protocol_passes_output_input_and_reference_by_name() -> None:
     )
     assert evaluate(kwargs_only, output=1).value == "input,output,reference"
     assert evaluate(len, output="abc").value == 3  # a builtin: fn(output)
-    assert isinstance(st.check(len, name="length"), Evaluator)
+    length = st.check(len, name="length")
+    assert isinstance(length, Evaluator) and length("abc") == Verdict(3)
 
 
 # --- sampling -------------------------------------------------------------------------
@@ -281,7 +282,7 @@ async def async_check(output: str) -> tuple[float, str]:
 
 
 @pytest.mark.usefixtures("runtime_store_url")
-def test_an_async_step_awaits_its_async_checks_a_sync_step_cannot() -> None:
+def test_an_async_step_awaits_its_async_checks_a_sync_step_runs_them_outside_a_loop() -> None:
     @st.step(checks=[async_check, passes])
     async def adraft(customer: str) -> str:
         await asyncio.sleep(0)
@@ -298,13 +299,23 @@ def test_an_async_step_awaits_its_async_checks_a_sync_step_cannot() -> None:
         "passes": score("passes", "boolean", True),
     }
 
+    # a sync step: run to completion, unless an event loop runs in its thread
     result = st.run(reply_workflow([async_check]), "Ada")
+    assert scores_of(result.run_id)["async_check"]["value"] == 0.25
+    sync_reply = reply_workflow([async_check])
+
+    @st.workflow
+    async def calls_a_sync_step(customer: str) -> str:
+        return sync_reply(customer)
+
+    result = asyncio.run(st.arun(calls_a_sync_step, "Ada"))
     assert scores_of(result.run_id)["async_check"] == score(
         "async_check",
         "boolean",
         False,
         "invalid",
-        "returned an awaitable: an async evaluator runs on an async step",
+        "returned an awaitable inside a running event loop: an async evaluator runs on "
+        "an async step (or aevaluate)",
     )
 
 
