@@ -54,6 +54,17 @@ def make_payload() -> dict[str, Any]:
     return payload
 
 
+def set_up() -> TracerProvider:
+    """What a benchmark runs under: a SQLite store in a temporary directory and an SDK
+    TracerProvider whose BatchSpanProcessor drops every span (its provider, installed)."""
+    tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
+    os.environ["STEPTRACE_STORE"] = os.path.join(tmp, "bench.db")
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -63,12 +74,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
-    os.environ["STEPTRACE_STORE"] = os.path.join(tmp, "bench.db")
-    exporter = DropExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    provider = set_up()
 
     import steptrace as st
 

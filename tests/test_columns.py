@@ -13,7 +13,7 @@ import pytest
 
 from steptrace.record import LLMUsage, RunState, SpanRecord
 from steptrace.store import migrate_store, open_writer
-from steptrace.store.columns import RUNS, TABLES, WRITTEN, Table
+from steptrace.store.columns import RUNS, TABLES, WRITTEN, ScoreLine, Table
 from tests.support.helpers import is_postgres, raw_sql
 
 SQLITE_TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "DOUBLE PRECISION", "json": "TEXT"}
@@ -157,6 +157,22 @@ def _records() -> tuple[list[RunState], list[SpanRecord]]:
         error=orjson.dumps({"type": "ValueError"}),
         attributes=orjson.dumps({"k": "v"}),
         logs=[(T0 + 2_000_000, "WARNING", "app.step", "careful", "Traceback …")],
+        scores=[
+            ScoreLine(
+                "s" * 32,
+                "run-1",
+                "e" * 16,
+                "classify",
+                "polite",
+                "numeric",
+                0.5,
+                "meh",
+                "why",
+                "llm",
+                "run-9",
+                T0 + 5_000_000,
+            )
+        ],
     )
     llm = SpanRecord(
         "run-1",
@@ -300,6 +316,23 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
             "attributes": None,
         },
     ],
+    "scores": [
+        {
+            "score_id": "s" * 32,
+            "run_id": "run-1",
+            "span_id": "e" * 16,
+            "step": "classify",
+            "name": "polite",
+            "kind": "numeric",
+            "value": 0.5,
+            "label": "meh",
+            "rationale": "why",
+            "source": "llm",
+            "judge_run_id": "run-9",
+            "created_at": "2023-11-14T22:13:20.128456Z",
+            "updated_at": "2023-11-14T22:13:20.128456Z",
+        }
+    ],
 }
 
 
@@ -316,9 +349,9 @@ def _stored(url: str, table: Table) -> list[dict[str, Any]]:
 
 
 def test_every_written_column_is_stored_from_its_record(store_url: str) -> None:
-    """One batch with a run's start and end rows, a step, an LLM call and logs: each
-    column holds what its record said (the run's input and tags from its start row), and
-    a start row written again afterwards changes nothing (the guard)."""
+    """One batch with a run's start and end rows, a step with a score, an LLM call and
+    logs: each column holds what its record said (the run's input and tags from its
+    start row), and a start row written again afterwards changes nothing (the guard)."""
     runs, spans = _records()
     writer = open_writer(store_url)
     try:

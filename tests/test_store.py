@@ -99,6 +99,7 @@ def test_migrations_are_named_and_recorded(db: Query) -> None:
         "0004_export_drops",
         "0005_durability",
         "0006_lineage",
+        "0007_evaluation",
     ]
     assert all(r[1] for r in rows)  # when each was applied
 

@@ -14,6 +14,8 @@ from steptrace.errors import (
     RunNotFound,
     SteptraceError,
 )
+from steptrace.evals.evaluators import check
+from steptrace.evals.judge import judge
 from steptrace.evals.runner import experiment
 from steptrace.evals.scoring import score
 from steptrace.instrument import instrument
@@ -43,6 +45,7 @@ __all__ = [
     "areplay",
     "aresume",
     "arun",
+    "check",
     "configure",
     "current_run_id",
     "current_traceparent",
@@ -52,6 +55,7 @@ __all__ = [
     "health",
     "instrument",
     "is_replay",
+    "judge",
     "last_run",
     "llm",
     "replay",

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from steptrace import runtime
+from steptrace.evals.checks import step_checks
+from steptrace.evals.evaluators import Evaluator
 from steptrace.runtime import RunScope, run_step_async, run_step_sync
 from steptrace.spec import Backoff, Spec
 from steptrace.store.model import RunRecord
@@ -79,6 +81,7 @@ def step(
     backoff: float | Backoff = 0.5,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     output: Any = None,
+    checks: Sequence[Callable[..., Any] | Evaluator] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def step(
     fn: Callable[..., Any] | None = None,
@@ -89,6 +92,7 @@ def step(
     backoff: float | Backoff = 0.5,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     output: Any = None,
+    checks: Sequence[Callable[..., Any] | Evaluator] | None = None,
 ) -> Any:
     """Mark a function (sync or async) as a step: each attempt is recorded with its
     input, output or error, duration and attempt number.
@@ -98,10 +102,16 @@ def step(
     ``output=Model`` (any type pydantic validates) the return value is validated,
     from JSON when it is a string, and the validated value is returned; a value
     that fails is kept as the failed attempt's output.
+
+    ``checks`` are evaluators (``fn(output) -> bool | float | category | (value,
+    rationale)``, ``st.check(...)``, ``st.judge(...)``) run inside a run on the output
+    of each attempt that produced one; each writes a score on that attempt, stored
+    with it. A check that raises is a failed score, never the workflow's error.
     """
+    evaluators = step_checks(checks)  # a bad checks= fails at decoration
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(Spec(f, "step", name, retries, backoff, retry_on, output))
+        return _wrap(Spec(f, "step", name, retries, backoff, retry_on, output, checks=evaluators))
 
     return decorate(fn) if fn is not None else decorate
 

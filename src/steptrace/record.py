@@ -20,7 +20,7 @@ import pathlib
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pydantic
@@ -28,6 +28,9 @@ from pydantic import BaseModel
 
 from steptrace.config import Config, get_config, on_change
 from steptrace.redaction import Redactor
+
+if TYPE_CHECKING:
+    from steptrace.store.columns import ScoreLine
 
 MARKER = "__steptrace__"
 Processor = Callable[[bytes], bytes]
@@ -473,6 +476,9 @@ class SpanRecord:
     """The OTel span, ended by the writer once the values are redacted (None: ended)."""
     otel_error: tuple[str, str] | None = None
     """(error type, redacted message) for the OTel span status."""
+    scores: list[ScoreLine] | None = None
+    """What the step's checks made of this attempt's output: ``scores`` rows written in
+    the same batch as the span, and evaluation events on its OTel span."""
 
 
 @dataclasses.dataclass(slots=True)

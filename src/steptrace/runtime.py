@@ -14,9 +14,11 @@ validation still apply), unless ``configure(record_steps_outside_workflow=True)`
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -40,12 +42,14 @@ from steptrace.record import (
     redact_text,
     to_json,
 )
-from steptrace.spec import Spec
+from steptrace.spec import Spec, StepChecks
 from steptrace.store.sqlite import ns_from_iso
 from steptrace.store.writer import Sink, get_sink
 
 if TYPE_CHECKING:
     from steptrace.reentry import Decision, Reentry
+
+log = logging.getLogger("steptrace")
 
 # --- run context --------------------------------------------------------------------
 
@@ -129,6 +133,23 @@ def current_run_id() -> str | None:
     return None if frame is None else frame.run.state.run_id
 
 
+_NO_TRACE = otel_context.Context()
+
+
+@contextlib.contextmanager
+def outside_run() -> Iterator[None]:
+    """Run the block as if no run were in progress: it records nothing into the current
+    run (a workflow called in it is a run of its own, not a step), and an OTel span it
+    starts begins a trace of its own. What a step's checks and an LLM judge run in."""
+    token = current_frame.set(None)
+    otel_token = otel_context.attach(_NO_TRACE)
+    try:
+        yield
+    finally:
+        otel_context.detach(otel_token)
+        current_frame.reset(token)
+
+
 # --- spans --------------------------------------------------------------------------
 
 
@@ -170,10 +191,14 @@ class ActiveSpan:
         current_frame.reset(self.token)
 
     def finish(self, error: BaseException | None = None) -> None:
-        """Hand the record to the writer, which redacts what is still raw, stores the
-        record and ends the OTel span (with these timestamps)."""
+        """End the span now and hand the record to the writer."""
+        self.record.end_ns = time.time_ns()
+        self.hand_over(error)
+
+    def hand_over(self, error: BaseException | None = None) -> None:
+        """Hand the ended record to the writer, which redacts what is still raw, stores
+        the record and ends the OTel span (with the record's timestamps)."""
         record = self.record
-        record.end_ns = time.time_ns()
         _defer_span(record, self.otel, error)
         self.frame.run.sink.put(record)
 
@@ -222,12 +247,16 @@ def _raw_output(frame: Frame, exc: BaseException) -> Any:
 
 # --- the attempt loop, shared by sync and async -------------------------------------
 
+_NO_OUTPUT = object()
+"""An attempt that produced no output (it raised): nothing for its checks to score."""
+
 
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 
     __slots__ = (
         "active",
+        "arguments",
         "flag",
         "input_json",
         "key",
@@ -235,6 +264,7 @@ class _Call:
         "position",
         "spec",
         "tool_call_id",
+        "unchecked",
     )
 
     def __init__(self, spec: Spec, parent: Frame, args: tuple[Any, ...], kw: dict[str, Any]):
@@ -242,9 +272,12 @@ class _Call:
         self.parent = parent
         run = parent.run
         self.key, self.position = run.next_key(parent, spec.name)
-        arguments = spec.bind(args, kw)
+        arguments = self.arguments = spec.bind(args, kw)
         self.input_json = to_json(arguments)  # redacted (and hashed) later, by the writer
         self.active: ActiveSpan | None = None
+        self.unchecked: tuple[ActiveSpan, Any, BaseException | None] | None = None
+        """An ended attempt whose output the step's checks have yet to score: the loop
+        runs them (``check``/``acheck``), then the record goes to the writer."""
         self.flag: dict[str, Any] | None = None
         self.tool_call_id = (
             run.claim_tool_call(spec.name, orjson.loads(self.input_json))
@@ -281,7 +314,8 @@ class _Call:
             self.flag = decision.flag
         new_args, new_kwargs = reentry.fork_arguments(self.spec, self.key, args, kwargs)
         if new_args is not args or new_kwargs is not kwargs:
-            self.input_json = to_json(self.spec.bind(tuple(new_args), new_kwargs))
+            self.arguments = self.spec.bind(tuple(new_args), new_kwargs)
+            self.input_json = to_json(self.arguments)
         return None, reentry.first_attempt(self.key), tuple(new_args), new_kwargs
 
     def recorded(self, decision: Decision) -> Any:
@@ -315,7 +349,7 @@ class _Call:
         record = active.record
         record.status = "succeeded"
         record.output = to_json(value)
-        active.finish()
+        self._finish(active, value)
         return value
 
     def fail(self, exc: BaseException) -> None:
@@ -328,7 +362,56 @@ class _Call:
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
         active = cast(ActiveSpan, self.active)
         fail_span(active, exc, raw=raw, validation=validation)
-        active.finish(exc)
+        self._finish(active, _NO_OUTPUT if raw is None else raw, exc)
+
+    def _finish(self, active: ActiveSpan, output: Any, error: BaseException | None = None) -> None:
+        """End the attempt; its record goes to the writer now, or, when the step has
+        checks and the attempt an output (its value, or the raw one that failed
+        validation), once the checks have scored it."""
+        if self.spec.checks is None or output is _NO_OUTPUT:
+            active.finish(error)
+            return
+        active.record.end_ns = time.time_ns()  # the checks' time is not the step's
+        self.unchecked = (active, output, error)
+
+    def check(self) -> None:
+        """Run the step's checks on the ended attempt's output (outside the run: what
+        they call is not recorded in it) and hand the record, scores and all, over."""
+        active, output, error = cast(tuple[ActiveSpan, Any, BaseException | None], self.unchecked)
+        self.unchecked = None
+        record = active.record
+        checks = cast(StepChecks, self.spec.checks)
+        # outside_run(), without a generator's cost on every attempt of a checked step
+        token = current_frame.set(None)
+        otel_token = otel_context.attach(_NO_TRACE)
+        try:
+            lines = checks.scores(
+                output, self.arguments, record.run_id, record.span_id, record.name
+            )
+            record.scores = lines or None
+        except Exception:  # a bug of ours: the attempt is recorded all the same
+            log.warning("steptrace: the checks of %s failed", record.name, exc_info=True)
+        finally:
+            otel_context.detach(otel_token)
+            current_frame.reset(token)
+            active.hand_over(error)
+
+    async def acheck(self) -> None:
+        """``check`` in an async step: async checks are awaited."""
+        active, output, error = cast(tuple[ActiveSpan, Any, BaseException | None], self.unchecked)
+        self.unchecked = None
+        record = active.record
+        checks = cast(StepChecks, self.spec.checks)
+        try:
+            with outside_run():
+                lines = await checks.ascores(
+                    output, self.arguments, record.run_id, record.span_id, record.name
+                )
+            record.scores = lines or None
+        except Exception:
+            log.warning("steptrace: the checks of %s failed", record.name, exc_info=True)
+        finally:
+            active.hand_over(error)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before the ``attempt``-th try's next, or None when this was the
@@ -367,6 +450,8 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             result = spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
+            if call.unchecked is not None:
+                call.check()
             if run.durable == "step":
                 run.sink.commit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -378,6 +463,8 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         try:
             value = call.succeed(result)
         except pydantic.ValidationError as exc:
+            if call.unchecked is not None:
+                call.check()
             if run.durable == "step":
                 run.sink.commit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -386,6 +473,8 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             time.sleep(delay)
             attempt += 1
             continue
+        if call.unchecked is not None:
+            call.check()
         if run.durable == "step":
             run.sink.commit()
         return value
@@ -415,6 +504,8 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
             result = await spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
+            if call.unchecked is not None:
+                await call.acheck()
             if run.durable == "step":
                 await run.sink.acommit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -426,6 +517,8 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
         try:
             value = call.succeed(result)
         except pydantic.ValidationError as exc:
+            if call.unchecked is not None:
+                await call.acheck()
             if run.durable == "step":
                 await run.sink.acommit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -434,6 +527,8 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
             await asyncio.sleep(delay)
             attempt += 1
             continue
+        if call.unchecked is not None:
+            await call.acheck()
         if run.durable == "step":
             await run.sink.acommit()
         return value

@@ -7,13 +7,16 @@ import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
 from steptrace.config import durability_level
 from steptrace.otel import conventions
 from steptrace.provenance import code_version_json, entry_point
+
+if TYPE_CHECKING:
+    from steptrace.store.columns import ScoreLine
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,26 @@ class Backoff:
         return delay
 
 
+class StepChecks(Protocol):
+    """A step's checks, as the runtime runs them (``steptrace.evals.checks.Checks``): the
+    scores of one attempt's output, for the attempt's record. Never raises."""
+
+    def scores(
+        self, output: Any, arguments: dict[str, Any], run_id: str, span_id: str, step: str
+    ) -> list[ScoreLine]: ...
+
+    async def ascores(
+        self, output: Any, arguments: dict[str, Any], run_id: str, span_id: str, step: str
+    ) -> list[ScoreLine]: ...
+
+
 class Spec:
     """What a decorator knows about the function it wraps, computed once."""
 
     __slots__ = (
         "adapter",
         "backoff",
+        "checks",
         "durable",
         "entry_point",
         "fn",
@@ -68,6 +85,7 @@ class Spec:
         tags: Sequence[str] = (),
         durable: bool | str | None = None,
         side_effects: bool = False,
+        checks: StepChecks | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries}: must be >= 0")
@@ -89,6 +107,8 @@ class Spec:
         self.tags = tuple(tags)
         self.durable = None if durable is None else durability_level(durable)
         self.side_effects = side_effects
+        self.checks = checks
+        """Evaluators run on each attempt's output (None: none, and no work for them)."""
         self.entry_point = entry_point(fn)
         self.provenance: bytes | None = None
         """A tool that changes the world: never executed again from a recording."""

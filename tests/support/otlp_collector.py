@@ -83,6 +83,8 @@ class Collector(LoopbackServer):
                             {
                                 "trace_id": record.trace_id.hex(),
                                 "span_id": record.span_id.hex(),
+                                "event_name": record.event_name,
+                                "time_unix_nano": record.time_unix_nano,
                                 "severity_text": record.severity_text,
                                 "severity_number": record.severity_number,
                                 "body": value_of(record.body),

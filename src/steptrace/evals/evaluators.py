@@ -19,6 +19,7 @@ evaluator with its score's name, source and sampling rate (``check``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -132,6 +133,10 @@ class Evaluator:
     def __repr__(self) -> str:
         return f"Evaluator({self.name!r}, source={self.source!r}, sample={self.sample})"
 
+    def __call__(self, output: Any, input: Any = None, reference: Any = None) -> Verdict:
+        """The ``Verdict`` on ``output`` (``evaluate``): never raises for what ``fn`` does."""
+        return evaluate(self, output=output, input=input, reference=reference)
+
     def call(self, output: Any, input: Any = None, reference: Any = None) -> Any:
         """Call ``fn`` as the protocol says (what it returns, or raises)."""
         return self._invoke(self.fn, output, input, reference)
@@ -239,20 +244,37 @@ def evaluate(
     that name them) and return its ``Verdict``. Never raises for what the evaluator does:
     an exception is a failed verdict labelled ``error``, an answer that is not a score
     one labelled ``invalid``, each with the reason as its rationale. An async evaluator
-    needs ``aevaluate``. ``TypeError`` for a callable the protocol cannot call."""
+    is run to completion (``asyncio.run``) when no event loop runs in this thread; inside
+    one it needs ``aevaluate``. ``TypeError`` for a callable the protocol cannot call."""
     evaluator = as_evaluator(fn)
     try:
         answer = evaluator.call(output, input, reference)
+        if inspect.isawaitable(answer):
+            if _loop_running():
+                close = getattr(answer, "close", None)
+                if callable(close):
+                    close()  # never awaited: no "coroutine was never awaited" warning
+                return Verdict.failure(
+                    INVALID,
+                    "returned an awaitable inside a running event loop: an async "
+                    "evaluator runs on an async step (or aevaluate)",
+                )
+            answer = asyncio.run(_awaited(answer))
     except Exception as exc:
         return _raised(exc)
-    if inspect.isawaitable(answer):
-        close = getattr(answer, "close", None)
-        if callable(close):
-            close()  # never awaited: no "coroutine was never awaited" warning
-        return Verdict.failure(
-            INVALID, "returned an awaitable: an async evaluator runs on an async step"
-        )
     return verdict_of(answer)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _awaited(answer: Awaitable[Any]) -> Any:
+    return await answer
 
 
 async def aevaluate(

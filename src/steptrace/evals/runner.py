@@ -45,7 +45,7 @@ from steptrace.decorators import step as step_decorator
 from steptrace.errors import EvaluationError, ReentryError, RunNotFound
 from steptrace.evals import datasets
 from steptrace.evals.datasets import DatasetItem, check_name
-from steptrace.evals.evaluators import Evaluator, Verdict, aevaluate, as_evaluator, evaluate
+from steptrace.evals.evaluators import Evaluator, Verdict, as_evaluator, evaluate
 from steptrace.evals.experiments import (
     Experiment,
     ExperimentItem,
@@ -86,16 +86,6 @@ def exact(output: Any, reference: Any) -> bool:
     """The built-in evaluator: the output equals the reference as JSON (structurally:
     key order aside, ``1 == 1.0``, ``True != 1``)."""
     return not json_diff(output, reference)
-
-
-def _verdict(evaluator: Evaluator, output: Any, item: DatasetItem) -> Verdict:
-    """The evaluator's verdict on one output (an async one awaited on a loop of its own:
-    items are judged on the thread that concludes them)."""
-    if inspect.iscoroutinefunction(evaluator.afn or evaluator.fn):
-        return asyncio.run(
-            aevaluate(evaluator, output=output, input=item.input, reference=item.reference)
-        )
-    return evaluate(evaluator, output=output, input=item.input, reference=item.reference)
 
 
 def _score_lines(
@@ -454,7 +444,10 @@ class _Running:
         found = _outcome(run, item, attempts)
         if found.status != "succeeded" or found.run_id is None or found.span_id is None:
             return found, []
-        judged = [(e, _verdict(e, found.output, item)) for e in self.evaluators]
+        judged = [
+            (e, evaluate(e, output=found.output, input=item.input, reference=item.reference))
+            for e in self.evaluators
+        ]
         lines, shown = _score_lines(found.run_id, found.span_id, attempts[-1].name, judged)
         return dataclasses.replace(found, scores=shown), lines
 

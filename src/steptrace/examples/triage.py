@@ -251,11 +251,18 @@ def _hits(text: str, words: tuple[str, ...]) -> int:
     return sum(len(re.findall(r"\b" + re.escape(w), text)) for w in words)
 
 
+LATE_ORDER_RULE = "a missing or late order is high urgency"
+"""Words that, in the classifier's system prompt, make it rank late orders high."""
+_LATE = ("never arrived", "missing", "hasn't changed", "still waiting", "not arrived")
+
+
 def _classify_answer(prompt: str, digest: bytes, system: str = "") -> dict[str, Any]:
     text = prompt.lower()
     scores = sorted(((_hits(text, w), c) for c, w in _KEYWORDS.items()), key=lambda s: -s[0])
     (best, category), (second, _) = scores[0], scores[1]
     urgency = next((u for u, words in _URGENCY if _hits(text, words)), "normal")
+    if LATE_ORDER_RULE in system.lower() and urgency in ("low", "normal") and _hits(text, _LATE):
+        urgency = "high"
     confidence = 0.4 + 0.07 * (best - second) + 0.02 * best + (digest[2] % 10) / 100
     subject = re.search(r"^Subject: (.*)$", prompt, re.MULTILINE)
     return {

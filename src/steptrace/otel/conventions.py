@@ -8,17 +8,19 @@ Both ways a span leaves steptrace go through this module: live export (the write
 ``facts_from_stored`` for a stored ``RunRecord``/``SpanView``); ``span_attributes``
 then gives the same attributes for the same facts: GenAI semantic conventions
 (``gen_ai.*``), steptrace's own (``steptrace.*``) and, when enabled, OpenInference's.
+A score becomes the attributes of a ``gen_ai.evaluation.result`` event here too
+(``evaluation_attributes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from steptrace.record import RunState, SpanRecord, for_export
+from steptrace.record import RunState, SpanRecord, for_export, pipeline
 
 if TYPE_CHECKING:
     from steptrace.store.model import RunRecord, SpanView
@@ -351,4 +353,58 @@ def log_record_attributes(logger: str, exc_text: str | None) -> dict[str, str]:
     attributes = {"logger.name": logger}
     if exc_text:
         attributes["exception.stacktrace"] = exc_text
+    return attributes
+
+
+EVALUATION_EVENT = "gen_ai.evaluation.result"
+"""The GenAI semantic conventions' event for the result of evaluating an output: a span
+event on the evaluated span, or a log record (an event) with its trace and span ids."""
+
+
+class ScoreFacts(Protocol):
+    """What an evaluation event says of a score: a ``ScoreLine`` being written, or a
+    stored ``Score``."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def value(self) -> float | bool | str | None: ...
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def rationale(self) -> str | None: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def judge_run_id(self) -> str | None: ...
+
+
+def evaluation_attributes(score: ScoreFacts) -> dict[str, Any]:
+    """A score as the attributes of a ``gen_ai.evaluation.result`` event: its name, its
+    value (a number; 1 or 0 for pass or fail) and label (the category; ``pass`` or
+    ``fail`` for a boolean score without one), the rationale as the explanation (already
+    redacted, capped at the export size), and steptrace's own: the source, the judge's
+    run, the run."""
+    attributes: dict[str, Any] = {"gen_ai.evaluation.name": score.name}
+    if score.kind != "categorical" and score.value is not None:
+        attributes["gen_ai.evaluation.score.value"] = float(score.value)
+    label = score.label
+    if label is None and score.kind == "boolean":
+        label = "pass" if score.value else "fail"
+    if label is not None:
+        attributes["gen_ai.evaluation.score.label"] = label
+    if score.rationale:
+        limit = pipeline().export_limit
+        rationale = score.rationale
+        if len(rationale) > limit:
+            rationale = rationale[:limit] + f"…[truncated, {len(score.rationale)} characters]"
+        attributes["gen_ai.evaluation.explanation"] = rationale
+    attributes["steptrace.score.source"] = score.source
+    if score.judge_run_id:
+        attributes["steptrace.score.judge_run_id"] = score.judge_run_id
+    attributes["steptrace.run.id"] = score.run_id
     return attributes

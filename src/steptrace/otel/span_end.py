@@ -3,20 +3,27 @@
 The hot path starts a span and leaves it open; once the writer has redacted the
 record's values (``record.finish_record_values``) and the record is durable, ``end_spans`` gives the
 span the attributes and status ``steptrace.otel.conventions`` makes of the record, its log
-records (as OTel log records when a logs exporter is set up, else as span events) and
-ends it with the record's own timestamps.
+records and the scores its step's checks gave it (``gen_ai.evaluation.result`` events),
+both as OTel log records when a logs exporter is set up, else as span events, and ends
+it with the record's own timestamps. ``export_scores`` sends scores given after their
+span ended (``st.score``) as log records, when a logs exporter is set up.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.trace import SpanContext, TraceFlags
+
 from steptrace.config import get_config
 from steptrace.otel import conventions
 from steptrace.record import RunState, SpanRecord
+
+log = logging.getLogger("steptrace")
 
 _END_CHUNK = 256
 
@@ -44,6 +51,15 @@ def end_spans(records: Sequence[RunState | SpanRecord]) -> None:
                 for ts, level, logger, message, exc_text in rec.logs:
                     event = conventions.log_event_attributes(level, logger, message, exc_text)
                     span.add_event("log", event, timestamp=ts)
+        if isinstance(rec, SpanRecord) and rec.scores:
+            for score in rec.scores:
+                attributes = conventions.evaluation_attributes(score)
+                if emit_log is not None:
+                    _emit_evaluation(
+                        emit_log, span.get_span_context(), attributes, score.created_ns
+                    )
+                else:  # at the span's end: the checks ran once the attempt had ended
+                    span.add_event(conventions.EVALUATION_EVENT, attributes, timestamp=rec.end_ns)
         if facts.error is not None:
             status = conventions.span_status(facts)
             span.set_status(status.status_code, status.description)
@@ -97,3 +113,53 @@ def _emit_logs(emitter: Any, span: Any, logs: list[Any]) -> None:
                 attributes=attributes,
             )
         )
+
+
+def _emit_evaluation(
+    emitter: Any, ctx: SpanContext, attributes: dict[str, Any], at_ns: int
+) -> None:
+    """One ``gen_ai.evaluation.result`` event as an OTel log record with the evaluated
+    span's ids."""
+    from opentelemetry._logs import LogRecord, SeverityNumber
+
+    fields: dict[str, Any] = {
+        "timestamp": at_ns,
+        "trace_id": ctx.trace_id,
+        "span_id": ctx.span_id,
+        "trace_flags": ctx.trace_flags,
+        "severity_text": "INFO",
+        "severity_number": SeverityNumber.INFO,
+        "attributes": attributes,
+    }
+    try:
+        record = LogRecord(event_name=conventions.EVALUATION_EVENT, **fields)
+    except TypeError:  # an API older than log records with an event name (< 1.35)
+        record = LogRecord(
+            **{**fields, "attributes": {**attributes, "event.name": conventions.EVALUATION_EVENT}}
+        )
+    emitter.emit(record)
+
+
+def export_scores(
+    scores: Sequence[conventions.ScoreFacts], trace_id: str, span_id: str, at_ns: int
+) -> bool:
+    """Scores given after their span ended (``st.score``): ``gen_ai.evaluation.result``
+    log records with the span's ``trace_id`` and ``span_id``, when the process has an SDK
+    ``LoggerProvider`` (a logs exporter); else nothing. Never raises; True when sent
+    (to the provider's processors, which export in the background)."""
+    try:
+        emitter = _log_emitter()
+        if emitter is None:
+            return False
+        ctx = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(TraceFlags.SAMPLED))
+        for score in scores:
+            _emit_evaluation(emitter, ctx, conventions.evaluation_attributes(score), at_ns)
+    except Exception:  # telemetry never costs the caller its score
+        log.debug("steptrace: could not export a score", exc_info=True)
+        return False
+    return True
+
+
+def exports_logs() -> bool:
+    """Whether OTel log records leave this process (an SDK ``LoggerProvider`` is set)."""
+    return _log_emitter() is not None

@@ -493,8 +493,9 @@ TABLES: tuple[Table, ...] = (
 )
 """Every table and view the migrations create (``_migrations`` aside)."""
 
-WRITTEN: tuple[Table, ...] = (RUNS, SPANS, LLM_CALLS, LOGS)
-"""The tables a batch of records is written to, in the order a batch writes them."""
+WRITTEN: tuple[Table, ...] = (RUNS, SPANS, LLM_CALLS, LOGS, SCORES)
+"""The tables a batch of records is written to, in the order a batch writes them (a
+step attempt's scores, from its checks, travel with its ``SpanRecord``)."""
 
 JSON_NAMES: frozenset[str] = frozenset().union(*(t.json_names for t in TABLES))
 """Columns holding JSON, by name (a name means JSON in every table and view it is in)."""

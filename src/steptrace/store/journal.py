@@ -26,16 +26,18 @@ import orjson
 
 from steptrace.record import LLMUsage, RunState, SpanRecord
 from steptrace.store import private
+from steptrace.store.columns import ScoreLine
 from steptrace.store.owner import Owner
 
 _MAGIC = b"STJ1"
 _HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 SUFFIX = ".journal"
 
-_NOT_STORED = frozenset({"raw", "otel", "otel_error", "llm", "logs"})
+_NOT_STORED = frozenset({"raw", "otel", "otel_error", "llm", "logs", "scores"})
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name not in _NOT_STORED)
 _SPAN_FIELDS = tuple(f.name for f in dataclasses.fields(SpanRecord) if f.name not in _NOT_STORED)
 _LLM_FIELDS = tuple(f.name for f in dataclasses.fields(LLMUsage))
+_SCORE_FIELDS = tuple(f.name for f in dataclasses.fields(ScoreLine))
 _JSON_FIELDS = frozenset(
     {"input", "output", "error", "tags", "attributes", "params", "tool_calls", "code_version"}
 )
@@ -88,6 +90,7 @@ def encode_batch(
                 _fields(s, _SPAN_FIELDS),
                 s.logs,
                 None if s.llm is None else _fields(s.llm, _LLM_FIELDS),
+                None if not s.scores else [_fields(line, _SCORE_FIELDS) for line in s.scores],
             ]
             for s in spans
         ],
@@ -120,11 +123,14 @@ def decode_batch(payload: bytes) -> tuple[list[RunState], list[SpanRecord], bool
         run.logs = _logs(logs)
         runs.append(run)
     spans = []
-    for fields, logs, llm in doc["spans"]:
+    # A frame written by an earlier version has no scores.
+    for fields, logs, llm, *scores in doc["spans"]:
         span = SpanRecord(**_restore(fields, _SPAN_FIELDS))
         span.logs = _logs(logs)
         if llm is not None:
             span.llm = LLMUsage(**_restore(llm, _LLM_FIELDS))
+        if scores and scores[0]:
+            span.scores = [ScoreLine(**_restore(line, _SCORE_FIELDS)) for line in scores[0]]
         spans.append(span)
     return runs, spans, bool(doc.get("copy"))
 

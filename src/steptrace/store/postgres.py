@@ -31,6 +31,7 @@ from steptrace.store.columns import (
     LLM_CALLS,
     LOGS,
     RUNS,
+    SCORES,
     SPANS,
     Collapse,
     Column,
@@ -231,17 +232,20 @@ class TableCopy:
         self.row = _row_function(table)
 
 
-_RUNS, _SPANS, _LLM_CALLS, _LOGS = _TABLES = tuple(
-    TableCopy(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS)
+_RUNS, _SPANS, _LLM_CALLS, _LOGS, _SCORES = _TABLES = tuple(
+    TableCopy(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS, SCORES)
 )
 # A batch's rows are written once each (COPY and one INSERT … ON CONFLICT cannot touch a
 # row twice): a run met twice (started and ended in the same batch) is one row, as the
-# upsert would leave it; likewise a span or an LLM call.
+# upsert would leave it; likewise a span, an LLM call or a score.
 _latest_runs, _latest_spans, _latest_llm = Collapse(RUNS), Collapse(SPANS), Collapse(LLM_CALLS)
+_latest_scores = Collapse(SCORES)
 
 
-def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows, Rows, Rows, Rows]:
-    """The batch's rows for runs, spans, LLM calls and logs, in column order."""
+def prepare(
+    runs: Sequence[RunState], spans: Sequence[SpanRecord]
+) -> tuple[Rows, Rows, Rows, Rows, Rows]:
+    """The batch's rows for runs, spans, LLM calls, logs and scores, in column order."""
     owners: list[RunState | SpanRecord] = [r for r in runs if r.end_ns is not None]
     owners.extend(spans)
     logs = [
@@ -250,11 +254,13 @@ def prepare(runs: Sequence[RunState], spans: Sequence[SpanRecord]) -> tuple[Rows
         if rec.logs
         for seq, entry in enumerate(rec.logs)
     ]
+    scores = [line for rec in spans if rec.scores for line in rec.scores]
     return (
         [_RUNS.row(r) for r in _latest_runs(runs)],
         [_SPANS.row(s) for s in _latest_spans(spans)],
         [_LLM_CALLS.row(s) for s in _latest_llm(s for s in spans if s.llm is not None)],
         [_LOGS.row(line) for line in logs],
+        [_SCORES.row(line) for line in _latest_scores(scores)] if scores else [],
     )
 
 
@@ -330,11 +336,9 @@ class PostgresWriter:
         with conn.transaction():
             return list(conn.execute(placeholders(sql).encode(), list(params)))
 
-    def _write_once(
-        self, conn: psycopg.Connection[Any], runs: Rows, spans: Rows, llm: Rows, logs: Rows
-    ) -> None:
+    def _write_once(self, conn: psycopg.Connection[Any], *batch: Rows) -> None:
         with conn.transaction(), conn.cursor() as cur:
-            for table, rows in zip(_TABLES, (runs, spans, llm, logs), strict=True):
+            for table, rows in zip(_TABLES, batch, strict=True):
                 if not rows:
                     continue
                 if table.direct:

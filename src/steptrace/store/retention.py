@@ -24,8 +24,8 @@ BATCH_RUNS = 500
 T = TypeVar("T")
 
 _OWNED = tuple(t.name for t in reversed(WRITTEN) if t is not RUNS)
-"""What a run owns (logs, LLM calls, spans): the tables a batch writes besides runs,
-deleted in the reverse of the order they are written."""
+"""What a run owns (scores, logs, LLM calls, spans): the tables a batch writes besides
+runs, deleted in the reverse of the order they are written."""
 
 
 @dataclass
@@ -38,6 +38,7 @@ class PruneResult:
     logs: int
     dry_run: bool
     batches: int
+    scores: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +64,7 @@ def prune(
 ) -> PruneResult:
     """Delete the runs that started before ``older_than`` (``"30d"``, ``"12h"``, an
     ISO-8601 time) — of ``workflow`` only if given, failed ones kept with
-    ``keep_failed`` — with their spans, LLM calls and logs, ``batch_runs`` runs per
+    ``keep_failed`` — with their spans, LLM calls, logs and scores, ``batch_runs`` runs per
     transaction. ``dry_run`` counts what would go and deletes nothing. Raises
     ``QueryError`` for a malformed time, ``ConfigError`` for a store it cannot open."""
     if batch_runs < 1:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from steptrace.record import stored_form, stored_name
+from steptrace.record import redact_text, stored_form, stored_name
 from steptrace.store import admin
 from steptrace.store.columns import SCORES, ScoreLine, conflict_clause
 from steptrace.store.sqlite import iso_from_ns
@@ -72,7 +72,8 @@ def line(
 ) -> ScoreLine:
     """The ``scores`` row of one score, its arguments checked: ``ValueError`` names what
     is wrong with them. A categorical value is its own label (``label`` must then be
-    None or the same)."""
+    None or the same). The rationale is redacted like any recorded text (a judge's may
+    quote the secrets it was shown)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a score needs a name (a non-empty string)")
     if len(name) > MAX_NAME:
@@ -89,7 +90,7 @@ def line(
     if rationale is not None:
         if not isinstance(rationale, str):
             rationale = str(rationale)
-        rationale = stored_form(rationale[:MAX_TEXT])
+        rationale = stored_form(redact_text(rationale[:MAX_TEXT]))
     name = stored_name(name)
     return ScoreLine(
         score_id=score_id(run_id, span_id, name, source),

@@ -24,9 +24,11 @@ from steptrace.store.columns import (
     LLM_CALLS,
     LOGS,
     RUNS,
+    SCORES,
     SPANS,
     Collapse,
     LogLine,
+    ScoreLine,
     Table,
     conflict_clause,
 )
@@ -301,9 +303,12 @@ class TableWrite:
             flat.extend(self.values(rec))
 
 
-_RUNS, _SPANS, _LLM_CALLS, _LOGS = (TableWrite(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS))
-_STATEMENTS = tuple(w.sql for w in (_RUNS, _SPANS, _LLM_CALLS, _LOGS))
+_RUNS, _SPANS, _LLM_CALLS, _LOGS, _SCORES = (
+    TableWrite(t) for t in (RUNS, SPANS, LLM_CALLS, LOGS, SCORES)
+)
+_STATEMENTS = tuple(w.sql for w in (_RUNS, _SPANS, _LLM_CALLS, _LOGS, _SCORES))
 _latest_runs = Collapse(RUNS)
+_latest_scores = Collapse(SCORES)
 
 
 def _as_text(value: Any) -> Any:
@@ -314,11 +319,12 @@ def _as_text(value: Any) -> Any:
 
 def _batch(
     runs: Sequence[RunState], spans: Sequence[SpanRecord]
-) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
     run_flat: list[Any] = []
     span_flat: list[Any] = []
     llm_flat: list[Any] = []
     log_flat: list[Any] = []
+    score_flat: list[Any] = []
     # A run that started and ended in this batch needs only one row (the upsert would
     # merge the two; one row is half the work).
     for r in _latest_runs(runs) if len(runs) > 1 else runs:
@@ -328,6 +334,7 @@ def _batch(
             for seq, entry in enumerate(r.logs):
                 _LOGS.add(log_flat, LogLine(r.run_id, r.span_id, seq, *entry))
     add_span, add_llm = _SPANS.add, _LLM_CALLS.add
+    scores: list[ScoreLine] = []
     for s in spans:
         add_span(span_flat, s)
         if s.llm is not None:
@@ -335,7 +342,11 @@ def _batch(
         if s.logs:
             for seq, entry in enumerate(s.logs):
                 _LOGS.add(log_flat, LogLine(s.run_id, s.span_id, seq, *entry))
-    return run_flat, span_flat, llm_flat, log_flat
+        if s.scores:
+            scores.extend(s.scores)
+    for line in _latest_scores(scores) if len(scores) > 1 else scores:
+        _SCORES.add(score_flat, line)
+    return run_flat, span_flat, llm_flat, log_flat, score_flat
 
 
 class StoreMoved(OSError):

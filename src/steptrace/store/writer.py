@@ -838,7 +838,8 @@ def transient_open_error(url: str, exc: BaseException) -> bool:
 
 def quarantined(rec: Record, error: BaseException) -> Record:
     """A stand-in for a record the store refused: ids, names (ASCII), times and status
-    kept; values replaced by a marker naming the error."""
+    kept; values replaced by a marker naming the error, scores left out (one of them may
+    be what the store refused)."""
     marker = orjson.dumps({MARKER: "quarantined", "error": gist(error)})
     safe = _ascii
     if isinstance(rec, RunState):
@@ -880,6 +881,7 @@ def quarantined(rec: Record, error: BaseException) -> Record:
             tool_calls=None,
         ),
         otel=None,
+        scores=None,
     )
 
 
