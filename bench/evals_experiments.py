@@ -55,7 +55,7 @@ def ticket(text: str) -> dict[str, str]:
 def _measure(store: str, args: argparse.Namespace) -> dict[int, list[float]]:
     import steptrace.config
     from steptrace.evals import datasets
-    from steptrace.evals.runner import experiment
+    from steptrace.experimenting import experiment
 
     steptrace.config.reset()
     st.configure(store=store)

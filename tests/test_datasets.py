@@ -172,7 +172,7 @@ def test_placeholders_and_redacted_secrets_are_skipped_with_the_reason() -> None
 
 @on_both
 def test_runs_made_by_experiments_and_fork_copies_are_not_production() -> None:
-    from steptrace.evals.runner import experiment
+    from steptrace.experimenting import experiment
 
     _record()
     with st.Store.open() as store:

@@ -20,7 +20,8 @@ import steptrace as st
 from steptrace.errors import EvaluationError
 from steptrace.evals import datasets, experiments
 from steptrace.evals.evaluators import Evaluator
-from steptrace.evals.runner import experiment
+from steptrace.experimenting import experiment
+from steptrace.store import StoreReader
 from tests.support.helpers import cli_in_process, steptrace_cli
 
 on_both = pytest.mark.usefixtures("store_url")
@@ -216,7 +217,11 @@ def test_evaluators_that_raise_are_failed_scores_and_the_experiment_goes_on() ->
     assert refund["explained"].rationale == "ticket 0 vs refund"
     with st.Store.open() as store:  # the failed evaluation is a false score on the span
         (stored,) = store.scores(e.items[0].run_id, name="picky")
+        failed = StoreReader(store).rows(
+            f"SELECT count(*) FROM scores s WHERE {experiments.failed_score_sql('s')}"
+        )
     assert (stored.value, stored.label, stored.kind) == (False, "error", "boolean")
+    assert failed[0][0] == 2 + 6  # picky's, nothing's
     with pytest.raises(EvaluationError, match="has no name to give its scores"):
         experiment("anonymous", "tickets", evaluators=[lambda output: True])
     with pytest.raises(EvaluationError, match="two evaluators are named 'picky'"):

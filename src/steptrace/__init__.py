@@ -16,8 +16,8 @@ from steptrace.errors import (
 )
 from steptrace.evals.evaluators import check
 from steptrace.evals.judge import judge
-from steptrace.evals.runner import experiment
 from steptrace.evals.scoring import score
+from steptrace.experimenting import experiment
 from steptrace.instrument import instrument
 from steptrace.reentry import is_replay
 from steptrace.runtime import current_run_id, current_traceparent

@@ -1,5 +1,5 @@
 """``steptrace experiment …``: run today's code over a dataset and compare the results
-(``steptrace.evals.runner``, ``steptrace.evals.experiments``).
+(``steptrace.experimenting``, ``steptrace.evals.experiments``).
 
 ``steptrace experiment NAME --dataset D …`` runs an experiment: NAME is an argument of
 the group itself. ``ExperimentGroup`` routes a first argument that is not one of the
@@ -24,6 +24,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import steptrace as st
+from steptrace import experimenting
 from steptrace.cli.app import LLMChoice, finish_recording, store_option
 from steptrace.cli.diffs import print_change
 from steptrace.cli.errors import CLIError, refused
@@ -40,11 +41,11 @@ from steptrace.cli.output import (
 )
 from steptrace.cli.workflows import load_callable, self_command
 from steptrace.errors import EvaluationError, QueryError, ReentryError
-from steptrace.evals import datasets, experiments, runner
+from steptrace.evals import datasets, experiments
 from steptrace.evals.datasets import SHORT_ID_CHARS
 from steptrace.evals.experiments import Experiment, ExperimentComparison, ExperimentItem
 
-BUILTIN_EVALUATORS = {"exact": runner.exact}
+BUILTIN_EVALUATORS = {"exact": experimenting.exact}
 """Evaluators ``--evaluator`` names without a module."""
 
 
@@ -132,7 +133,7 @@ def run_command(
     item's reference."""
     with _requests():  # what can be refused is, before anything is recorded
         with st.Store.open() as store:
-            runner.new_name(store, name)
+            experimenting.new_name(store, name)
             total = len(datasets.items(store, dataset))
         fn = None if step is None else load_callable(step, "function", "MODULE:FUNC")
         judges = [_evaluator(e) for e in evaluator or []]
@@ -144,7 +145,7 @@ def run_command(
             def on_item(_: ExperimentItem) -> None:
                 advance()
 
-            result = runner.experiment(
+            result = experimenting.experiment(
                 name,
                 dataset,
                 fn,

@@ -5,7 +5,7 @@ An experiment (``experiments`` row) ran one target — today's code of a step (`
 it ran is an ``experiment_items`` row naming the run that executed it and the step
 attempt whose output was judged, and each evaluator's verdict on that output is a
 score on that attempt (``scores``: source ``code``, or ``llm`` for a judge). Running one
-is ``steptrace.evals.runner``; this module reads and writes the rows and answers
+is ``steptrace.experimenting``; this module reads and writes the rows and answers
 ``compare`` (``steptrace experiment compare A B``).
 
 A failed evaluation (``steptrace.evals.evaluators``: the evaluator raised, or returned
@@ -41,6 +41,15 @@ outcome), ``interrupted`` when stopped (Ctrl-C) with the items done so far kept,
 MODES: tuple[str, ...] = ("step", "from-step")
 FAILED_LABELS = (ERROR, INVALID)
 """The labels of a failed evaluation's (false) score."""
+
+
+def failed_score_sql(alias: str = "s") -> str:
+    """An SQL condition (both engines) on a ``scores`` row aliased ``alias`` that holds for
+    a failed evaluation: to leave those out of a mean and count them apart, in SQL, as
+    ``aggregate`` does."""
+    labels = ", ".join(f"'{label}'" for label in FAILED_LABELS)  # constants, not input
+    return f"({alias}.kind = 'boolean' AND {alias}.value = 0 AND {alias}.label IN ({labels}))"
+
 
 # --- the model ------------------------------------------------------------------------
 

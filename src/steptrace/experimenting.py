@@ -1,6 +1,8 @@
 """Running an experiment (``st.experiment``, ``steptrace experiment NAME``): today's code
 of a step over every item of a dataset, each output judged by evaluators against the
-item's reference.
+item's reference. It sits above ``acting`` (it forks runs) and beside ``regression``;
+``steptrace.evals`` holds what it reads and writes (datasets, experiments' rows,
+evaluators).
 
 Two modes:
 
