@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import typer.main
 
-from steptrace.cli import acting, otel, query, recover, run, runs, store, ui
+from steptrace.cli import acting, otel, query, recover, run, runs, sessions, store, ui
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -33,6 +33,7 @@ __all__ = ["app", "main"]
 
 run.register(app)  # demo, run
 runs.register(app)  # runs, show
+sessions.register(app)  # sessions
 query.register(app)  # dist, stats, diff, compare, sql, export, index
 acting.register(app)  # resume, fork, replay
 otel.register(app)  # export-otlp
