@@ -60,9 +60,11 @@ def sessions(
     """The ``last`` sessions whose latest run started most recently (after skipping
     ``offset``), counting the runs of ``workflow`` started in ``[since, until)`` only."""
     where, params = _conditions(reader, workflow, since, until)
+    # Grouped from the index alone (unless a filter needs the rows); the page's own
+    # sessions are then read whole.
     rows = reader.rows(
-        "SELECT runs.session_id, count(*), min(runs.started_at), max(runs.started_at), "
-        f"max(runs.ended_at) FROM runs WHERE {where} GROUP BY runs.session_id "
+        "SELECT runs.session_id, count(*), min(runs.started_at), max(runs.started_at) "
+        f"FROM runs WHERE {where} GROUP BY runs.session_id "
         "ORDER BY max(runs.started_at) DESC, runs.session_id LIMIT ? OFFSET ?",
         [*params, last, offset],
     )
@@ -72,7 +74,7 @@ def sessions(
             "runs": int(r[1]),
             "first_started_at": str(r[2]),
             "last_started_at": str(r[3]),
-            "last_ended_at": None if r[4] is None else str(r[4]),
+            "last_ended_at": None,
             "statuses": {},
             "workflows": [],
         }
@@ -81,13 +83,16 @@ def sessions(
     if not found:
         return []
     marks = ", ".join("?" for _ in found)
-    for session_id, name, status, count in reader.rows(
-        "SELECT runs.session_id, runs.workflow, runs.status, count(*) FROM runs "
-        f"WHERE {where} AND runs.session_id IN ({marks}) "
+    for session_id, name, status, count, ended_at in reader.rows(
+        "SELECT runs.session_id, runs.workflow, runs.status, count(*), max(runs.ended_at) "
+        f"FROM runs WHERE {where} AND runs.session_id IN ({marks}) "
         "GROUP BY runs.session_id, runs.workflow, runs.status",
         [*params, *found],
     ):
         summary = found[str(session_id)]
+        last_ended = summary["last_ended_at"]
+        if ended_at is not None and (last_ended is None or str(ended_at) > last_ended):
+            summary["last_ended_at"] = str(ended_at)
         statuses = summary["statuses"]
         statuses[str(status)] = statuses.get(str(status), 0) + int(count)
         if name not in summary["workflows"]:
