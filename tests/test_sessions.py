@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 import steptrace as st
 from steptrace.backfill import readable_spans
 from steptrace.cli import main
-from tests.support.helpers import run_python
+from tests.support.helpers import run_python, steptrace_cli
 
 # --- across processes -------------------------------------------------------------------
 
@@ -358,7 +358,7 @@ def reply(message: str) -> str:
 
 
 @st.workflow(session="user")
-def conversation(user: str, message: str) -> str:
+def conversation(user: str, message: str = "hello") -> str:
     return reply(message)
 
 
@@ -382,6 +382,23 @@ def test_resume_keeps_the_session_fork_and_replay_take_one_only_when_given(
         st.fork(failed.run_id, "reply", session_id="")
     with st.Store.open() as store:
         assert store.count_runs(session="ada") == 2
+
+
+def test_the_run_command_takes_a_session_and_tags(
+    store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["run", "tests.test_sessions:conversation", "--input", '{"user": "ada"}']
+    steptrace_cli(*args, "--session", "from-the-cli", "--tag", "cli", store=store_path)
+    # Refused before anything runs (in this process: nothing is recorded, nothing shut).
+    refused = _cli(capsys, "--store", str(store_path), *args, "--session", "", code=1)
+    assert "error: --session: a session id cannot be empty" in refused
+    with st.Store.open(str(store_path)) as store:
+        (run,) = store.runs()
+    assert (run.session_id, run.tags, run.input) == (
+        "from-the-cli",
+        ["cli"],
+        {"user": "ada", "message": "hello"},
+    )
 
 
 # --- OpenTelemetry ---------------------------------------------------------------------------
