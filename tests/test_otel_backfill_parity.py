@@ -7,7 +7,7 @@ joins a carried trace (traceparent), a step retried after an exception, a step
 retried after its output failed validation, a step that fails for good, tools (one
 executing a model's tool call), LLM calls through the scripted provider and through
 the real OpenAI and Anthropic SDKs (request parameters, a tool call in the reply, a
-stream, an error answer) and log records.
+stream, an error answer), log records and a run in a session.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def _record_runs(server: FakeOpenAI, anthropic_server: FakeAnthropic) -> list[st
         failing("x")
     second = st.last_run()
     assert first is not None and second is not None
-    third = st.run(translate, "Hello", traceparent=TRACEPARENT)  # joins a carried trace
+    # joins a carried trace, in a session
+    third = st.run(translate, "Hello", traceparent=TRACEPARENT, session_id="parity-conversation")
     return [first.run_id, second.run_id, third.run_id]
 
 
@@ -215,6 +216,7 @@ def test_a_re_sent_run_has_the_spans_live_export_sent(
         "gen_ai.response.time_to_first_chunk",
         "gen_ai.tool.call.id",
         "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.conversation.id",
         "steptrace.step.attempt",
     ):
         assert any(key in a for a in attributes), key

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from steptrace.config import get_config
@@ -34,6 +34,7 @@ from steptrace.reentry import (
     call_arguments,
 )
 from steptrace.runtime import RunScope
+from steptrace.sessions import checked
 from steptrace.spec import Spec
 from steptrace.store import Store, leases
 from steptrace.store.model import RunRecord
@@ -120,7 +121,7 @@ def _claim(record: RunRecord) -> str:
 def resume(run_id: str, *, workflow: Callable[..., Any] | None = None) -> RunResult:
     """Continue a failed or interrupted run in place (same ``run_id``): steps whose
     succeeded record matches (key and input hash) return their recorded outputs without
-    executing; the rest execute, their attempts appended to the run."""
+    executing; the rest execute, their attempts appended to the run (in its session)."""
     record, spec, reentry, args, kwargs = _resumable(run_id, workflow, asynchronous=False)
     holder = _claim(record)
     try:
@@ -192,7 +193,9 @@ def _fork(
     workflow: Callable[..., Any] | None,
     *,
     asynchronous: bool,
+    session_id: str | None,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
+    session_id = checked(session_id)
     if llm not in LLM_MODES:
         raise ReentryError(f"llm={llm!r}: must be one of {', '.join(LLM_MODES)}")
     if input is not None and not isinstance(input, dict):
@@ -200,7 +203,9 @@ def _fork(
             'input must be an object of the step\'s arguments by name, e.g. {"ticket": {...}}'
         )
     record, spec = _source(run_id, workflow)
-    return fork_scope(record, spec, from_step, input, llm, asynchronous=asynchronous)
+    return fork_scope(
+        record, spec, from_step, input, llm, asynchronous=asynchronous, session_id=session_id
+    )
 
 
 def fork_scope(
@@ -211,6 +216,8 @@ def fork_scope(
     llm: str = "live",
     *,
     asynchronous: bool,
+    session_id: str | None = None,
+    tags: Sequence[str] = (),
     durable: str | None = None,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
     """A started fork of the run ``record`` (read already) from ``from_step`` by the
@@ -224,7 +231,16 @@ def fork_scope(
     reentry, args, kwargs = _prepare(
         record, spec, "fork", asynchronous=asynchronous, from_step=key, step_input=input, llm=llm
     )
-    return RunScope(spec, tuple(args), kwargs, reentry=reentry, durable=durable), args, kwargs
+    scope = RunScope(
+        spec,
+        tuple(args),
+        kwargs,
+        reentry=reentry,
+        session_id=session_id,
+        tags=tags,
+        durable=durable,
+    )
+    return scope, args, kwargs
 
 
 def fork(
@@ -234,13 +250,17 @@ def fork(
     llm: LLMMode = "live",
     *,
     workflow: Callable[..., Any] | None = None,
+    session_id: str | None = None,
 ) -> RunResult:
     """A new run of today's code from ``from_step`` (``name#N``, nested ``outer#0/inner#1``;
     ``name`` means ``name#0``): steps the source run started before it return their
     recorded outputs, ``from_step`` runs with its recorded input (its arguments in
     ``input`` replaced by those given), and everything after runs live. ``llm="recorded"``
-    answers LLM calls from the source run where their prompts still match."""
-    scope, args, kwargs = _fork(run_id, from_step, input, llm, workflow, asynchronous=False)
+    answers LLM calls from the source run where their prompts still match. The fork is
+    in no session (not the source's) unless ``session_id`` is given."""
+    scope, args, kwargs = _fork(
+        run_id, from_step, input, llm, workflow, asynchronous=False, session_id=session_id
+    )
     return execute(scope, args, kwargs)
 
 
@@ -251,9 +271,12 @@ async def afork(
     llm: LLMMode = "live",
     *,
     workflow: Callable[..., Any] | None = None,
+    session_id: str | None = None,
 ) -> RunResult:
     """``fork`` for an async workflow."""
-    scope, args, kwargs = _fork(run_id, from_step, input, llm, workflow, asynchronous=True)
+    scope, args, kwargs = _fork(
+        run_id, from_step, input, llm, workflow, asynchronous=True, session_id=session_id
+    )
     return await aexecute(scope, args, kwargs)
 
 
@@ -268,10 +291,14 @@ def _replay(
     workflow: Callable[..., Any] | None,
     *,
     asynchronous: bool,
+    session_id: str | None,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
     _check_replay_modes(llm, tools)
+    session_id = checked(session_id)
     record, spec = _source(run_id, workflow)
-    return replay_scope(record, spec, llm, tools, strict, asynchronous=asynchronous)
+    return replay_scope(
+        record, spec, llm, tools, strict, asynchronous=asynchronous, session_id=session_id
+    )
 
 
 def _check_replay_modes(llm: str, tools: str) -> None:
@@ -290,17 +317,21 @@ def replay_scope(
     *,
     asynchronous: bool,
     durable: str | None = None,
+    session_id: str | None = None,
 ) -> tuple[RunScope, list[Any], dict[str, Any]]:
     """A started replay of the run ``record`` (read already) by the workflow ``spec``
     (``source_spec``), and the arguments to call it with (``execute`` or ``aexecute``
     runs it): what ``replay`` does once it has read the run. ``durable`` overrides the
     workflow's durability for the replay run (a regression replay of many runs
-    records them fire-and-forget, then flushes once)."""
+    records them fire-and-forget, then flushes once); ``session_id`` (checked) puts it
+    in a session."""
     _check_replay_modes(llm, tools)
     reentry, args, kwargs = _prepare(
         record, spec, "replay", asynchronous=asynchronous, llm=llm, tools=tools, strict=strict
     )
-    scope = RunScope(spec, tuple(args), kwargs, reentry=reentry, durable=durable)
+    scope = RunScope(
+        spec, tuple(args), kwargs, reentry=reentry, durable=durable, session_id=session_id
+    )
     return scope, args, kwargs
 
 
@@ -311,13 +342,17 @@ def replay(
     strict: bool = False,
     *,
     workflow: Callable[..., Any] | None = None,
+    session_id: str | None = None,
 ) -> RunResult:
     """A new run of today's code on the source run's input, every step executing, LLM
     calls (and tools: ``tools="live"`` executes those without side effects, ``"all"``
     every one) answered from the source run's recording by place and prompt hash. A
     call with no recorded answer runs live and is flagged; ``strict=True`` fails the run
-    instead. ``RunResult.diff()`` compares it with the source."""
-    scope, args, kwargs = _replay(run_id, llm, tools, strict, workflow, asynchronous=False)
+    instead. ``RunResult.diff()`` compares it with the source. The replay is in no
+    session (not the source's) unless ``session_id`` is given."""
+    scope, args, kwargs = _replay(
+        run_id, llm, tools, strict, workflow, asynchronous=False, session_id=session_id
+    )
     return execute(scope, args, kwargs)
 
 
@@ -328,7 +363,10 @@ async def areplay(
     strict: bool = False,
     *,
     workflow: Callable[..., Any] | None = None,
+    session_id: str | None = None,
 ) -> RunResult:
     """``replay`` for an async workflow."""
-    scope, args, kwargs = _replay(run_id, llm, tools, strict, workflow, asynchronous=True)
+    scope, args, kwargs = _replay(
+        run_id, llm, tools, strict, workflow, asynchronous=True, session_id=session_id
+    )
     return await aexecute(scope, args, kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -13,6 +13,7 @@ from steptrace import runtime
 from steptrace.evals.checks import step_checks
 from steptrace.evals.evaluators import Evaluator
 from steptrace.runtime import RunScope, run_step_async, run_step_sync
+from steptrace.sessions import SessionSource, checked
 from steptrace.spec import Backoff, Spec
 from steptrace.store.model import RunRecord
 
@@ -46,7 +47,11 @@ def _wrap(spec: Spec) -> Callable[..., Any]:
 def workflow(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None, tags: Sequence[str] = (), durable: bool | str | None = None
+    *,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    durable: bool | str | None = None,
+    session: SessionSource | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def workflow(
     fn: Callable[..., Any] | None = None,
@@ -55,6 +60,7 @@ def workflow(
     name: str | None = None,
     tags: Sequence[str] = (),
     durable: bool | str | None = None,
+    session: SessionSource | None = None,
 ) -> Any:
     """Mark a function (sync or async) as a workflow: each top-level call is one run.
 
@@ -63,10 +69,17 @@ def workflow(
     ``"step"``) commits each step attempt before it returns, ``False`` (or ``"off"``)
     records in the background, ``"run"`` (the default) commits the run before the call
     returns.
+
+    ``session`` puts each run in the session its arguments name: the name of an
+    argument, or a dotted path into one (``"ticket.customer_id"``: keys, attributes or
+    list indexes), or a function given the arguments by name (``lambda a:
+    a["user"].id``). A run whose value is None has no session; one whose value cannot
+    be a session id (text, an int or a UUID, at most 256 characters) is logged and
+    recorded without one. ``run(..., session_id=…)`` overrides it.
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        return _wrap(Spec(f, "workflow", name, tags=tags, durable=durable))
+        return _wrap(Spec(f, "workflow", name, tags=tags, durable=durable, session=session))
 
     return decorate(fn) if fn is not None else decorate
 
@@ -185,20 +198,57 @@ def workflow_spec(fn: Callable[..., Any]) -> Spec:
 
 
 def run(
-    workflow: Callable[..., Any], /, *args: Any, traceparent: str | None = None, **kwargs: Any
+    workflow: Callable[..., Any],
+    /,
+    *args: Any,
+    traceparent: str | None = None,
+    session_id: str | None = None,
+    tags: Sequence[str] = (),
+    **kwargs: Any,
 ) -> RunResult:
     """Run a workflow as a new run and return its ``RunResult``. The workflow's
     exception is not raised: it is in ``.exception``. For ``async`` workflows use
     ``await arun(...)``.
 
-    ``traceparent`` (a W3C header carried in a message, a job, another service's
-    request) makes the run a child of that span, in that trace; it is not passed to
-    the workflow.
+    The run options are not passed to the workflow. ``traceparent`` (a W3C header
+    carried in a message, a job, another service's request) makes the run a child of
+    that span, in that trace. ``session_id`` puts the run in that session (a
+    conversation, a user journey: text, an int or a UUID, at most 256 characters),
+    instead of the one its workflow's ``session`` rule finds. ``tags`` are added to the
+    workflow's for this run. A malformed option raises before the run starts.
     """
     spec = workflow_spec(workflow)
     if inspect.iscoroutinefunction(spec.fn):
         raise TypeError(f"{spec.name} is async: use `await steptrace.arun(...)`")
-    return execute(RunScope(spec, args, kwargs, traceparent), args, kwargs)
+    scope = _new_run(spec, args, kwargs, traceparent, session_id, tags)
+    return execute(scope, args, kwargs)
+
+
+def _new_run(
+    spec: Spec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    traceparent: str | None,
+    session_id: str | None,
+    tags: Sequence[str],
+) -> RunScope:
+    """A new run started with the run options, checked first."""
+    return RunScope(
+        spec,
+        args,
+        kwargs,
+        traceparent,
+        session_id=checked(session_id),
+        tags=run_tags(tags),
+    )
+
+
+def run_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """The tags given for a run, checked: a list of strings (``TypeError`` otherwise)."""
+    given = tuple(tags) if isinstance(tags, Iterable) and not isinstance(tags, str) else None
+    if given is None or not all(isinstance(t, str) for t in given):
+        raise TypeError(f"tags must be a list of strings, not {tags!r}")
+    return given
 
 
 def execute(scope: RunScope, args: Sequence[Any], kwargs: dict[str, Any]) -> RunResult:
@@ -240,11 +290,14 @@ async def arun(
     /,
     *args: Any,
     traceparent: str | None = None,
+    session_id: str | None = None,
+    tags: Sequence[str] = (),
     **kwargs: Any,
 ) -> RunResult:
     """The async twin of ``run``."""
     spec = workflow_spec(workflow)
-    return await aexecute(RunScope(spec, args, kwargs, traceparent), args, kwargs)
+    scope = _new_run(spec, args, kwargs, traceparent, session_id, tags)
+    return await aexecute(scope, args, kwargs)
 
 
 def last_run() -> RunRecord | None:

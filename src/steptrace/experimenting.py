@@ -139,13 +139,6 @@ def _not_started(item: DatasetItem, exc: BaseException) -> ExperimentItem:
     )
 
 
-def _tagged(spec: Spec, tag: str, name: str | None = None) -> Spec:
-    """A workflow ``Spec`` for ``spec.fn`` whose runs also carry ``tag``."""
-    return Spec(
-        spec.fn, "workflow", name or spec.name, tags=(*spec.tags, tag), durable=spec.durable
-    )
-
-
 class _Target:
     """How an experiment runs one item, and which attempts of the run are its step."""
 
@@ -206,8 +199,8 @@ class _StepTarget(_Target):
         self.step = spec
         self.target = spec.entry_point
         self.is_async = inspect.iscoroutinefunction(spec.fn)
-        wrapper = Spec(fn, "workflow", f"{TAG_PREFIX}{spec.name}")
-        self.spec = _tagged(wrapper, f"{TAG_PREFIX}{name}")
+        self.spec = Spec(fn, "workflow", f"{TAG_PREFIX}{spec.name}")
+        self.tags = (f"{TAG_PREFIX}{name}",)
         self.key = f"{spec.name}#0"
         """The step's key in each run (the run's one top-level call)."""
 
@@ -217,7 +210,7 @@ class _StepTarget(_Target):
             source = _source_run(self.store, item, "--llm recorded answers from it")
             recording = _step_recording(source, item.step_key or f"{item.step}#0", self.key)
         args, kwargs = call_arguments(self.step, item.input)
-        scope = RunScope(self.spec, tuple(args), kwargs, durable="off")
+        scope = RunScope(self.spec, tuple(args), kwargs, tags=self.tags, durable="off")
         if recording is not None:
             # LLM calls answered from the source run, where the step is re-keyed as this
             # run's; the run is not a fork of it (its workflow is another), so the
@@ -285,7 +278,7 @@ class _ForkTarget(_Target):
     def __init__(self, store: Store, name: str, items: Sequence[DatasetItem], llm: str) -> None:
         self.store = store
         self.llm = llm
-        self.tag = f"{TAG_PREFIX}{name}"
+        self.tags = (f"{TAG_PREFIX}{name}",)
         self._specs: dict[str | None, Spec | ReentryError] = {}
         first: Spec | None = None
         problem: Exception | None = None
@@ -305,7 +298,7 @@ class _ForkTarget(_Target):
         found = self._specs.get(record.entry_point)
         if found is None:
             try:
-                found = _tagged(source_spec(record), self.tag)
+                found = source_spec(record)
             except ReentryError as exc:
                 found = exc
             self._specs[record.entry_point] = found
@@ -318,7 +311,14 @@ class _ForkTarget(_Target):
         spec = self._spec(record)
         key = item.step_key or f"{item.step}#0"
         return fork_scope(
-            record, spec, key, item.input, self.llm, asynchronous=asynchronous, durable="off"
+            record,
+            spec,
+            key,
+            item.input,
+            self.llm,
+            asynchronous=asynchronous,
+            tags=self.tags,
+            durable="off",
         )
 
     def attempts(self, run: RunRecord, item: DatasetItem) -> list[SpanView]:

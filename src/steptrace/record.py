@@ -479,6 +479,9 @@ class SpanRecord:
     scores: list[ScoreLine] | None = None
     """What the step's checks made of this attempt's output: ``scores`` rows written in
     the same batch as the span, and evaluation events on its OTel span."""
+    session_id: str | None = None
+    """The run's session, for the OTel span (``gen_ai.conversation.id``); not stored with
+    the span: the run has it."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -182,6 +182,7 @@ class ActiveSpan:
             run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
         )
         self.record.logs = []
+        self.record.session_id = run.state.session_id
         self.frame = Frame(run, span_id, self.record.logs, kind, key, attempt)
         self.token = current_frame.set(self.frame)
         self.otel_token = otel_context.attach(trace.set_span_in_context(span))
@@ -569,6 +570,11 @@ class RunScope:
     keeps its id, trace and root span, and its new incarnation is a ``resume`` span
     under the root (the OTel span of that incarnation, with the run's new outcome).
     ``durable`` (a level) overrides the workflow's and the configured durability.
+
+    ``session_id`` (checked by the caller) puts the run in that session; a new run
+    without one takes the session its workflow's rule finds in its arguments, a resumed
+    run keeps its own, and a fork or replay has none unless given. ``tags`` are added
+    to the workflow's.
     """
 
     __slots__ = ("incarnation", "otel", "otel_token", "run", "spec", "token")
@@ -582,6 +588,8 @@ class RunScope:
         reentry: Reentry | None = None,
         *,
         durable: str | None = None,
+        session_id: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         sink = get_sink()
         # ConfigError before any span
@@ -594,7 +602,10 @@ class RunScope:
         if reentry is not None and reentry.mode == "resume":
             state, span = self._resume(spec, reentry, start_ns)
         else:
-            state, span = self._start(spec, args, kwargs, traceparent, reentry, start_ns)
+            state, span = self._start(
+                spec, args, kwargs, traceparent, reentry, start_ns, session_id
+            )
+            state.tags = _tags(spec.tags, tags)
         state.entry_point = spec.entry_point
         state.code_version = spec.code_version()
         state.durability = durable
@@ -620,6 +631,7 @@ class RunScope:
         traceparent: str | None,
         reentry: Reentry | None,
         start_ns: int,
+        session_id: str | None,
     ) -> tuple[RunState, Span]:
         # The parent: a W3C traceparent carried in from elsewhere, else the active span.
         parent = None if traceparent is None else context_from_traceparent(traceparent)
@@ -636,16 +648,19 @@ class RunScope:
             ]
         span = tracer().start_span(spec.otel_name, context=parent, start_time=start_ns, links=links)
         trace_id, span_id = span_ids(span)
+        arguments = spec.bind(args, kwargs)
         state = RunState(
             run_id=new_run_id(),
             workflow=spec.name,
             trace_id=trace_id,
             span_id=span_id,
             start_ns=start_ns,
-            input=to_json(spec.bind(args, kwargs)),
-            tags=encode(list(spec.tags)) if spec.tags else None,
+            input=to_json(arguments),
             raw=True,
+            session_id=session_id,
         )
+        if session_id is None and spec.session is not None and reentry is None:
+            state.session_id = spec.session.session_of(arguments)
         if parent_ctx.is_valid:
             state.parent_trace_id = format(parent_ctx.trace_id, "032x")
             state.parent_span_id = format(parent_ctx.span_id, "016x")
@@ -678,6 +693,7 @@ class RunScope:
             forked_from=source.forked_from,
             forked_at=source.forked_at,
             replay_of=source.replay_of,
+            session_id=source.session_id,
         )
         self.incarnation = SpanRecord(
             source.run_id,
@@ -725,6 +741,13 @@ class RunScope:
             self.run.sink.put(incarnation)
         self.run.sink.end_run(state)
         _last_run_id = state.run_id
+
+
+def _tags(workflow_tags: Sequence[str], run_tags: Sequence[str]) -> bytes | None:
+    """A new run's stored tags: its workflow's, then those given for the run, each once."""
+    if not run_tags:
+        return encode(list(workflow_tags)) if workflow_tags else None
+    return encode(list(dict.fromkeys((*workflow_tags, *run_tags))))
 
 
 def _span_context(trace_id: str, span_id: str) -> trace.SpanContext:

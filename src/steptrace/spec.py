@@ -14,6 +14,7 @@ import pydantic
 from steptrace.config import durability_level
 from steptrace.otel import conventions
 from steptrace.provenance import code_version_json, entry_point
+from steptrace.sessions import SessionRule, SessionSource
 
 if TYPE_CHECKING:
     from steptrace.store.columns import ScoreLine
@@ -67,6 +68,7 @@ class Spec:
         "positional_names",
         "provenance",
         "retry_on",
+        "session",
         "side_effects",
         "signature",
         "skip_first",
@@ -86,6 +88,7 @@ class Spec:
         durable: bool | str | None = None,
         side_effects: bool = False,
         checks: StepChecks | None = None,
+        session: SessionSource | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries}: must be >= 0")
@@ -109,6 +112,8 @@ class Spec:
         self.side_effects = side_effects
         self.checks = checks
         """Evaluators run on each attempt's output (None: none, and no work for them)."""
+        self.session = None if session is None else SessionRule(session, self.signature, self.name)
+        """How a workflow's runs find their session id in their arguments (or None)."""
         self.entry_point = entry_point(fn)
         self.provenance: bytes | None = None
         """A tool that changes the world: never executed again from a recording."""

@@ -64,13 +64,13 @@ def xss_probe(text: str) -> dict:
     explode(text)
     return out
 
-st.run(xss_probe, "<svg onload=alert(9)>")
+st.run(xss_probe, "<svg onload=alert(9)>", session_id="<i onmouseover=alert(10)>xss</i>")
 """
 
 
 def fill_store(store: Path | str) -> None:
     """The demo's runs (``steptrace demo --runs 30``) and one run of ``xss_probe``,
-    whose inputs, outputs, prompts, logs and errors are markup."""
+    whose inputs, outputs, prompts, logs, errors and session id are markup."""
     proc = subprocess.run(
         [
             sys.executable,

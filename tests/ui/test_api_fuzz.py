@@ -89,8 +89,9 @@ def _run(strategy: Any) -> None:
 def _real_values(store: st.Store) -> Any:
     """Values for the parameters that name things in the store, by name, drawn together
     so that they match: a run (its id or an id prefix) and one of its spans, another
-    run, a step it ran and an output field."""
+    run, a step it ran and an output field; and a session."""
     runs = [store.run(r.run_id) for r in store.runs(last=5)]
+    sessions = [s["session_id"] for s in store.sessions()]
 
     def of(run: Any) -> Any:
         steps = sorted({s.name for s in run.steps()}) or ["classify"]
@@ -103,6 +104,7 @@ def _real_values(store: st.Store) -> Any:
                 "step": hs.sampled_from(steps),
                 "field": hs.sampled_from(["category", "urgency", "input.ticket", "missing"]),
                 "workflow": hs.just(run.workflow),
+                "session_id": hs.sampled_from(sessions),
             }
         )
 
@@ -155,6 +157,7 @@ def test_every_operation_answers_with_data(api_store: st.Store) -> None:
         "step": run.steps()[0].name,
         "field": "category",
         "workflow": run.workflow,
+        "session_id": api_store.sessions(last=1)[0]["session_id"],
     }
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -27,7 +27,19 @@ from typing import Any
 
 import typer.main
 
-from steptrace.cli import acting, datasets, experiments, otel, query, recover, run, runs, store, ui
+from steptrace.cli import (
+    acting,
+    datasets,
+    experiments,
+    otel,
+    query,
+    recover,
+    run,
+    runs,
+    sessions,
+    store,
+    ui,
+)
 from steptrace.cli.app import app, options
 from steptrace.cli.errors import report
 
@@ -35,6 +47,7 @@ __all__ = ["app", "main"]
 
 run.register(app)  # demo, run
 runs.register(app)  # runs, show
+sessions.register(app)  # sessions
 query.register(app)  # dist, stats, diff, compare, sql, export, index
 acting.register(app)  # resume, fork, replay
 datasets.register(app)  # dataset add, list, show, rm, export, correct

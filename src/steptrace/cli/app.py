@@ -96,6 +96,10 @@ ReplayOfFilter = Annotated[
 DerivedFilter = Annotated[
     bool, typer.Option("--derived", help="Only runs made from another: forks and replays.")
 ]
+SessionFilter = Annotated[
+    str | None,
+    typer.Option("--session", metavar="SESSION_ID", help="Only runs of this session (exact id)."),
+]
 
 
 def run_filters(

@@ -24,6 +24,7 @@ from steptrace.cli.app import (
     DerivedFilter,
     ForkedFromFilter,
     ReplayOfFilter,
+    SessionFilter,
     SinceFilter,
     StatusFilter,
     TagFilter,
@@ -529,6 +530,7 @@ def export_command(
     forked_from: ForkedFromFilter = None,
     replay_of: ReplayOfFilter = None,
     derived: DerivedFilter = False,
+    session: SessionFilter = None,
     last: Annotated[
         int | None, typer.Option("--last", "-n", min=1, help="Only the last N runs.")
     ] = None,
@@ -548,6 +550,7 @@ def export_command(
         options = run_filters(
             store, workflow, status, since, until, tag, where, forked_from, replay_of, derived
         )
+        options["session"] = session
         if output == "-":
             n = store.export(sys.stdout.buffer, fmt, table, last=last, step=step, **options)
             sys.stdout.buffer.flush()

@@ -39,6 +39,7 @@ from steptrace.cli.workflows import load_workflow, self_command
 from steptrace.config import get_config
 from steptrace.decorators import workflow_spec
 from steptrace.masking import mask_url
+from steptrace.sessions import checked
 from steptrace.store.model import RunRecord
 
 # --- demo ---------------------------------------------------------------------------
@@ -157,6 +158,8 @@ def _print_demo_summary(console: Console, records: Sequence[RunRecord]) -> None:
 
 
 _TARGET_HELP = "e.g. myapp.flows:triage or path/to/flows.py:triage"
+_RUN_OPTIONS = ("traceparent", "session_id", "tags")
+"""The keyword arguments ``st.run`` keeps for itself."""
 _INPUT_HELP = "Keyword arguments as a JSON object, or positional ones as a JSON array."
 
 
@@ -165,6 +168,14 @@ def run_command(
     input_json: Annotated[
         str, typer.Option("--input", "-i", metavar="JSON", help=_INPUT_HELP)
     ] = "{}",
+    session: Annotated[
+        str | None,
+        typer.Option("--session", metavar="SESSION_ID", help="Record the run in this session."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="TAG", help="Add this tag to the run (repeatable)."),
+    ] = None,
 ) -> None:
     """Run a @steptrace.workflow once and print its run id, status and output."""
     workflow = load_workflow(target)
@@ -173,11 +184,22 @@ def run_command(
     except TypeError as exc:
         raise CLIError(f"{target}: {exc}") from None
     args, kwargs = _arguments(spec.fn, spec.signature, input_json)
+    clash = sorted(set(kwargs) & set(_RUN_OPTIONS))
+    if clash:
+        raise CLIError(
+            f"{spec.name} takes {', '.join(clash)} as keyword-only argument(s): a run option "
+            "of the same name is in the way; make it positional"
+        )
+    try:
+        session_id = checked(session)
+    except ValueError as exc:
+        raise CLIError(f"--session: {exc}") from None
+    run_options: dict[str, Any] = {"session_id": session_id, "tags": tag or ()}
     try:
         if inspect.iscoroutinefunction(spec.fn):
-            result = asyncio.run(st.arun(workflow, *args, **kwargs))
+            result = asyncio.run(st.arun(workflow, *args, **run_options, **kwargs))
         else:
-            result = st.run(workflow, *args, **kwargs)
+            result = st.run(workflow, *args, **run_options, **kwargs)
     finally:
         finish_recording()
     with st.Store.open() as store:

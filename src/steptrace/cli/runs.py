@@ -19,6 +19,7 @@ from steptrace.cli.app import (
     DerivedFilter,
     ForkedFromFilter,
     ReplayOfFilter,
+    SessionFilter,
     SinceFilter,
     StatusFilter,
     TagFilter,
@@ -64,6 +65,7 @@ def runs_command(
     forked_from: ForkedFromFilter = None,
     replay_of: ReplayOfFilter = None,
     derived: DerivedFilter = False,
+    session: SessionFilter = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON run objects.")] = False,
     fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
@@ -73,6 +75,7 @@ def runs_command(
         filters = run_filters(
             store, workflow, status, since, until, tag, where, forked_from, replay_of, derived
         )
+        filters["session"] = session
         try:
             records = store.runs(last=last, offset=offset, **filters)
             if workflow is not None and not records:
@@ -208,6 +211,8 @@ def _lineage(tree: Tree, record: RunRecord, derived: Sequence[DerivedRun]) -> No
         _line(tree, ("forked from ", "bold dim"), (record.forked_from, "cyan"), *at)
     if record.replay_of:
         _line(tree, ("replay of ", "bold dim"), (record.replay_of, "cyan"))
+    if record.session_id:
+        _line(tree, ("session ", "bold dim"), (record.session_id, "magenta"))
     if record.resume_count:
         n = record.resume_count
         _line(tree, (f"resumed {n} time{'' if n == 1 else 's'}", "yellow"))

@@ -82,6 +82,8 @@ class SpanFacts:
     stored_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
     lineage: dict[str, Any] = dataclasses.field(default_factory=dict)
     """A run's ``steptrace.run.*`` lineage attributes (entry point, source, resumes)."""
+    session_id: str | None = None
+    """The run's session: ``gen_ai.conversation.id`` on each of its spans."""
 
 
 def _lineage(
@@ -116,6 +118,7 @@ def facts_from_record(rec: RunState | SpanRecord) -> SpanFacts:
             rec.output,
             error=rec.otel_error,
             lineage=lineage,
+            session_id=rec.session_id,
         )
     stored = orjson.loads(rec.attributes) if rec.attributes else {}
     facts = SpanFacts(
@@ -130,6 +133,7 @@ def facts_from_record(rec: RunState | SpanRecord) -> SpanFacts:
         stored.get("gen_ai.tool.call.id"),
         error=rec.otel_error,
         stored_attributes=stored,
+        session_id=rec.session_id,
     )
     llm = rec.llm
     if llm is not None and rec.kind == "llm":
@@ -180,6 +184,7 @@ def facts_from_stored(run: RunRecord, span: SpanView | None = None) -> SpanFacts
             lineage=_lineage(
                 run.entry_point, run.forked_from, run.forked_at, run.replay_of, run.resume_count
             ),
+            session_id=run.session_id,
         )
     return SpanFacts(
         span.kind,
@@ -194,6 +199,7 @@ def facts_from_stored(run: RunRecord, span: SpanView | None = None) -> SpanFacts
         span.llm if span.kind == "llm" else None,
         _stored_error(span.status, span.error),
         span.attributes,
+        session_id=run.session_id,
     )
 
 
@@ -233,6 +239,8 @@ def span_attributes(facts: SpanFacts, *, openinference: bool) -> dict[str, Any]:
             if facts.tool_call_id is not None:
                 attributes["gen_ai.tool.call.id"] = facts.tool_call_id
         _replay_attributes(attributes, facts)
+    if facts.session_id is not None:
+        attributes["gen_ai.conversation.id"] = facts.session_id
     if facts.error is not None:
         attributes["error.type"] = facts.error[0]
     if openinference:
@@ -310,6 +318,8 @@ def _openinference(
     LLM calls as LLM and tools as TOOL, with their inputs and outputs."""
     kind = _OI_KIND.get(facts.kind, "CHAIN")
     attributes["openinference.span.kind"] = kind
+    if facts.session_id is not None:
+        attributes["session.id"] = facts.session_id
     llm = facts.llm
     if llm is not None:
         attributes["llm.model_name"] = llm.get("response_model") or llm.get("model") or "unknown"

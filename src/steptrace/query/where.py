@@ -332,6 +332,8 @@ class RunFilter:
     """Only runs made from another run: forks and replays."""
     originals: bool = False
     """Only runs not made from another run: neither forks nor replays."""
+    session: str | None = None
+    """Only runs of the session with this id (exactly)."""
 
     @classmethod
     def of(
@@ -374,6 +376,9 @@ class RunFilter:
             conds.append(f"({runs}.forked_from IS NOT NULL OR {runs}.replay_of IS NOT NULL)")
         if self.originals:
             conds.append(f"{runs}.forked_from IS NULL AND {runs}.replay_of IS NULL")
+        if self.session is not None:
+            conds.append(f"{runs}.session_id = ?")
+            params.append(stored_form(self.session))
         if self.since is not None:
             conds.append(f"{runs}.started_at >= ?")
             params.append(parse_time(self.since))

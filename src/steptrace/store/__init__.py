@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from steptrace.query.diff import RunDiff
     from steptrace.query.distribution import Distribution
     from steptrace.query.overview import RunTotals, RunWindow, StoreStatus
+    from steptrace.query.sessions import SessionSummary
     from steptrace.query.stats import StepStats
     from steptrace.store.scores import Score
 
@@ -253,6 +254,7 @@ class Store:
         replay_of: str | None = None,
         derived: bool = False,
         originals: bool = False,
+        session: str | None = None,
     ) -> list[RunRecord]:
         """Runs, newest first, without their spans: ``last`` of them after skipping
         ``offset`` (a page). ``since``/``until`` bound the start time (ISO-8601, or
@@ -261,10 +263,12 @@ class Store:
         ``"classify.output.classification = billing"`` or ``"classify.attempts > 1"``
         (see ``steptrace.query.where``); ``forked_from``/``replay_of`` keep the forks or
         replays of the run with that id, ``derived`` every fork and replay, ``originals``
-        every run that is neither. Raises ``QueryError`` for a malformed filter."""
+        every run that is neither; ``session`` the runs of that session (its exact id).
+        Raises ``QueryError`` for a malformed filter."""
         runs = RunFilter.of(
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
+        runs.session = session
         clause, params = self._where(runs)
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
@@ -286,13 +290,46 @@ class Store:
         replay_of: str | None = None,
         derived: bool = False,
         originals: bool = False,
+        session: str | None = None,
     ) -> int:
         """How many runs ``runs`` with the same filters would list without a limit."""
         runs = RunFilter.of(
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
+        runs.session = session
         clause, params = self._where(runs)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
+
+    def sessions(
+        self,
+        workflow: str | None = None,
+        last: int = 20,
+        offset: int = 0,
+        *,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+    ) -> list[SessionSummary]:
+        """Sessions (runs grouped by ``session_id``), the most recently active first:
+        ``last`` of them after skipping ``offset``, each with its run count, first and
+        last start, last end, runs by status and workflows, counting only the runs of
+        ``workflow`` started in ``[since, until)`` when given. A session's runs are
+        ``runs(session=…)``. See ``steptrace.query.sessions``."""
+        from steptrace.query.sessions import sessions
+
+        return sessions(self._reader, workflow, last, offset, since=since, until=until)
+
+    def count_sessions(
+        self,
+        workflow: str | None = None,
+        *,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+    ) -> int:
+        """How many sessions ``sessions`` with the same filters would list without a
+        limit."""
+        from steptrace.query.sessions import count_sessions
+
+        return count_sessions(self._reader, workflow, since=since, until=until)
 
     def _where(self, runs: RunFilter) -> tuple[str, list[Any]]:
         """`` WHERE …`` (or nothing) choosing ``runs``, and its parameters."""
@@ -631,6 +668,7 @@ class Store:
         derived: bool = False,
         last: int | None = None,
         step: str | None = None,
+        session: str | None = None,
     ) -> int:
         """Write ``table`` (runs, steps, spans or llm) for the runs the filters choose
         (those of ``runs``; all of them unless ``last``) to a file or binary stream as
@@ -647,6 +685,7 @@ class Store:
         runs = RunFilter.of(
             workflow, status, since, until, tag, where, forked_from, replay_of, derived
         )
+        runs.session = session
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         if isinstance(dest, str | Path):
             with open(dest, "wb") as out:
@@ -668,6 +707,7 @@ class Store:
         derived: bool = False,
         last: int | None = None,
         step: str | None = None,
+        session: str | None = None,
     ) -> Any:
         """``table`` for the chosen runs as a pandas DataFrame (JSON columns decoded);
         needs pandas."""
@@ -676,6 +716,7 @@ class Store:
         runs = RunFilter.of(
             workflow, status, since, until, tag, where, forked_from, replay_of, derived
         )
+        runs.session = session
         columns, rows = export.iter_rows(self._reader, table, runs, last=last, step=step)
         return export.to_pandas(columns, rows)
 

@@ -937,6 +937,7 @@ def _started(state: RunState) -> RunState:
         replay_of=state.replay_of,
         resume_count=state.resume_count,
         durability=state.durability,
+        session_id=state.session_id,
     )
 
 

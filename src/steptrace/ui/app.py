@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from steptrace.masking import mask_url
 from steptrace.store import Store
 from steptrace.store.model import RunRecord, SpanView
-from steptrace.ui import schema
+from steptrace.ui import schema, sessions
 from steptrace.ui.security import error, install
 
 API = "/api/v1"
@@ -196,7 +196,8 @@ def create_app(
     def page() -> HTMLResponse:
         return HTMLResponse(shell)
 
-    for path in ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats"):
+    pages = ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats")
+    for path in (*pages, "/sessions", "/sessions/{session_id:path}"):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -220,6 +221,8 @@ def create_app(
         shown = mask_url(trace_url) if trace_url else None
         return {"store": mask_url(store.url), "trace_url": shown, "page_size_max": PAGE_SIZE_MAX}
 
+    sessions.add_routes(api_get, store, PAGE_SIZE_MAX, OFFSET_MAX)
+
     @api_get("/workflows", "runs", list[str])
     def workflows() -> Any:
         """The workflow names that have runs, sorted."""
@@ -238,6 +241,7 @@ def create_app(
         ] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 50,
         offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
+        session: Annotated[str | None, Query(description="a session's exact id")] = None,
     ) -> Any:
         """A page of runs, newest first, each with its step, attempt, token and cost totals;
         ``has_more`` says whether a next page exists."""
@@ -250,6 +254,7 @@ def create_app(
             until=until or None,
             tag=[t for t in tag or [] if t] or None,
             where=[w for w in where or [] if w.strip()] or None,
+            session=session or None,
         )
         page_runs = found[:limit]
         totals = store.run_totals([r.run_id for r in page_runs])

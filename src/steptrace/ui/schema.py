@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from steptrace.query.compare import Comparison
 from steptrace.query.diff import RunDiff
 from steptrace.query.distribution import Distribution
+from steptrace.query.sessions import SessionSummary
 from steptrace.query.stats import StepStats
 from steptrace.store.model import DerivedRun
 
@@ -220,3 +221,32 @@ def stats_model() -> Any:
 
 def distribution_model() -> type[BaseModel]:
     return model_of(Distribution)
+
+
+# --- sessions (``steptrace.ui.sessions``) ---------------------------------------------
+
+
+class SessionsPage(_Open):
+    sessions: list[model_of(SessionSummary)]  # type: ignore[valid-type]
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class Turn(_RunFields):
+    """One run of a session: its input, then its output or error."""
+
+    session_id: str
+    input: Any
+    output: Any
+    error: RunError | None
+    tags: list[str]
+
+
+class Session(_Open):
+    session_id: str
+    runs: list[Turn] = Field(description="The page's runs in start order.")
+    total: int = Field(description="How many runs the session has.")
+    limit: int
+    offset: int = Field(description="How many of its latest runs the page skipped.")
+    has_more: bool = Field(description="Whether earlier runs exist (the next offset).")

@@ -151,6 +151,7 @@ async function runsPage() {
     since: el("input", { name: "since", class: "w-s", placeholder: "24h / ISO", value: q.get("since") || "" }),
     until: el("input", { name: "until", class: "w-s", placeholder: "ISO", value: q.get("until") || "" }),
     tag: el("input", { name: "tag", class: "w-s", placeholder: "tag", value: q.getAll("tag").join(",") }),
+    session: el("input", { name: "session", class: "w-m", placeholder: "session id", value: q.get("session") || "" }),
     where: el("input", { name: "where", class: "w-where", placeholder: "classify.output.category = billing; classify.attempts > 1",
       value: q.getAll("where").join("; ") }),
   };
@@ -159,12 +160,14 @@ async function runsPage() {
     e.preventDefault();
     const p = new URLSearchParams();
     for (const k of ["workflow", "status", "since", "until"]) if (f[k].value.trim()) p.set(k, f[k].value.trim());
+    if (f.session.value) p.set("session", f.session.value); // an id is exact: spaces kept
     f.tag.value.split(",").map((s) => s.trim()).filter(Boolean).forEach((t) => p.append("tag", t));
     f.where.value.split(";").map((s) => s.trim()).filter(Boolean).forEach((w) => p.append("where", w));
     go("/" + (p.toString() ? "?" + p : ""));
   } },
   el("label", {}, "workflow", f.workflow), el("label", {}, "status", f.status),
   el("label", {}, "since", f.since), el("label", {}, "until", f.until), el("label", {}, "tag", f.tag),
+  el("label", {}, "session", f.session),
   el("label", {}, "where (step predicates, ; between)", f.where),
   el("button", { class: "primary", type: "submit" }, "Filter"),
   el("button", { type: "button", onclick: () => go("/") }, "Reset"), wfList);
@@ -189,7 +192,7 @@ async function runsPage() {
     let data;
     try {
       data = await api("/runs", { workflow: q.get("workflow"), status: q.get("status"), since: q.get("since"),
-        until: q.get("until"), tag: q.getAll("tag"), where: q.getAll("where"), limit: PAGE, offset });
+        until: q.get("until"), tag: q.getAll("tag"), where: q.getAll("where"), session: q.get("session"), limit: PAGE, offset });
     } catch (e) { errBox.textContent = "error: " + e.message; return; }
     errBox.textContent = "";
     clear(tbody);
@@ -311,6 +314,8 @@ async function runPage(runId) {
     el("span", { class: "et", text: run.error.type || "error" }), " ", String(run.error.message || "").split("\n")[0]));
   const lineage = lineageView(run); // lineage.js
   if (lineage) head.append(lineage);
+  const session = sessionLine(run); // sessions.js
+  if (session) head.append(session);
 
   const tree = buildTree(run);
   const collapsed = new Set();
@@ -689,6 +694,8 @@ async function route() {
     else if ((m = p.match(/^\/compare\/([^/]+)$/))) await comparePage(decodeURIComponent(m[1]));
     else if (p === "/diff") { nav = "diff"; await diffPage(); }
     else if (p === "/stats") { nav = "stats"; await statsPage(); }
+    else if ((m = p.match(/^\/sessions\/(.+)$/))) { nav = "sessions"; await sessionPage(decodeURIComponent(m[1])); }
+    else if (p === "/sessions") { nav = "sessions"; await sessionsPage(); }
     else await runsPage();
   } catch (e) { clear(main()).append(el("div", { class: "err", text: "error: " + e.message })); }
   document.querySelectorAll(".top nav a").forEach((a) => a.classList.toggle("on", a.dataset.nav === nav));
