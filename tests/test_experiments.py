@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -396,7 +397,7 @@ def test_command_line(capsys: pytest.CaptureFixture[str], store_path: Path) -> N
     assert json.loads(out)["changed"] == [items[i].item_id for i in sorted(WRONG)]
     code, out, _ = cli_in_process(capsys, *base, "compare", "A", "B")
     assert code == 0 and "5 of 20 item(s) changed" in out
-    assert "exact          1.000 (20 scored)  0.750 (20 scored)   -0.250" in out
+    assert re.search(r"exact +1\.000 \(20 scored\) +0\.750 \(20 scored\) +-0\.250\n", out)
     assert f"~ {items[2].item_id[:8]}  exact true → false" in out
     assert "~ output.label: question → other" in out
     code, out, _ = cli_in_process(capsys, *base, "list", "--json")
