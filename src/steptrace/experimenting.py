@@ -46,8 +46,9 @@ from steptrace.decorators import aexecute, execute
 from steptrace.decorators import step as step_decorator
 from steptrace.errors import EvaluationError, ReentryError, RunNotFound
 from steptrace.evals import datasets
+from steptrace.evals.checks import score_line
 from steptrace.evals.datasets import DatasetItem, check_name
-from steptrace.evals.evaluators import Evaluator, Verdict, as_evaluator, evaluate
+from steptrace.evals.evaluators import Evaluator, Verdict, as_evaluator, evaluate, loop_running
 from steptrace.evals.experiments import (
     Experiment,
     ExperimentItem,
@@ -63,7 +64,7 @@ from steptrace.query.diff import json_diff
 from steptrace.reentry import LLM_MODES, LLMMode, Recording, Reentry, call_arguments
 from steptrace.runtime import RunScope
 from steptrace.spec import Spec
-from steptrace.store import Store, scores
+from steptrace.store import Store
 from steptrace.store.columns import ScoreLine
 from steptrace.store.model import RunRecord, SpanView
 from steptrace.store.sqlite import ns_from_iso
@@ -93,20 +94,7 @@ def exact(output: Any, reference: Any) -> bool:
 def _score_lines(
     run_id: str, span_id: str, step: str, verdicts: Sequence[tuple[Evaluator, Verdict]]
 ) -> tuple[list[ScoreLine], dict[str, ItemScore]]:
-    lines = [
-        scores.line(
-            run_id,
-            span_id,
-            step,
-            evaluator.name,
-            verdict.value,
-            label=verdict.label,
-            rationale=verdict.rationale,
-            source=evaluator.source,
-            judge_run_id=verdict.judge_run_id,
-        )
-        for evaluator, verdict in verdicts
-    ]
+    lines = [score_line(e, verdict, run_id, span_id, step) for e, verdict in verdicts]
     shown = {
         line.name: ItemScore(
             line.label
@@ -580,14 +568,6 @@ def _evaluators(given: Sequence[Callable[..., Any] | Evaluator]) -> list[Evaluat
     return found
 
 
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def new_name(store: Store, name: str) -> str:
     """``name`` as stored, for a new experiment: ``EvaluationError`` for a name that
     cannot be one, is a subcommand of ``steptrace experiment``, or is taken."""
@@ -646,7 +626,7 @@ def experiment(
             if from_step
             else _StepTarget(store, name, items, step, llm)
         )
-        if target.is_async and _loop_running():
+        if target.is_async and loop_running():
             raise EvaluationError(
                 f"{target.target} is async and an event loop is running in this thread: "
                 "run the experiment from a thread of its own "

@@ -45,7 +45,7 @@ class Checks:
     ) -> list[ScoreLine]:
         """The scores of one attempt's output (none for a run no check samples)."""
         return [
-            _line(e, evaluate(e, output=output, input=arguments), run_id, span_id, step)
+            score_line(e, evaluate(e, output=output, input=arguments), run_id, span_id, step)
             for e in self._due(run_id)
         ]
 
@@ -54,12 +54,16 @@ class Checks:
     ) -> list[ScoreLine]:
         """``scores`` in an async step: async evaluators are awaited, one after another."""
         return [
-            _line(e, await aevaluate(e, output=output, input=arguments), run_id, span_id, step)
+            score_line(e, await aevaluate(e, output=output, input=arguments), run_id, span_id, step)
             for e in self._due(run_id)
         ]
 
 
-def _line(e: Evaluator, verdict: Verdict, run_id: str, span_id: str, step: str) -> ScoreLine:
+def score_line(e: Evaluator, verdict: Verdict, run_id: str, span_id: str, step: str) -> ScoreLine:
+    """The ``scores`` row of ``e``'s verdict on the attempt ``span_id`` of ``step`` (a
+    verdict whose label cannot be stored is an ``invalid`` one): a check's, or an
+    experiment's."""
+
     def made(v: Verdict) -> ScoreLine:
         return scores.line(
             run_id,

@@ -250,7 +250,7 @@ def evaluate(
     try:
         answer = evaluator.call(output, input, reference)
         if inspect.isawaitable(answer):
-            if _loop_running():
+            if loop_running():
                 close = getattr(answer, "close", None)
                 if callable(close):
                     close()  # never awaited: no "coroutine was never awaited" warning
@@ -265,7 +265,8 @@ def evaluate(
     return verdict_of(answer)
 
 
-def _loop_running() -> bool:
+def loop_running() -> bool:
+    """Whether an event loop runs in this thread (then nothing may ``asyncio.run``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
