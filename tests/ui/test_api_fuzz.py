@@ -103,6 +103,8 @@ def _real_values(store: st.Store) -> Any:
                 "step": hs.sampled_from(steps),
                 "field": hs.sampled_from(["category", "urgency", "input.ticket", "missing"]),
                 "workflow": hs.just(run.workflow),
+                "run": hs.just([r.run_id for r in runs]),
+                "name": hs.sampled_from([["<i>markup</i>"], ["<i>markup</i>", "missing"]]),
             }
         )
 
@@ -155,6 +157,8 @@ def test_every_operation_answers_with_data(api_store: st.Store) -> None:
         "step": run.steps()[0].name,
         "field": "category",
         "workflow": run.workflow,
+        "run": [run.run_id],
+        "name": ["<i>markup</i>"],
     }
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from steptrace.query.compare import Comparison
 from steptrace.query.diff import RunDiff
 from steptrace.query.distribution import Distribution
+from steptrace.query.score_columns import ScoreCell
 from steptrace.query.stats import StepStats
 from steptrace.store.model import DerivedRun
 
@@ -175,6 +176,23 @@ class RootSpan(_Open):
     name: str
 
 
+class Score(_Open):
+    """A stored score (``Store.scores``): on the run (``span_id`` null) or on a span."""
+
+    run_id: str
+    span_id: str | None
+    step: str | None = Field(description="The scored span's name (null for the run).")
+    name: str
+    kind: str = Field(description="numeric, boolean or categorical")
+    value: float | bool | str | None = Field(description="A number, a bool or the category.")
+    label: str | None
+    rationale: str | None
+    source: str = Field(description="human, code or llm")
+    judge_run_id: str | None = Field(description="The run in which an LLM judge decided.")
+    created_at: str
+    updated_at: str
+
+
 class Run(_RunFields):
     input: Any
     output: Any
@@ -204,6 +222,11 @@ class Histogram(_Open):
     workflow: str | None
     count: int
     bins: list[Bin]
+
+
+def score_columns_model() -> Any:
+    """``/scores/columns``: per run id, per score name, a figure or null."""
+    return dict[str, dict[str, model_of(ScoreCell) | None]]  # type: ignore[misc]
 
 
 def diff_model() -> type[BaseModel]:
