@@ -200,6 +200,21 @@ def _fork(
             'input must be an object of the step\'s arguments by name, e.g. {"ticket": {...}}'
         )
     record, spec = _source(run_id, workflow)
+    return fork_scope(record, spec, from_step, input, llm, asynchronous=asynchronous)
+
+
+def fork_scope(
+    record: RunRecord,
+    spec: Spec,
+    from_step: str,
+    input: dict[str, Any] | None = None,
+    llm: str = "live",
+    *,
+    asynchronous: bool,
+) -> tuple[RunScope, list[Any], dict[str, Any]]:
+    """A started fork of the run ``record`` (read already) from ``from_step`` by the
+    workflow ``spec`` (``source_spec``), and the arguments to call it with (``execute``
+    or ``aexecute`` runs it): what ``fork`` does once it has read the run."""
     key = step_key(record, from_step)
     if input:
         _check_step_input(record, key, input)

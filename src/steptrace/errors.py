@@ -66,9 +66,15 @@ class ReplayMismatch(ReentryError):
     a tool with ``side_effects=True``)."""
 
 
+class EvaluationError(SteptraceError, ValueError):
+    """A dataset or experiment request that cannot be carried out as asked: an unknown
+    dataset, item or experiment, a name that is taken, a step that cannot be found."""
+
+
 __all__ = [
     "ConfigError",
     "DivergenceError",
+    "EvaluationError",
     "ProviderNotInstalled",
     "QueryError",
     "ReentryError",

@@ -68,19 +68,19 @@ def prompt_hash(model: str, messages: Any) -> str:
     return input_hash(_canonical({"model": model, "messages": messages}))
 
 
-def _not_whole(value: Any) -> str | None:
+def not_whole(value: Any) -> str | None:
     """Why a stored value cannot stand for the value it was made of (a placeholder for
     an unserialisable, truncated or binary value; a redacted secret), or None."""
     if isinstance(value, dict):
         if MARKER in value:
             return f"it was stored as a placeholder ({value[MARKER]})"
         for item in value.values():
-            reason = _not_whole(item)
+            reason = not_whole(item)
             if reason:
                 return reason
     elif isinstance(value, list):
         for item in value:
-            reason = _not_whole(item)
+            reason = not_whole(item)
             if reason:
                 return reason
     elif isinstance(value, str) and get_config().redaction_text in value:
@@ -134,7 +134,7 @@ class _NotReusable(Exception):
 def output_value(spec: Spec, stored: Any) -> Any:
     """A recorded output as the step returns it: validated by its ``output=`` model, else
     converted to its return annotation. ``_NotReusable`` when it cannot be."""
-    reason = _not_whole(stored)
+    reason = not_whole(stored)
     if reason:
         raise _NotReusable(reason)
     if spec.adapter is not None:
@@ -150,7 +150,7 @@ def call_arguments(spec: Spec, arguments: Any) -> tuple[list[Any], dict[str, Any
     (a JSON object by parameter name) say, each converted to its annotation."""
     if not isinstance(arguments, dict):
         raise ReentryError(f"the recorded input of {spec.name} is not an object of arguments")
-    reason = _not_whole(arguments)
+    reason = not_whole(arguments)
     if reason:
         raise ReentryError(
             f"the recorded input of {spec.name} cannot be used: {reason}; give the input "

@@ -289,8 +289,7 @@ def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> Sql:
         if pred.path is None:
             return _attribute_sql(pred, column, d)
         return compose("({})", _json_sql(pred, column, d))
-    column = f"p.{pred.column}"
-    cond = _attribute_sql(pred, column, d) if pred.path is None else _json_sql(pred, column, d)
+    cond = span_condition(pred, d, "p")
     return compose(
         f"EXISTS (SELECT 1 FROM spans p WHERE p.run_id = {runs}.run_id AND p.name = {{}} "
         "AND p.step_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM spans q "
@@ -299,6 +298,17 @@ def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> Sql:
         bound(pred.step),
         cond,
     )
+
+
+def span_condition(pred: Predicate, d: Dialect, span: str) -> Sql:
+    """The condition of a step predicate on one attempt's ``spans`` row aliased
+    ``span``: what ``predicate_sql`` asks of some final attempt of a run, and what
+    ``dataset add`` asks of each occurrence it takes."""
+    allowed = (*_JSON_COLUMNS, *_STEP_ATTRIBUTES.values())
+    if pred.step is None or pred.column not in allowed:
+        raise QueryError(f"--where {pred.text!r}: not a condition on a step")
+    column = f"{span}.{pred.column}"
+    return _attribute_sql(pred, column, d) if pred.path is None else _json_sql(pred, column, d)
 
 
 # --- run filters --------------------------------------------------------------------
