@@ -199,12 +199,12 @@ def test_store_values_render_as_text_never_as_markup(
     page.hover("#detail")
     page.wait_for_timeout(300)  # give an injected handler the chance to fire
     # Nothing from the store became an element: no <img>, <svg>, <b>, <i>, and the
-    # scripts are the page's own three (app.js, lineage.js and scores.js).
+    # scripts are the page's own four (app.js, lineage.js, scores.js, experiments.js).
     counts = page.evaluate(
         "() => ['img', 'svg', 'b[onmouseover]', 'i', 'script'].map("
         "s => document.querySelectorAll(s).length)"
     )
-    assert counts == [0, 0, 0, 0, 3]
+    assert counts == [0, 0, 0, 0, 4]
     assert page.problems == []  # no dialog (alert) fired: the fixture checks again at teardown
 
 

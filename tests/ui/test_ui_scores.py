@@ -17,7 +17,7 @@ import steptrace as st
 from tests.support import score_data
 from tests.support.helpers import screenshot
 from tests.support.score_data import RATIONALE, Scored
-from tests.support.ui_server import UIServer, start_ui
+from tests.support.ui_server import UIServer, data_and_api, start_ui
 
 TIMEOUT_MS = 15_000
 
@@ -38,18 +38,7 @@ def scores_ui(scored: Scored) -> Iterator[UIServer]:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def scores_api(request: pytest.FixtureRequest) -> Iterator[tuple[Scored, httpx.Client]]:
     """The scored runs and a client of a UI over them, on each engine."""
-    if request.param == "sqlite":
-        runs, server = request.getfixturevalue("scored"), request.getfixturevalue("scores_ui")
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            yield runs, client
-        return
-    runs = score_data.record(request.getfixturevalue("new_postgres_database")())
-    server = start_ui(runs.url)
-    try:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            yield runs, client
-    finally:
-        server.stop()
+    yield from data_and_api(request, "scored", "scores_ui", score_data.record)
 
 
 def _ready(page: Any) -> None:

@@ -196,7 +196,7 @@ def create_app(
     def page() -> HTMLResponse:
         return HTMLResponse(shell)
 
-    for path in ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats"):
+    for path in ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats", *evaluation.PAGES):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

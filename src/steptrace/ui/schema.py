@@ -243,3 +243,103 @@ def stats_model() -> Any:
 
 def distribution_model() -> type[BaseModel]:
     return model_of(Distribution)
+
+
+# -- experiments (``steptrace.evals.experiments``, ``steptrace.evals.overview``) -------
+
+
+class ExperimentHeader(_Open):
+    name: str
+    dataset: str
+    target: str = Field(description="module:qualname of the step (or the workflow) it ran")
+    mode: str = Field(description="step or from-step")
+    evaluators: list[str]
+    params: dict[str, Any]
+    code_version: dict[str, Any] | None
+    status: str = Field(description="running, completed, interrupted or failed")
+    started_at: str
+    ended_at: str | None
+
+
+class ScoreMean(_Open):
+    mean: float | None = Field(description="Over the numeric and boolean values (true = 1).")
+    count: int = Field(description="How many values the mean is of.")
+    errors: int = Field(description="Failed evaluations.")
+
+
+class ExperimentSummary(ExperimentHeader):
+    items: int
+    succeeded: int
+    failed: int
+    scores: dict[str, ScoreMean] = Field(description="By score name, its evaluators first.")
+
+
+class ScoreAggregate(ScoreMean):
+    labels: dict[str, int] = Field(description="How many items got each category.")
+
+
+class Latency(_Open):
+    p50: float | None
+    mean: float | None
+
+
+class ExperimentAggregate(_Open):
+    items: int
+    succeeded: int
+    failed: int
+    cost_usd: float | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: Latency = Field(description="Of the succeeded items' steps.")
+    scores: dict[str, ScoreAggregate]
+
+
+class ItemScore(_Open):
+    value: float | bool | str | None
+    label: str | None
+    rationale: str | None
+    source: str
+    error: bool = Field(description="The evaluation failed (its message is the rationale).")
+
+
+class ItemRun(_Open):
+    """One item as one experiment ran it."""
+
+    run_id: str | None
+    span_id: str | None
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+    duration_ms: float | None
+    cost_usd: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    scores: dict[str, ItemScore]
+
+
+class ExperimentItem(ItemRun):
+    item_id: str
+
+
+class Experiment(ExperimentHeader):
+    summary: ExperimentAggregate
+    items: list[ExperimentItem] = Field(description="In dataset order.")
+
+
+class ItemComparison(_Open):
+    item_id: str
+    input: Any
+    reference: Any
+    changed: bool
+    a: ItemRun | None = Field(description="null: A did not run the item.")
+    b: ItemRun | None
+    diff: list[dict[str, Any]] = Field(description="How B's output differs from A's.")
+
+
+class ExperimentComparison(_Open):
+    a: ExperimentHeader
+    b: ExperimentHeader
+    evaluators: list[str]
+    aggregate: dict[str, ExperimentAggregate] = Field(description='"a" and "b".')
+    items: list[ItemComparison]
+    changed: list[str] = Field(description="The ids of the items whose outcome changed.")

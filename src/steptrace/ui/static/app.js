@@ -697,6 +697,9 @@ async function route() {
     else if ((m = p.match(/^\/compare\/([^/]+)$/))) await comparePage(decodeURIComponent(m[1]));
     else if (p === "/diff") { nav = "diff"; await diffPage(); }
     else if (p === "/stats") { nav = "stats"; await statsPage(); }
+    else if (p === "/experiments") { nav = "experiments"; await experimentsPage(); } // experiments.js
+    else if (p === "/experiments/compare") { nav = "experiments"; await compareExperimentsPage(); }
+    else if ((m = p.match(/^\/experiments\/(.+)$/))) { nav = "experiments"; await experimentPage(decodeURIComponent(m[1])); }
     else await runsPage();
   } catch (e) { clear(main()).append(el("div", { class: "err", text: "error: " + e.message })); }
   document.querySelectorAll(".top nav a").forEach((a) => a.classList.toggle("on", a.dataset.nav === nav));
