@@ -7,7 +7,10 @@ run, and score columns in the runs table, filled by one request for the page."""
 from __future__ import annotations
 
 import json
+import shlex
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +18,7 @@ import pytest
 
 import steptrace as st
 from tests.support import score_data
-from tests.support.helpers import screenshot
+from tests.support.helpers import recording_into, screenshot
 from tests.support.score_data import RATIONALE, Scored
 from tests.support.ui_server import UIServer, data_and_api, start_ui
 
@@ -132,7 +135,7 @@ def test_score_columns_refuse_what_is_out_of_bounds(
 
 
 def test_the_run_page_shows_the_scores_of_the_run_and_of_each_span(
-    page: Any, scores_ui: UIServer, scored: Scored
+    page: Any, scores_ui: UIServer, scored: Scored, tmp_path: Path
 ) -> None:
     first, second = scored.spans(scored.graded)
     with st.Store.open(scored.url) as store:
@@ -161,7 +164,34 @@ def test_the_run_page_shows_the_scores_of_the_run_and_of_each_span(
     tone = page.locator("#span-scores tr[data-score='tone']").locator("td").all_inner_texts()
     assert tone[:3] == ["tone", "polite", f"llm · judge run {scored.judge[:8]}"]
     assert page.locator("#span-scores tbody tr").count() == 1
+    # "Score this": the command and the Python call that give the span a score.
+    page.click("#score-toggle")
+    page.fill("#score-name", "correct")
+    page.fill("#score-value", "false")
+    page.fill("#score-rationale", "it's rude")
+    target = f"{scored.graded}/{second}"
+    command = page.locator("#score-command").text_content()
+    assert command == f"steptrace score {target} correct false --rationale 'it'\\''s rude'"
+    assert shlex.split(command)[2:] == [target, "correct", "false", "--rationale", "it's rude"]
+    python = page.locator("#score-python").text_content()
+    assert python == f'st.score("{target}", "correct", False, rationale="it\'s rude")'
     screenshot(page, "run-scores.png")
+    # The call does what it says, on a copy of the store.
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(scored.url) as source, sqlite3.connect(copy) as dest:
+        source.backup(dest)
+    with recording_into(str(copy)):
+        given = eval(python, {"st": st})  # the page's text, run as Python
+    assert (given.run_id, given.span_id, given.name, given.value) == (
+        scored.graded,
+        second,
+        "correct",
+        False,
+    )
+    assert (given.rationale, given.source) == ("it's rude", "human")
+    page.fill("#score-value", " ")
+    assert page.locator("#score-error").text_content().startswith("give a value")
+    assert page.locator("#score-command").is_hidden()
     page.click(f".wf-row[data-span='{first}']")
     page.wait_for_selector("#span-scores tr[data-score='relevance']", timeout=TIMEOUT_MS)
     relevance = page.locator("#span-scores tr[data-score='relevance'] td").all_inner_texts()

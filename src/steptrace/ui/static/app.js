@@ -491,8 +491,7 @@ function spanDetail(span, run, siblings, select) {
       ["finish", l.finish_reason], ["incomplete", l.incomplete ? "yes (stream closed early)" : null]);
   }
   out.push(kv(facts));
-  const scores = scoresSection(run, span.span_id); // scores.js
-  if (scores) out.push(scores);
+  out.push(scoresSection(run, span.span_id)); // scores.js
   if (span.step_key) out.push(forkSection(run.run_id, span.step_key, span.input)); // lineage.js
   if (span.error) {
     const validation = !!span.error.validation;

@@ -57,10 +57,66 @@ function scoreBadge(run, spanId) {
     title: scores.map((s) => `${s.name} = ${scoreText(s)} (${s.source})`).join("\n") });
 }
 
-// The "Scores" section of a span's detail (or of the run's); null when unscored.
+// The "Scores" section of a span's detail (or of the run's: spanId null): its scores,
+// and "Score this", the command that gives one.
 function scoresSection(run, spanId) {
   const scores = scoresOf(run, spanId);
-  return scores.length ? section(`Scores (${scores.length})`, scoreTable(scores, "span-scores")) : null;
+  const target = spanId === null ? run.run_id : `${run.run_id}/${spanId}`;
+  const form = scoreForm(target);
+  const head = el("div", { class: "sh" }, el("h2", { text: `Scores (${scores.length})` }), form.toggle);
+  return el("div", { class: "section", "data-section": "Scores" }, head,
+    scores.length ? scoreTable(scores, spanId === null ? "run-detail-scores" : "span-scores") : null, form.panel);
+}
+
+// --- score this -----------------------------------------------------------------------
+
+// The command and the Python call that give `target` a human score, or why there are
+// none. The value reads as the command reads it: true/false, a number, else a category.
+function scoreCommands(target, name, value, rationale) {
+  if (!name.trim()) return { error: "give the score a name" };
+  if (!value.trim()) return { error: "give a value: true/false, a number or a category" };
+  const word = value.trim().toLowerCase();
+  const literal = word === "true" || word === "false" ? (word === "true" ? "True" : "False")
+    : /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/.test(word) ? String(Number(word)) : JSON.stringify(value);
+  let command = `steptrace score ${shellWord(target)} ${shellWord(name)} ${shellWord(value)}`; // lineage.js
+  let python = `st.score(${JSON.stringify(target)}, ${JSON.stringify(name)}, ${literal}`;
+  if (rationale.trim()) {
+    command += ` --rationale ${shellWord(rationale, true)}`;
+    python += `, rationale=${JSON.stringify(rationale)}`;
+  }
+  return { command, python: python + ")" };
+}
+
+function scoreForm(target) {
+  const name = el("input", { id: "score-name", class: "w-m", placeholder: "name, e.g. correct" });
+  const value = el("input", { id: "score-value", class: "w-s", placeholder: "true / 0.8 / label" });
+  const rationale = el("input", { id: "score-rationale", class: "w-where", placeholder: "why (optional)" });
+  const error = el("div", { class: "err", id: "score-error" });
+  const command = el("pre", { class: "block", id: "score-command" });
+  const python = el("pre", { class: "block", id: "score-python" });
+  const copy = el("button", { class: "copy", id: "score-copy", title: "copy the command" }, "copy");
+  copy.addEventListener("click", () => copyText(command.textContent, copy));
+  const update = () => {
+    const made = scoreCommands(target, name.value, value.value, rationale.value);
+    error.textContent = made.error || "";
+    command.textContent = made.command || "";
+    python.textContent = made.python || "";
+    command.hidden = python.hidden = !!made.error;
+    copy.disabled = !!made.error;
+  };
+  for (const input of [name, value, rationale]) input.addEventListener("input", update);
+  update();
+  const panel = el("div", { class: "fork score-form", id: "score-panel", hidden: true },
+    el("div", { class: "filters" }, el("label", {}, "name", name), el("label", {}, "value", value), el("label", {}, "rationale", rationale)),
+    error, el("div", { class: "sh" }, el("h3", { text: "Command" }), copy), command, el("h3", { text: "Python" }), python,
+    el("p", { class: "muted", text: "Run it with this store configured (STEPTRACE_STORE or --store); scoring again with the same name replaces the value. The UI itself writes nothing." }));
+  const toggle = el("button", { id: "score-toggle", title: "the command that scores this" }, "Score this");
+  toggle.addEventListener("click", () => {
+    panel.hidden = !panel.hidden;
+    toggle.classList.toggle("on", !panel.hidden);
+    if (!panel.hidden) name.focus();
+  });
+  return { toggle, panel };
 }
 
 // --- score columns of the runs table --------------------------------------------------
