@@ -68,9 +68,12 @@ def score_columns(
         return out
     run_marks = ", ".join("?" for _ in ids)
     name_marks = ", ".join("?" for _ in wanted)
+    # Driven by the (run_id, span_id) index, a page's worth of rows: SQLite would
+    # otherwise read every score of those names through the name indexes.
+    name = reader.dialect.unindexed("name")
     rows = reader.rows(
         "SELECT run_id, name, span_id, kind, value, label, source FROM scores "
-        f"WHERE run_id IN ({run_marks}) AND name IN ({name_marks})",
+        f"WHERE run_id IN ({run_marks}) AND {name} IN ({name_marks})",
         [*ids, *wanted],
     )
     own: dict[tuple[str, str], list[tuple[str, str, float | None, str | None]]] = {}
