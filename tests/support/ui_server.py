@@ -7,9 +7,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
 
 from tests.support.loopback import LoopbackServer, ServerDidNotStart, free_port
+
+
+class _Recorded(Protocol):
+    url: str
+
+
+T = TypeVar("T", bound=_Recorded)
 
 STEPTRACE = [sys.executable, "-m", "steptrace"]
 """The command line of ``steptrace`` (this interpreter's)."""
@@ -69,3 +80,23 @@ class UIServer(LoopbackServer):
 def start_ui(store: Path | str, *args: str, env: dict[str, str] | None = None) -> UIServer:
     """A started ``UIServer`` (see there); the caller stops it."""
     return UIServer(store, *args, env=env).start()
+
+
+def data_and_api(
+    request: Any, data: str, server: str, record: Callable[[str], T]
+) -> Iterator[tuple[T, httpx.Client]]:
+    """For a fixture parametrised ``sqlite``/``postgresql``: the test data and a client of
+    a UI over it. On SQLite, the module's fixtures named ``data`` and ``server``; on
+    PostgreSQL, ``record(url)`` into a fresh database and a UI started over it."""
+    if request.param == "sqlite":
+        made, ui = request.getfixturevalue(data), request.getfixturevalue(server)
+        with httpx.Client(base_url=ui.url, timeout=10) as client:
+            yield made, client
+        return
+    made = record(request.getfixturevalue("new_postgres_database")())
+    ui = start_ui(made.url)
+    try:
+        with httpx.Client(base_url=ui.url, timeout=10) as client:
+            yield made, client
+    finally:
+        ui.stop()

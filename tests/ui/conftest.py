@@ -64,13 +64,14 @@ def xss_probe(text: str) -> dict:
     explode(text)
     return out
 
-st.run(xss_probe, "<svg onload=alert(9)>", session_id="<i onmouseover=alert(10)>xss</i>")
+run = st.run(xss_probe, "<svg onload=alert(9)>", session_id="<i onmouseover=alert(10)>xss</i>")
+st.score(run.run_id, "<i>markup</i>", 0.5, rationale="<img src=x onerror=alert(10)>")
 """
 
 
 def fill_store(store: Path | str) -> None:
     """The demo's runs (``steptrace demo --runs 30``) and one run of ``xss_probe``,
-    whose inputs, outputs, prompts, logs, errors and session id are markup."""
+    whose inputs, outputs, prompts, logs, errors, session id and score are markup."""
     proc = subprocess.run(
         [
             sys.executable,

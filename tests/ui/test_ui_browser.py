@@ -173,6 +173,8 @@ def test_store_values_render_as_text_never_as_markup(
     page.click(".wf-row[data-kind='run']")
     page.wait_for_selector("#detail [data-section='Input']", timeout=TIMEOUT_MS)
     assert "<svg onload=alert(9)>" in detail.inner_text()
+    scores = page.locator("#run-score-table tbody td").all_inner_texts()
+    assert scores[:4] == ["<i>markup</i>", "0.5", "human", "<img src=x onerror=alert(10)>"]
 
     render = run.steps("render")[0]
     page.click(f".wf-row[data-span='{render.span_id}']")
@@ -197,12 +199,13 @@ def test_store_values_render_as_text_never_as_markup(
     page.hover("#detail")
     page.wait_for_timeout(300)  # give an injected handler the chance to fire
     # Nothing from the store became an element: no <img>, <svg>, <b>, <i>, and the
-    # scripts are the page's own three (app.js, lineage.js and sessions.js).
+    # scripts are the page's own five (app.js, lineage.js, sessions.js, scores.js,
+    # experiments.js).
     counts = page.evaluate(
         "() => ['img', 'svg', 'b[onmouseover]', 'i', 'script'].map("
         "s => document.querySelectorAll(s).length)"
     )
-    assert counts == [0, 0, 0, 0, 3]
+    assert counts == [0, 0, 0, 0, 5]
     assert page.problems == []  # no dialog (alert) fired: the fixture checks again at teardown
 
 

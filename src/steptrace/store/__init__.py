@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from steptrace.query.diff import RunDiff
     from steptrace.query.distribution import Distribution
     from steptrace.query.overview import RunTotals, RunWindow, StoreStatus
+    from steptrace.query.score_columns import ScoreCell
     from steptrace.query.sessions import SessionSummary
     from steptrace.query.stats import StepStats
     from steptrace.store.scores import Score
@@ -554,6 +555,22 @@ class Store:
         from steptrace.query.overview import run_totals
 
         return run_totals(self._reader, run_ids)
+
+    def score_names(self) -> list[str]:
+        """The score names in the store, sorted (``steptrace.query.score_columns``)."""
+        from steptrace.query.score_columns import score_names
+
+        return score_names(self._reader)
+
+    def score_columns(
+        self, run_ids: Sequence[str], names: Sequence[str]
+    ) -> dict[str, dict[str, ScoreCell | None]]:
+        """Per run id and score name, the figure a runs table shows: the run's own score,
+        else a summary of its spans' scores of that name (None: no score). One query
+        for the page; see ``steptrace.query.score_columns``."""
+        from steptrace.query.score_columns import score_columns
+
+        return score_columns(self._reader, run_ids, names)
 
     def step_durations(
         self, step: str, workflow: str | None = None, last: int = 1000

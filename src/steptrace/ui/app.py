@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from steptrace.masking import mask_url
 from steptrace.store import Store
 from steptrace.store.model import RunRecord, SpanView
-from steptrace.ui import schema, sessions
+from steptrace.ui import evaluation, schema, sessions
 from steptrace.ui.security import error, install
 
 API = "/api/v1"
@@ -196,7 +196,7 @@ def create_app(
     def page() -> HTMLResponse:
         return HTMLResponse(shell)
 
-    pages = ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats")
+    pages = ("/", "/runs/{run_id}", "/diff", "/compare/{run_id}", "/stats", *evaluation.PAGES)
     for path in (*pages, "/sessions", "/sessions/{session_id:path}"):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
 
@@ -289,8 +289,10 @@ def create_app(
             data["spans"] = [_light_span(s) for s in record.spans]
         data["totals"] = _totals(record)
         data["trace_link"] = _trace_link(trace_url, record)
-        # Read afresh, not kept with the run: a finished run may be forked at any time.
+        # Read afresh, not kept with the run: a finished run may be forked or scored
+        # at any time.
         data["derived"] = store.derived(record.run_id)
+        data["scores"] = [score.to_dict() for score in store.scores(record.run_id)]
         return data
 
     @api_get("/runs/{run_id}/spans/{span_id}", "runs", schema.Span | schema.RootSpan)
@@ -346,6 +348,7 @@ def create_app(
         durations = store.step_durations(step, workflow or None, last)
         return {"step": step, "workflow": workflow or None} | _histogram(durations, bins)
 
+    evaluation.add_routes(store, api_get)
     return app
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from steptrace.query.compare import Comparison
 from steptrace.query.diff import RunDiff
 from steptrace.query.distribution import Distribution
+from steptrace.query.score_columns import ScoreCell
 from steptrace.query.sessions import SessionSummary
 from steptrace.query.stats import StepStats
 from steptrace.store.model import DerivedRun
@@ -176,6 +177,23 @@ class RootSpan(_Open):
     name: str
 
 
+class Score(_Open):
+    """A stored score (``Store.scores``): on the run (``span_id`` null) or on a span."""
+
+    run_id: str
+    span_id: str | None
+    step: str | None = Field(description="The scored span's name (null for the run).")
+    name: str
+    kind: str = Field(description="numeric, boolean or categorical")
+    value: float | bool | str | None = Field(description="A number, a bool or the category.")
+    label: str | None
+    rationale: str | None
+    source: str = Field(description="human, code or llm")
+    judge_run_id: str | None = Field(description="The run in which an LLM judge decided.")
+    created_at: str
+    updated_at: str
+
+
 class Run(_RunFields):
     input: Any
     output: Any
@@ -205,6 +223,11 @@ class Histogram(_Open):
     workflow: str | None
     count: int
     bins: list[Bin]
+
+
+def score_columns_model() -> Any:
+    """``/scores/columns``: per run id, per score name, a figure or null."""
+    return dict[str, dict[str, model_of(ScoreCell) | None]]  # type: ignore[misc]
 
 
 def diff_model() -> type[BaseModel]:
@@ -250,3 +273,103 @@ class Session(_Open):
     limit: int
     offset: int = Field(description="How many of its latest runs the page skipped.")
     has_more: bool = Field(description="Whether earlier runs exist (the next offset).")
+
+
+# -- experiments (``steptrace.evals.experiments``, ``steptrace.evals.overview``) -------
+
+
+class ExperimentHeader(_Open):
+    name: str
+    dataset: str
+    target: str = Field(description="module:qualname of the step (or the workflow) it ran")
+    mode: str = Field(description="step or from-step")
+    evaluators: list[str]
+    params: dict[str, Any]
+    code_version: dict[str, Any] | None
+    status: str = Field(description="running, completed, interrupted or failed")
+    started_at: str
+    ended_at: str | None
+
+
+class ScoreMean(_Open):
+    mean: float | None = Field(description="Over the numeric and boolean values (true = 1).")
+    count: int = Field(description="How many values the mean is of.")
+    errors: int = Field(description="Failed evaluations.")
+
+
+class ExperimentSummary(ExperimentHeader):
+    items: int
+    succeeded: int
+    failed: int
+    scores: dict[str, ScoreMean] = Field(description="By score name, its evaluators first.")
+
+
+class ScoreAggregate(ScoreMean):
+    labels: dict[str, int] = Field(description="How many items got each category.")
+
+
+class Latency(_Open):
+    p50: float | None
+    mean: float | None
+
+
+class ExperimentAggregate(_Open):
+    items: int
+    succeeded: int
+    failed: int
+    cost_usd: float | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: Latency = Field(description="Of the succeeded items' steps.")
+    scores: dict[str, ScoreAggregate]
+
+
+class ItemScore(_Open):
+    value: float | bool | str | None
+    label: str | None
+    rationale: str | None
+    source: str
+    error: bool = Field(description="The evaluation failed (its message is the rationale).")
+
+
+class ItemRun(_Open):
+    """One item as one experiment ran it."""
+
+    run_id: str | None
+    span_id: str | None
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+    duration_ms: float | None
+    cost_usd: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    scores: dict[str, ItemScore]
+
+
+class ExperimentItem(ItemRun):
+    item_id: str
+
+
+class Experiment(ExperimentHeader):
+    summary: ExperimentAggregate
+    items: list[ExperimentItem] = Field(description="In dataset order.")
+
+
+class ItemComparison(_Open):
+    item_id: str
+    input: Any
+    reference: Any
+    changed: bool
+    a: ItemRun | None = Field(description="null: A did not run the item.")
+    b: ItemRun | None
+    diff: list[dict[str, Any]] = Field(description="How B's output differs from A's.")
+
+
+class ExperimentComparison(_Open):
+    a: ExperimentHeader
+    b: ExperimentHeader
+    evaluators: list[str]
+    aggregate: dict[str, ExperimentAggregate] = Field(description='"a" and "b".')
+    items: list[ItemComparison]
+    changed: list[str] = Field(description="The ids of the items whose outcome changed.")

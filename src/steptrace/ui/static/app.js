@@ -163,14 +163,15 @@ async function runsPage() {
     if (f.session.value) p.set("session", f.session.value); // an id is exact: spaces kept
     f.tag.value.split(",").map((s) => s.trim()).filter(Boolean).forEach((t) => p.append("tag", t));
     f.where.value.split(";").map((s) => s.trim()).filter(Boolean).forEach((w) => p.append("where", w));
-    go("/" + (p.toString() ? "?" + p : ""));
+    go(withScoreColumns(p, scoreColumnNames(q))); // scores.js
   } },
   el("label", {}, "workflow", f.workflow), el("label", {}, "status", f.status),
   el("label", {}, "since", f.since), el("label", {}, "until", f.until), el("label", {}, "tag", f.tag),
   el("label", {}, "session", f.session),
   el("label", {}, "where (step predicates, ; between)", f.where),
   el("button", { class: "primary", type: "submit" }, "Filter"),
-  el("button", { type: "button", onclick: () => go("/") }, "Reset"), wfList);
+  el("button", { type: "button", onclick: () => go(withScoreColumns(new URLSearchParams(), scoreColumnNames(q))) }, "Reset"),
+  scoreColumnPicker(q), wfList);
   const errBox = el("div", { class: "err", id: "runs-error" });
   const picked = [];
   const diffBtn = el("button", { disabled: true, id: "diff-picked", onclick: () => go(`/diff?a=${picked[0]}&b=${picked[1]}`) }, "Diff selected (0/2)");
@@ -180,7 +181,7 @@ async function runsPage() {
     el("thead", {}, el("tr", {}, el("th", { text: "" }), el("th", { text: "status" }), el("th", { text: "run" }),
       el("th", { text: "workflow" }), el("th", { text: "started" }), el("th", { class: "num", text: "duration" }),
       el("th", { class: "num", text: "steps" }), el("th", { class: "num", text: "attempts" }),
-      el("th", { class: "num", text: "tokens" }), el("th", { class: "num", text: "cost" }), el("th", { text: "error" }))),
+      el("th", { class: "num", text: "tokens" }), el("th", { class: "num", text: "cost" }), scoreColumnHeads(q), el("th", { text: "error" }))),
     tbody);
   const prev = el("button", { disabled: offset === 0, onclick: () => { q.set("offset", String(Math.max(0, offset - PAGE))); go("/?" + q); } }, "← Newer");
   const next = el("button", { disabled: true, onclick: () => { q.set("offset", String(offset + PAGE)); go("/?" + q); } }, "Older →");
@@ -196,7 +197,7 @@ async function runsPage() {
     } catch (e) { errBox.textContent = "error: " + e.message; return; }
     errBox.textContent = "";
     clear(tbody);
-    if (!data.runs.length) tbody.append(el("tr", {}, el("td", { colspan: 11, class: "muted", text: "No runs match." })));
+    if (!data.runs.length) tbody.append(el("tr", {}, el("td", { colspan: 11 + scoreColumnNames(q).length, class: "muted", text: "No runs match." })));
     for (const r of data.runs) {
       const t = r.totals;
       const box = el("input", { type: "checkbox", title: "pick for diff", checked: picked.includes(r.run_id) });
@@ -219,9 +220,10 @@ async function runsPage() {
         el("td", { class: "num", text: t.steps }),
         el("td", { class: "num" }, el("span", { class: retries > 0 ? "retry" : "", title: retries > 0 ? `${retries} retries` : null, text: t.attempts })),
         el("td", { class: "num", text: t.input_tokens === null ? "–" : fmt.num((t.input_tokens || 0) + (t.output_tokens || 0)) }),
-        el("td", { class: "num", text: fmt.cost(t.cost_usd) }),
+        el("td", { class: "num", text: fmt.cost(t.cost_usd) }), scoreColumnCells(q),
         el("td", { class: "muted clip", title: err, text: err.slice(0, 200) })));
     }
+    await fillScoreColumns(tbody, data.runs.map((r) => r.run_id), q);
     next.disabled = !data.has_more;
     info.textContent = `${data.runs.length} run${data.runs.length === 1 ? "" : "s"} shown`;
     clearTimeout(refreshTimer);
@@ -316,6 +318,8 @@ async function runPage(runId) {
   if (lineage) head.append(lineage);
   const session = sessionLine(run); // sessions.js
   if (session) head.append(session);
+  const scores = runScoresView(run); // scores.js
+  if (scores) head.append(scores);
 
   const tree = buildTree(run);
   const collapsed = new Set();
@@ -348,6 +352,7 @@ async function runPage(runId) {
     if (s && s.attempt && s.step_key) nameBits.push(el("span", { class: "pill", title: "attempt", text: "#" + s.attempt }));
     if (s && s.error) nameBits.push(el("span", { class: "badge fail", title: s.error.message, text: s.error.validation ? "invalid" : s.error.type || "error" }));
     if (s && s.llm && !node.name.includes(s.llm.model)) nameBits.push(el("span", { class: "muted mono", text: s.llm.model }));
+    if (!node.group) nameBits.push(scoreBadge(run, node.id));
     const bar = el("div", { class: `wf-bar ${node.group ? "grp" : node.kind} ${node.status === "failed" && !node.group ? "failed" : ""}`,
       style: `left:${left}%;width:${width}%`, title: `${node.name} · ${fmt.ms(dur)}` });
     const r = el("div", { class: "wf-row" + (node.group ? " group" : "") + (selected === node.id ? " sel" : ""),
@@ -422,6 +427,7 @@ function runDetail(run) {
   return [el("div", { class: "title" }, badge("run"), el("b", { text: run.workflow }), status(run.status)),
     kv([["run id", run.run_id], ["trace id", run.trace_id], ["started", run.started_at], ["ended", run.ended_at], ["duration", fmt.ms(run.duration_ms)],
       ["tags", (run.tags || []).join(", ")]]),
+    scoresSection(run, null),
     section("Input", jsonView(run.input), run.input),
     section("Output", jsonView(run.output), run.output),
     run.error ? section("Error", errorView(run.error, false)) : null,
@@ -490,6 +496,7 @@ function spanDetail(span, run, siblings, select) {
       ["finish", l.finish_reason], ["incomplete", l.incomplete ? "yes (stream closed early)" : null]);
   }
   out.push(kv(facts));
+  out.push(scoresSection(run, span.span_id)); // scores.js
   if (span.step_key) out.push(forkSection(run.run_id, span.step_key, span.input)); // lineage.js
   if (span.error) {
     const validation = !!span.error.validation;
@@ -696,6 +703,9 @@ async function route() {
     else if (p === "/stats") { nav = "stats"; await statsPage(); }
     else if ((m = p.match(/^\/sessions\/(.+)$/))) { nav = "sessions"; await sessionPage(decodeURIComponent(m[1])); }
     else if (p === "/sessions") { nav = "sessions"; await sessionsPage(); }
+    else if (p === "/experiments") { nav = "experiments"; await experimentsPage(); } // experiments.js
+    else if (p === "/experiments/compare") { nav = "experiments"; await compareExperimentsPage(); }
+    else if ((m = p.match(/^\/experiments\/(.+)$/))) { nav = "experiments"; await experimentPage(decodeURIComponent(m[1])); }
     else await runsPage();
   } catch (e) { clear(main()).append(el("div", { class: "err", text: "error: " + e.message })); }
   document.querySelectorAll(".top nav a").forEach((a) => a.classList.toggle("on", a.dataset.nav === nav));
