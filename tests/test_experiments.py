@@ -21,7 +21,7 @@ import steptrace as st
 from steptrace.errors import EvaluationError
 from steptrace.evals import datasets, experiments
 from steptrace.evals.evaluators import Evaluator
-from steptrace.experimenting import experiment
+from steptrace.experimenting import exact, experiment
 from steptrace.store import StoreReader
 from tests.support.helpers import cli_in_process, steptrace_cli
 
@@ -172,6 +172,17 @@ def test_acceptance_a_right_on_all_b_on_15_compare_lists_the_5(store_url: str) -
             "classify",
         )
         assert [e.name for e in experiments.experiments(store)] == ["B", "A"]
+
+    # the same code judged by one more evaluator: nothing changed (a score only one
+    # side has is not a change), and the extra evaluator is reported for C alone
+    always = st.check(lambda output: True, name="always")
+    experiment("C", "tickets", classify_v2, evaluators=[exact, always])
+    with st.Store.open() as store:
+        same = experiments.compare(store, "B", "C")
+        assert same.changed == []
+        data = same.to_dict()
+        assert data["aggregate"]["a"]["scores"]["always"]["count"] == 0
+        assert data["aggregate"]["b"]["scores"]["always"]["mean"] == 1.0
 
 
 @on_both

@@ -395,8 +395,10 @@ def _print_comparison(c: ExperimentComparison) -> None:
                 line.append(f"{item.a.status} → {item.b.status}  ")
             for name in names:
                 sa, sb = item.a.scores.get(name), item.b.scores.get(name)
-                va = None if sa is None else ("error" if sa.error else sa.value)
-                vb = None if sb is None else ("error" if sb.error else sb.value)
+                if sa is None or sb is None:  # an evaluator only one of them ran
+                    continue
+                va = "error" if sa.error else sa.value
+                vb = "error" if sb.error else sb.value
                 if va != vb:
                     line.append(f"{name} {abbrev(va, 20)} → {abbrev(vb, 20)}  ")
         console.print(line, soft_wrap=True)

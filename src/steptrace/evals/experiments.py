@@ -361,10 +361,8 @@ def _now() -> str:
 # --- compare --------------------------------------------------------------------------
 
 
-def _score_values(item: ExperimentItem | None) -> dict[str, Any]:
-    if item is None:
-        return {}
-    return {n: (s.value, s.label, s.error) for n, s in item.scores.items()}
+def _score_values(item: ExperimentItem, names: set[str]) -> dict[str, Any]:
+    return {n: (s.value, s.label, s.error) for n, s in item.scores.items() if n in names}
 
 
 @dataclass
@@ -381,15 +379,17 @@ class ItemComparison:
 
     @property
     def changed(self) -> bool:
-        """The outputs differ structurally, a status or a score differs, or only one of
+        """The outputs differ structurally, a status differs, a score both experiments
+        gave differs (an evaluator only one of them ran changes nothing), or only one of
         the experiments ran the item."""
         a, b = self.a, self.b
         if a is None or b is None:
             return True
+        both = set(a.scores) & set(b.scores)
         return (
             bool(self.diff)
             or a.status != b.status
-            or _score_values(a) != _score_values(b)
+            or _score_values(a, both) != _score_values(b, both)
             or (a.error or {}).get("type") != (b.error or {}).get("type")
         )
 
