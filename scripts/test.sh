@@ -36,4 +36,4 @@ echo "== import-linter (the layering contracts in .importlinter)"
 .venv/bin/lint-imports --no-cache
 echo "== mkdocs"; site="$(mktemp -d)"; .venv/bin/mkdocs build --strict -q -d "$site"; rm -rf "$site"
 echo "== pytest"
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+.venv/bin/pytest -q -p no:cacheprovider --durations=25 "$@"
