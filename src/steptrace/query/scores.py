@@ -25,6 +25,7 @@ from steptrace.query.distribution import (
     runs_window,
 )
 from steptrace.record import stored_name
+from steptrace.store.dialect import Dialect
 
 RUN_STEP = "run"
 """The step name that means the run's own scores in ``score_distribution``."""
@@ -51,12 +52,17 @@ class ScoreStats(TypedDict):
     """The labels given (a categorical score's categories), most common first."""
 
 
-def _filters(step: str | None, name: str | None, source: str | None) -> tuple[list[str], list[Any]]:
+def _filters(
+    d: Dialect, step: str | None, name: str | None, source: str | None, windowed: bool
+) -> tuple[list[str], list[Any]]:
+    """Conditions on ``scores sc`` for the filters given; ``windowed``: the scores are
+    read run by run, so the step is checked, not looked up in its index."""
     conds: list[str] = []
     params: list[Any] = []
     for column, wanted in (("step", step), ("name", name), ("source", source)):
         if wanted is not None:
-            conds.append(f"sc.{column} = ?")
+            expr = f"sc.{column}"
+            conds.append(f"{d.unindexed(expr) if windowed and column == 'step' else expr} = ?")
             params.append(stored_name(wanted))
     return conds, params
 
@@ -74,7 +80,7 @@ def score_stats(
     (of ``workflow``; every run when ``last`` is None): how many, the mean of the
     values, the labels. ``step``, ``name``, ``source`` keep only those scores.
     The run's own scores come first (``step`` None), then by step and name."""
-    conds, params = _filters(step, name, source)
+    conds, params = _filters(db.dialect, step, name, source, windowed=last is not None)
     if last is not None:
         window, window_params = runs_window(db.dialect, workflow)
         conds.append(f"sc.run_id IN ({window})")
@@ -148,12 +154,14 @@ def score_distribution(
     ``field`` ``score.NAME``. Values are the numbers, ``true``/``false``, or the
     categories; ``occurrences`` counts scores, ``missing`` is 0."""
     check_last(last)
+    # A run's scores are read by (run_id, name): the step is checked on them, not looked
+    # up (SQLite would otherwise walk the step's whole index for every run).
     held = ["sc.run_id = r.run_id", "sc.name = ?"]
     params: list[Any] = [stored_name(name)]
     if step is None:
         held.append("sc.span_id IS NULL")
     else:
-        held.append("sc.step = ?")
+        held.append(f"{db.dialect.unindexed('sc.step')} = ?")
         params.append(stored_name(step))
     if source is not None:
         held.append("sc.source = ?")

@@ -310,6 +310,8 @@ def _evaluation(dialect: str) -> list[str]:
         # (in the index's order: no sorting).
         "CREATE INDEX scores_step_name ON scores (step, name, kind, label, value) "
         "WHERE step IS NOT NULL",
+        # The scores given last (``steptrace scores``).
+        "CREATE INDEX scores_updated ON scores (updated_at)",
         f"""CREATE TABLE datasets (
             name {t} PRIMARY KEY,
             step {t},
