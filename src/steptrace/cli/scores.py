@@ -202,7 +202,7 @@ def scores_command(
     rows = [
         [
             Text(prefixes[s.run_id], style="cyan"),
-            Text("(run)", style="dim") if s.span_id is None else Text(f"{s.step} {s.span_id}"),
+            Text("(run)", style="dim") if s.span_id is None else Text(f"{s.step} {s.span_id[:8]}"),
             Text(one_line(s.name)),
             Text(one_line(score_value(s.value))),
             Text(one_line(s.label or "") if s.kind != "categorical" else ""),
