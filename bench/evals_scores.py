@@ -12,7 +12,8 @@ one on the run itself — 1,000,000 scores of five names and three kinds:
 
 The rows are inserted directly (``executemany`` on SQLite, ``COPY`` on PostgreSQL) into
 a schema made by ``migrate_store``: the runs table and the scores table, no spans (no
-question below reads them). Then, through ``st.Store``, it times (median of
+question below reads them). SQLite is not ANALYZEd (steptrace never does it);
+PostgreSQL is VACUUM ANALYZEd, as autovacuum would. Then, through ``st.Store``, it times (median of
 ``--repeat`` rounds, with the spread: fastest and slowest, and the p90):
 
 - the mean of one score over one step's attempts (``Store.score_stats(step=…,
@@ -22,7 +23,10 @@ question below reads them). Then, through ``st.Store``, it times (median of
 - the distribution of a score on a step over the last 1,000 runs holding it
   (``Store.distribution(step, "score.NAME")``);
 - a page of 50 runs filtered by a score (``Store.runs(where="score.helpful < 0.2",
-  last=50)``) — target ≤ 200 ms — and by a rare category, a boolean, and its count.
+  last=50)``) — target ≤ 200 ms — by a rare value, a category, a boolean, and the
+  count of the matching runs (``count_runs``, what ``steptrace runs`` adds to a full
+  page);
+- the last 50 scores given (``steptrace scores``), and one run read with its scores.
 
     python -m bench.evals_scores [--runs 100000] [--repeat 20] [--rebuild]
     python -m bench.evals_scores --postgres URL [--runs 100000] [--repeat 20] [--rebuild]
@@ -165,7 +169,7 @@ def build_sqlite(path: str, n_runs: int, seed: int = 15) -> None:
         with conn:
             conn.executemany(runs_sql, runs)
             conn.executemany(scores_sql, scores)
-    conn.execute("ANALYZE")
+    # No ANALYZE: steptrace never runs it, so the plans measured are a store's own.
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     print(f"built {path} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -258,6 +262,9 @@ def questions(url: str, repeat: int) -> list[tuple[str, list[float], float | Non
             "count_runs(where='score.helpful < 0.2')",
             lambda: store.count_runs(where="score.helpful < 0.2"),
         )
+        measure("the last 50 scores given (steptrace scores)", lambda: store.scores(limit=50))
+        recent = store.runs(last=1)[0].run_id
+        measure("one run with its scores (Store.run, no spans)", lambda: store.run(recent))
     return out
 
 
