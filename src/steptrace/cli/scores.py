@@ -165,7 +165,7 @@ _SCORE_FIELDS = [f.name for f in fields(Score)]
 def scores_command(
     run_id: Annotated[
         str | None,
-        typer.Argument(metavar="[RUN_ID]", help="Only this run's (an id or a prefix)."),
+        typer.Argument(metavar="RUN_ID", help="Only this run's (an id or a prefix)."),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Only scores of this name.")] = None,
     source: Annotated[Source | None, typer.Option("--source", help="Only these.")] = None,
