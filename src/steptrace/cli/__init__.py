@@ -36,6 +36,7 @@ from steptrace.cli import (
     recover,
     run,
     runs,
+    scores,
     sessions,
     store,
     ui,
@@ -49,6 +50,7 @@ run.register(app)  # demo, run
 runs.register(app)  # runs, show
 sessions.register(app)  # sessions
 query.register(app)  # dist, stats, diff, compare, sql, export, index
+scores.register(app)  # score, scores
 acting.register(app)  # resume, fork, replay
 datasets.register(app)  # dataset add, list, show, rm, export, correct
 experiments.register(app)  # experiment NAME, compare, list, show, rm

@@ -66,8 +66,8 @@ WhereFilter = Annotated[
     typer.Option(
         "--where",
         metavar="PREDICATE",
-        help="Only runs where e.g. 'classify.output.label = billing' or "
-        "'classify.attempts > 1' (repeatable: all must hold).",
+        help="Only runs where e.g. 'classify.output.label = billing', "
+        "'classify.attempts > 1' or 'score.helpful < 0.5' (repeatable: all must hold).",
     ),
 ]
 SinceFilter = Annotated[

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -30,6 +30,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from steptrace.store.scores import Score
 
 PIPE_WIDTH = 100_000
 """The width of output that is not a terminal when ``COLUMNS`` is not set: unlimited
@@ -298,3 +301,29 @@ def progress(total: int, label: str) -> Iterator[Callable[[], None]]:
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
+
+
+RATIONALE_CHARS = 80
+"""A score's rationale on its one line is cut to this (``--json`` has it whole)."""
+
+
+def score_value(value: float | bool | str | None) -> str:
+    """A score's value as given: ``true``/``false``, a number (``0.85``, ``3``), or the
+    category."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+def score_text(score: Score) -> Text:
+    """One score on one line: ``helpful = 0.8 [good] (human) — the rationale, cut…``."""
+    value = one_line(score_value(score.value))
+    line = Text.assemble((one_line(score.name), "bold"), " = ", (value, "cyan"))
+    if score.label is not None and score.kind != "categorical":
+        line.append(f" [{one_line(score.label)}]")
+    line.append(f" ({score.source})", style="dim")
+    if score.rationale:
+        line.append(f" — {abbrev(score.rationale, RATIONALE_CHARS)}", style="dim")
+    return line

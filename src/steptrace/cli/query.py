@@ -43,6 +43,7 @@ from steptrace.cli.output import (
     abbrev,
     format_duration,
     make_console,
+    one_line,
     output_format,
     print_csv,
     print_dict_csv,
@@ -53,8 +54,9 @@ from steptrace.cli.output import (
 from steptrace.query.compare import Comparison
 from steptrace.query.distribution import Distribution
 from steptrace.query.overview import RunWindow
+from steptrace.query.scores import RUN_STEP, ScoreStats
 from steptrace.query.stats import StepStats
-from steptrace.query.where import QueryError
+from steptrace.query.where import QueryError, score_name
 from steptrace.store import SQL_TIMEOUT_S
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,7 +107,8 @@ def dist_command(
         typer.Argument(
             metavar="FIELD",
             help="A dotted path into the step's output, e.g. classification or meta.label "
-            "(input.x for its input; . for the whole output).",
+            "(input.x for its input; . for the whole output), or score.NAME for a score "
+            "(STEP run: the runs' own scores).",
         ),
     ],
     last: Annotated[
@@ -118,12 +121,16 @@ def dist_command(
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
     fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
-    """The distribution of a field of a step's output over the last N runs."""
+    """The distribution of a field of a step's output over the last N runs that ran the
+    step; or of a score (FIELD score.NAME; STEP run for the run's own scores) over the
+    last N runs that have it."""
     fmt = output_format(fmt, as_json)
+    scored = score_name(field) is not None
     with st.Store.open() as store:
         result = store.distribution(step, field, last=last, workflow=workflow)
         if not result["occurrences"]:
-            check_step(store, step, workflow)
+            if not (scored and step == RUN_STEP):
+                check_step(store, step, workflow)
         elif not result["values"]:
             _check_field(store, result, workflow)
     if fmt is Format.json:
@@ -136,7 +143,7 @@ def dist_command(
             rows.append([None, result["missing"], result["missing"] / result["occurrences"], True])
         print_csv(("value", "count", "share", "missing"), rows)
     else:
-        _print_distribution(result, top, last, workflow)
+        _print_distribution(result, top, last, workflow, scored=scored)
 
 
 def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None:
@@ -160,20 +167,25 @@ def _check_field(store: st.Store, d: Distribution, workflow: str | None) -> None
     )
 
 
-def _print_distribution(d: Distribution, top: int, last: int, workflow: str | None) -> None:
+def _print_distribution(
+    d: Distribution, top: int, last: int, workflow: str | None, *, scored: bool = False
+) -> None:
     console = make_console()
     n = d["runs"]
     runs = f"run{'' if n == 1 else 's'}" + (f" of {workflow}" if workflow else "")
     window = f"the last {_count(n)} {runs}" if n >= last else f"all {_count(n)} {runs}"
+    which = "with this score" if scored else f"that ran {d['step']}"
+    counted = "scores" if scored else "occurrences"
     title = Text.assemble(
         (f"{d['step']}.{d['field'] or 'output'}", "bold"),
-        f"  over {window} that ran {d['step']}",
+        f"  over {window} {which}",
         f" ({_count(last)} asked for)" if n < last else "",
-        f", {_count(d['occurrences'])} occurrences" if d["occurrences"] != d["runs"] else "",
+        f", {_count(d['occurrences'])} {counted}" if d["occurrences"] != d["runs"] else "",
     )
     console.print(title)
     if not d["occurrences"]:
-        console.print(Text("no runs executed this step", style="dim"))
+        none = "no runs have this score" if scored else "no runs executed this step"
+        console.print(Text(none, style="dim"))
         return
     shown = d["values"][:top]
     rows: list[list[Text]] = [
@@ -227,24 +239,39 @@ def stats_command(
         str | None, typer.Argument(metavar="[WORKFLOW]", help="Only runs of this workflow.")
     ] = None,
     last: Annotated[int, typer.Option("--last", "-n", min=1, help="Over the last N runs.")] = 1000,
+    scores: Annotated[
+        bool,
+        typer.Option(
+            "--scores",
+            help="Also the scores given in those runs, per step and name: how many, "
+            "their mean (a boolean's: the share of true), the labels. JSON: "
+            '{"steps": …, "scores": …}; CSV: the score rows.',
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
     fmt: Annotated[Format | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
 ) -> None:
     """Per-step count, failure and retry rates, p50/p95/p99 duration, tokens and cost,
-    over the last N runs (the table's title says which runs those were)."""
+    over the last N runs (the table's title says which runs those were); with
+    --scores, the scores given in those runs too."""
     fmt = output_format(fmt, as_json)
     with st.Store.open() as store:
         stats = store.step_stats(workflow, last=last)
         if workflow is not None and not stats:
             check_workflow(store, workflow)
         window = store.run_window(workflow, last) if fmt is Format.table else None
+        given = store.score_stats(workflow, last=last) if scores else None
     if fmt is Format.json:
-        print_json(stats)
+        print_json(stats if given is None else {"steps": stats, "scores": given})
+    elif fmt is Format.csv and given is not None:
+        print_dict_csv([dict(s) for s in given], list(ScoreStats.__annotations__))
     elif fmt is Format.csv:
         print_dict_csv([dict(s) for s in stats], list(StepStats.__annotations__))
     else:
         assert window is not None
         _print_stats(stats, workflow, last, window)
+        if given is not None:
+            _print_score_stats(given)
 
 
 def _window(workflow: str | None, last: int, window: RunWindow) -> str:
@@ -288,6 +315,44 @@ def _print_stats(
         rows.append([c if isinstance(c, Text) else Text(c) for c in cells])
     numbers = ("count", "failed", "retried", "p50", "p95", "p99", "tokens", "cost")
     columns = [Column("step"), *(Column(h, justify="right", fold=False) for h in numbers)]
+    print_table(console, columns, rows)
+
+
+def _print_score_stats(given: list[ScoreStats]) -> None:
+    console = make_console()
+    console.print(Text("scores given in the same runs", style="bold"))
+    if not given:
+        console.print(Text("no scores", style="dim"))
+        return
+    rows: list[list[Text]] = []
+    for s in given:
+        mean = s["mean"]
+        if mean is None:
+            shown = "–"
+        elif s["kind"] == "boolean":
+            shown = f"{_share(mean)} true"
+        else:
+            shown = f"{mean:.4g}"
+        labels = " · ".join(f"{one_line(x['label'])} {_share(x['share'])}" for x in s["labels"][:3])
+        if len(s["labels"]) > 3:
+            labels += f" · +{len(s['labels']) - 3}"
+        rows.append(
+            [
+                Text("(run)", style="dim") if s["step"] is None else Text(s["step"]),
+                Text(one_line(s["name"])),
+                Text(s["kind"], style="dim"),
+                Text(_count(s["count"])),
+                Text(shown),
+                Text(labels),
+            ]
+        )
+    columns = [
+        Column("step"),
+        Column("score"),
+        Column("kind", fold=False),
+        *(Column(h, justify="right", fold=False) for h in ("count", "mean")),
+        Column("labels"),
+    ]
     print_table(console, columns, rows)
 
 
@@ -444,8 +509,8 @@ def sql_command(
         ),
     ] = SQL_TIMEOUT_S,
 ) -> None:
-    """Read-only SQL over the store: the runs, spans, llm_calls and logs tables
-    and the steps and llm views.
+    """Read-only SQL over the store: the runs, spans, llm_calls, logs and scores
+    tables and the steps and llm views.
 
     SQLite: a connection the engine keeps from writing. PostgreSQL: one query
     that reads (SELECT, WITH, VALUES, TABLE or EXPLAIN of one), calling no
@@ -516,7 +581,7 @@ def export_command(
         str, typer.Option("--format", "-f", help="jsonl, csv or parquet (needs pyarrow).")
     ] = "jsonl",
     table: Annotated[
-        str, typer.Option("--table", "-t", help="runs, steps, spans or llm.")
+        str, typer.Option("--table", "-t", help="runs, steps, spans, llm or scores.")
     ] = "steps",
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="FILE", help="Where to write (- : stdout).")
@@ -535,11 +600,11 @@ def export_command(
         int | None, typer.Option("--last", "-n", min=1, help="Only the last N runs.")
     ] = None,
     step: Annotated[
-        str | None, typer.Option("--step", help="Only this step's rows (steps, spans, llm).")
+        str | None, typer.Option("--step", help="Only this step's rows (not runs).")
     ] = None,
 ) -> None:
-    """Export runs, steps, spans or LLM calls of the chosen runs as JSON Lines, CSV or
-    Parquet."""
+    """Export runs, steps, spans, LLM calls or scores of the chosen runs as JSON Lines,
+    CSV or Parquet."""
     if fmt == "parquet" and output == "-":
         raise CLIError("--format parquet needs --output FILE")
     with st.Store.open() as store:

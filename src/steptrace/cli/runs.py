@@ -44,11 +44,13 @@ from steptrace.cli.output import (
     print_dict_csv,
     print_json,
     print_table,
+    score_text,
     styled_status,
 )
 from steptrace.query import export as export_tables
 from steptrace.query.where import QueryError
 from steptrace.store.model import DerivedRun, RunRecord, SpanView
+from steptrace.store.scores import Score
 
 
 def runs_command(
@@ -141,8 +143,8 @@ def show_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
 ) -> None:
     """Show one run as a tree: where it came from (a fork or replay of another run, how
-    often it was resumed, its code) and the runs made from it; steps and their
-    attempts, LLM and tool calls, logs."""
+    often it was resumed, its code) and the runs made from it; its scores; steps and
+    their attempts (each with its scores), LLM and tool calls, logs."""
     with st.Store.open() as store:
         record = store.run(run_id)
         derived = store.derived(record.run_id)
@@ -188,6 +190,9 @@ def run_tree(record: RunRecord, derived: Sequence[DerivedRun] = ()) -> Tree:
         )
     )
     _lineage(tree, record, derived)
+    for score in record.scores:
+        if score.span_id is None:
+            _score(tree, score)
     _value(tree, "input", record.input)
     ids = {s.span_id for s in record.spans}
     children: dict[str, list[SpanView]] = defaultdict(list)
@@ -260,6 +265,8 @@ def _add_span(parent: Tree, span: SpanView, children: dict[str, list[SpanView]])
         label.append(f"  attempt {span.attempt}", style="yellow")
     label.append(f"  {format_duration(span.duration_ms)}", style="dim")
     node = parent.add(label)
+    for score in span.scores:
+        _score(node, score)
     if span.kind == "llm" and span.llm:
         for message in span.llm.get("messages") or []:
             if isinstance(message, dict):
@@ -303,6 +310,10 @@ def _value(node: Tree, name: str, value: Any) -> None:
     line = Text.assemble((f"{name} ", "bold dim"), abbrev(value, 300))
     line.no_wrap, line.overflow = True, "ellipsis"
     node.add(line)
+
+
+def _score(node: Tree, score: Score) -> None:
+    _line(node, ("score ", "bold dim"), score_text(score))
 
 
 def _error(node: Tree, error: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypedDict, TypeVar
 import orjson
 
 from steptrace.errors import QueryError
-from steptrace.query.where import format_path, step_field
+from steptrace.query.where import format_path, score_name, step_field
 from steptrace.record import stored_name
 from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
 from steptrace.store.model import RunRecord
@@ -240,18 +240,10 @@ def distribution(
         values.append({"value": value, "count": count, "share": count / occurrences})
         if isinstance(value, int | float) and not isinstance(value, bool):
             numbers.extend([value] * count)
-    numeric: NumericSummary | None = None
-    if numbers:
-        numbers.sort()
-        numeric = {
-            "count": len(numbers),
-            "min": numbers[0],
-            "p50": _number(percentile(numbers, 0.5)),
-            "p95": _number(percentile(numbers, 0.95)),
-            "max": numbers[-1],
-            "mean": math.fsum(numbers) / len(numbers),
-        }
+    numeric = numeric_summary(numbers)
     shown = format_path(step_field(field)[1])
+    if column == "output" and score_name(shown) is not None:  # not to be read as a score
+        shown = f"output.{shown}"
     return {
         "step": step,
         "field": f"input.{shown}" if column == "input" else shown,
@@ -262,6 +254,21 @@ def distribution(
         "missing": missing,
         "values": values,
         "numeric": numeric,
+    }
+
+
+def numeric_summary(numbers: list[float]) -> NumericSummary | None:
+    """Count, min, p50, p95, max and mean of ``numbers`` (sorted here); None if empty."""
+    if not numbers:
+        return None
+    numbers.sort()
+    return {
+        "count": len(numbers),
+        "min": numbers[0],
+        "p50": _number(percentile(numbers, 0.5)),
+        "p95": _number(percentile(numbers, 0.95)),
+        "max": numbers[-1],
+        "mean": math.fsum(numbers) / len(numbers),
     }
 
 
@@ -291,6 +298,11 @@ def field_index_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
     ``distribution(step, field)`` read the field from the index instead of parsing
     every output: a partial index over that step's spans. ``QueryError`` for a step
     name or field key ``indexable`` refuses."""
+    if score_name(field) is not None:
+        raise QueryError(
+            f"{field} is a score, read from the scores' own indexes; an output field "
+            f"named score is output.{field}"
+        )
     column, path = step_field(field)
     step = stored_name(step)
     if not indexable(step, path):

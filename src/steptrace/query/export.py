@@ -1,5 +1,5 @@
-"""Export runs, steps, spans or LLM calls as JSON Lines, CSV or Parquet, or as a pandas
-DataFrame (``Store.export``, ``Store.to_pandas``, ``steptrace export``).
+"""Export runs, steps, spans, LLM calls or scores as JSON Lines, CSV or Parquet, or as a
+pandas DataFrame (``Store.export``, ``Store.to_pandas``, ``steptrace export``).
 
 The runs are chosen with the filters of ``Store.runs`` (``RunFilter``) and written
 newest first; the rows of a run in start order. Tables:
@@ -8,7 +8,9 @@ newest first; the rows of a run in start order. Tables:
 - ``steps`` — one row per step or tool attempt (the ``steps`` view, with
   ``occurrence`` and ``is_final_attempt``);
 - ``spans`` — every span of the runs (the ``spans`` table);
-- ``llm``   — one row per LLM call with the step it was made in (the ``llm`` view).
+- ``llm``   — one row per LLM call with the step it was made in (the ``llm`` view);
+- ``scores`` — every score on the runs or their span attempts (the ``scores`` table),
+  in the order they were first given.
 
 JSON columns (``input``, ``output``, ``error``, …) are JSON values in JSON Lines
 and pandas, and JSON text in CSV and Parquet. Parquet needs ``pyarrow``, pandas
@@ -28,9 +30,15 @@ from steptrace.errors import QueryError
 from steptrace.query.distribution import Reader
 from steptrace.query.where import RunFilter
 from steptrace.record import stored_name
-from steptrace.store.columns import JSON_NAMES, LLM, RUNS, SPANS, STEPS, Table
+from steptrace.store.columns import JSON_NAMES, LLM, RUNS, SCORES, SPANS, STEPS, Table
 
-_SOURCES: dict[str, Table] = {"runs": RUNS, "steps": STEPS, "spans": SPANS, "llm": LLM}
+_SOURCES: dict[str, Table] = {
+    "runs": RUNS,
+    "steps": STEPS,
+    "spans": SPANS,
+    "llm": LLM,
+    "scores": SCORES,
+}
 
 
 def _exported(table: Table) -> list[str]:
@@ -63,7 +71,7 @@ def decode_json(value: Any) -> Any:
 
 def run_ids(db: Reader, runs: RunFilter, last: int | None) -> list[str]:
     """The ids of the runs ``runs`` selects, newest first (the ``last`` newest if given)."""
-    conds, params = runs.sql(db.dialect)
+    conds, params = runs.sql(db.dialect, every=last is None)
     where = f"WHERE {' AND '.join(conds)} " if conds else ""
     limit = ""
     if last is not None:
@@ -92,14 +100,14 @@ def iter_rows(
     if table not in TABLES:
         raise QueryError(f"unknown table {table!r}: choose one of {', '.join(TABLES)}")
     if step is not None and table == "runs":
-        raise QueryError("step= applies to the steps, spans and llm tables, not runs")
+        raise QueryError("step= applies to the steps, spans, llm and scores tables, not runs")
     columns = TABLES[table]
     run_at = columns.index("run_id")
     ids = run_ids(db, runs or RunFilter(), last)
 
     def rows() -> Iterator[list[Any]]:
-        name_column = "step" if table == "llm" else "name"
-        order = "" if table == "runs" else ", started_at"
+        name_column = "step" if table in ("llm", "scores") else "name"
+        order = {"runs": "", "scores": ", created_at"}.get(table, ", started_at")
         for start in range(0, len(ids), _CHUNK_RUNS):
             chunk = ids[start : start + _CHUNK_RUNS]
             position = {run_id: i for i, run_id in enumerate(chunk)}

@@ -68,7 +68,7 @@ def score_columns(
         return out
     run_marks = ", ".join("?" for _ in ids)
     name_marks = ", ".join("?" for _ in wanted)
-    # Driven by the (run_id, span_id) index, a page's worth of rows: SQLite would
+    # Driven by the (run_id, …) index, a page's worth of rows: SQLite would
     # otherwise read every score of those names through the name indexes.
     name = reader.dialect.unindexed("name")
     rows = reader.rows(

@@ -12,6 +12,13 @@ the step satisfies it (``attempts`` is that attempt's number). ``OP`` is one of
 when it parses (``3``, ``true``, ``null``, ``"a b"``) and as text otherwise; a
 bare number also matches the same text (``= 42`` matches ``42`` and ``"42"``).
 A field that is absent satisfies no comparison, ``!=`` included.
+
+``score.NAME OP VALUE`` holds for a run when the run itself or one of its span attempts
+has a score named NAME that satisfies it: a number or ``true``/``false`` compares the
+score's value (a boolean score is 1 or 0), text compares its label (a categorical
+score's category). ``score.NAME exists`` and ``score.NAME missing`` ask whether the run
+has such a score at all. (A step named ``score`` is reached with three-part targets:
+``score.output.FIELD``, ``score.input.FIELD``.)
 """
 
 from __future__ import annotations
@@ -160,16 +167,78 @@ def _split_op(text: str) -> tuple[str, str, str]:
     )
 
 
-def parse_predicate(text: str) -> Predicate:
-    """Parse ``TARGET OP VALUE`` (see the module docstring)."""
-    target, op, raw = _split_op(text)
+def _read_value(text: str, op: str, raw: str) -> tuple[str, Any, bool]:
+    """``(op, value, bare)`` of a predicate: ``==`` is ``=``; the value is read as JSON
+    when it parses, else as text (``bare``)."""
     op = "=" if op == "==" else op
     if not raw:
         raise QueryError(f"--where {text!r} has no value after {op!r}")
     try:
-        value, bare = orjson.loads(raw), False
+        return op, orjson.loads(raw), False
     except orjson.JSONDecodeError:
-        value, bare = raw, True
+        return op, raw, True
+
+
+def score_name(target: str) -> str | None:
+    """The score's name when ``target`` is ``score.NAME`` (``score."a.b"`` for a name
+    with dots), else None."""
+    if not target.lstrip().startswith("score"):
+        return None
+    try:
+        path = parse_path(target)
+    except QueryError:
+        return None
+    if len(path) == 2 and path[0] == "score" and isinstance(path[1], str) and path[1]:
+        return stored_name(path[1])
+    return None
+
+
+_PRESENCE = re.compile(r"^(.*\S)\s+(exists|missing)\s*$", re.DOTALL)
+
+
+def _score_predicate(text: str) -> Predicate | None:
+    """A ``score.NAME …`` predicate, or None when ``text`` is about something else."""
+    presence = _PRESENCE.match(text)
+    name = score_name(presence.group(1)) if presence else None
+    if presence and name is not None and not _has_op(presence.group(1)):
+        return Predicate(text, None, "score", (name,), presence.group(2), None, False, "")
+    try:
+        target, op, raw = _split_op(text)
+    except QueryError:
+        return None
+    name = score_name(target)
+    if name is None:
+        return None
+    op, value, bare = _read_value(text, op, raw)
+    if value is None or isinstance(value, list | dict):
+        raise QueryError(
+            f"--where {text!r}: a score compares with a number, true/false or a label "
+            f"(score.{name} exists / missing asks whether a run has one)"
+        )
+    if isinstance(value, bool) and op not in ("=", "!="):
+        raise QueryError(f"--where {text!r}: {raw} can only be compared with = or !=")
+    if op in ("~", "!~") and not isinstance(value, str):
+        raise QueryError(f"--where {text!r}: ~ needs a text value")
+    if isinstance(value, str):
+        value = stored_name(value)
+    return Predicate(text, None, "score", (name,), op, value, bare, stored_form(raw))
+
+
+def _has_op(text: str) -> bool:
+    try:
+        _split_op(text)
+    except QueryError:
+        return False
+    return True
+
+
+def parse_predicate(text: str) -> Predicate:
+    """Parse ``TARGET OP VALUE`` (see the module docstring)."""
+    scored = _score_predicate(text)
+    if scored is not None:
+        return scored
+    target, op, raw = _split_op(text)
+    op, value, bare = _read_value(text, op, raw)
     path = parse_path(target)
     if len(path) < 2 or not isinstance(path[0], str) or not isinstance(path[1], str):
         raise QueryError(
@@ -274,10 +343,71 @@ def _json_sql(pred: Predicate, column: str, d: Dialect) -> Sql:
     return text_cmp if op != "!=" else compose("{} AND NOT ({})", present, text_cmp)
 
 
-def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs") -> Sql:
+FEW_SCORES = 2000
+"""Up to this many matching scores, a score predicate is checked against the list of
+their runs; past it, run by run."""
+
+
+def _score_sql(pred: Predicate, d: Dialect, runs: str, every: bool) -> Sql:
+    """The runs with a score that satisfies ``pred``. Runs are listed newest first and
+    a page stops early, so how to check each run depends on how many scores match
+    (counted once, up to ``FEW_SCORES``, from the index on (name, value) or (name,
+    label)): a few — whether the run is among theirs (the list read once from that
+    index); many — a look-up of the run's own scores (the index on (run_id, name, …)),
+    which finds a match within a few runs where reading every match would not. When
+    ``every`` matching run is wanted (a count), the list it is."""
+    name = bound(str((pred.path or ("",))[0]))
+    op, value = pred.op, pred.value
+    if op == "missing":
+        if every:
+            return compose(
+                f"{runs}.run_id NOT IN (SELECT sc.run_id FROM scores sc WHERE sc.name = {{}})",
+                name,
+            )
+        return compose(
+            f"NOT EXISTS (SELECT 1 FROM scores sc WHERE sc.run_id = {runs}.run_id "
+            f"AND sc.name = {{}}{d.per_outer_row})",
+            name,
+        )
+    if op == "exists":
+        cond = Sql("1 = 1")
+    elif isinstance(value, bool):
+        cond = compose(f"sc.value {_sql_op(pred)} {{}}", bound(1.0 if value else 0.0))
+    elif isinstance(value, int | float):
+        cond = compose(f"sc.value {_sql_op(pred)} {{}}", bound(float(value)))
+    elif op in ("~", "!~"):
+        found = d.contains("sc.label", bound(value))
+        cond = found if op == "~" else compose("sc.label IS NOT NULL AND NOT ({})", found)
+    else:
+        cond = compose(f"sc.label {_sql_op(pred)} {{}}", bound(str(value)))
+    listed = compose(
+        f"{runs}.run_id IN (SELECT sc.run_id FROM scores sc WHERE sc.name = {{}} AND {{}})",
+        name,
+        cond,
+    )
+    if every:
+        return listed
+    return compose(
+        "CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM scores sc WHERE sc.name = {} AND {} "
+        f"LIMIT {FEW_SCORES}) few) < {FEW_SCORES} "
+        "THEN {} "
+        f"ELSE EXISTS (SELECT 1 FROM scores sc WHERE sc.run_id = {runs}.run_id "
+        f"AND sc.name = {{}} AND {{}}{d.per_outer_row}) END",
+        name,
+        cond,
+        listed,
+        name,
+        cond,
+    )
+
+
+def predicate_sql(pred: Predicate, d: Dialect, runs: str = "runs", *, every: bool = False) -> Sql:
     """An SQL condition on the ``runs`` row aliased ``runs`` that holds when ``pred``
-    does. Every value and path is a bound parameter; column names come from the fixed
-    lists above."""
+    does (``every``: for a question about every matching run, a count, rather than a
+    page of the newest). Every value and path is a bound parameter; column names come
+    from the fixed lists above."""
+    if pred.column == "score":
+        return _score_sql(pred, d, runs, every)
     allowed = (
         *_JSON_COLUMNS,
         *(_RUN_ATTRIBUTES if pred.step is None else _STEP_ATTRIBUTES).values(),
@@ -355,9 +485,12 @@ class RunFilter:
             workflow, status, since, until, tags, wheres, forked_from, replay_of, derived, originals
         )
 
-    def sql(self, d: Dialect, runs: str = "runs") -> tuple[list[str], list[Any]]:
+    def sql(
+        self, d: Dialect, runs: str = "runs", *, every: bool = False
+    ) -> tuple[list[str], list[Any]]:
         """Conditions (to AND together) on the runs table aliased ``runs``, and their
-        parameters. Raises ``QueryError`` for a malformed time or predicate."""
+        parameters; ``every``: for a question about every matching run (a count), not
+        a page of the newest. Raises ``QueryError`` for a malformed time or predicate."""
         conds: list[str] = []
         params: list[Any] = []
         if self.workflow is not None:
@@ -390,7 +523,7 @@ class RunFilter:
             conds.append(has.text)
             params.extend(has.params)
         for text in self.where:
-            cond = predicate_sql(parse_predicate(text), d, runs)
+            cond = predicate_sql(parse_predicate(text), d, runs, every=every)
             conds.append(cond.text)
             params.extend(cond.params)
         return conds, params

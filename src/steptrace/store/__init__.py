@@ -21,13 +21,15 @@ from steptrace.config import get_config
 from steptrace.errors import QueryError
 from steptrace.errors import RunNotFound as RunNotFound  # re-exported: older imports
 from steptrace.query.where import RunFilter
-from steptrace.record import stored_form
+from steptrace.record import stored_form, stored_name
+from steptrace.store import scores
 from steptrace.store.columns import JSON_NAMES, LLM_CALLS, LOGS, RUN_FIELDS, RUNS, SPANS, named
 from steptrace.store.dialect import Dialect
 from steptrace.store.engine import Engine, Queries, Rows, WriterBackend
 from steptrace.store.engines import open_read_engine, open_writer, query_params
 from steptrace.store.model import DerivedRun, RunRecord, SpanView, loads
 from steptrace.store.schema import migrate_store, same_store
+from steptrace.store.scores import Score
 
 T = TypeVar("T")
 
@@ -37,9 +39,9 @@ if TYPE_CHECKING:
     from steptrace.query.distribution import Distribution
     from steptrace.query.overview import RunTotals, RunWindow, StoreStatus
     from steptrace.query.score_columns import ScoreCell
+    from steptrace.query.scores import ScoreStats
     from steptrace.query.sessions import SessionSummary
     from steptrace.query.stats import StepStats
-    from steptrace.store.scores import Score
 
 
 _SPAN_FIELDS = tuple(n for n in SPANS.names if n in {f.name for f in fields(SpanView)})
@@ -62,6 +64,10 @@ _LOGS_OF_RUN = f"SELECT {LOGS.select(_LOG_FIELDS)} FROM logs WHERE run_id = ? OR
 _LOGS_OF_RUNS = (
     f"SELECT {LOGS.select(_LOG_FIELDS)}, run_id FROM logs"
     " WHERE run_id IN ({marks}) ORDER BY run_id, span_id, seq"
+)
+_SCORES_OF_RUN = f"SELECT {scores.READ_COLUMNS} FROM scores WHERE run_id = ? ORDER BY name, source"
+_SCORES_OF_RUNS = (
+    f"SELECT {scores.READ_COLUMNS} FROM scores WHERE run_id IN ({{marks}}) ORDER BY name, source"
 )
 READ_RUNS_BATCH = 200
 """Runs ``Store.read_runs`` reads with one query per table."""
@@ -130,11 +136,11 @@ def _span_from_row(r: Sequence[Any], logs: list[dict[str, Any]]) -> SpanView:
 
 
 def _assemble(
-    run_rows: Rows, span_rows: Rows, log_rows: Rows, *, keyed: bool = False
+    run_rows: Rows, span_rows: Rows, log_rows: Rows, score_rows: Rows, *, keyed: bool = False
 ) -> list[RunRecord]:
     """Runs made of their rows: ``runs`` rows, the ``spans`` rows (joined with
-    ``llm_calls``) in start order, and the ``logs`` rows; of one run, or (``keyed``:
-    each span and log row ends with its run id) of several."""
+    ``llm_calls``) in start order, the ``logs`` rows and the ``scores`` rows; of one run,
+    or (``keyed``: each span and log row ends with its run id) of several."""
     runs = [_run_from_row(r) for r in run_rows]
     by_id = {run.run_id: run for run in runs}
     only = runs[0].run_id if runs else ""
@@ -147,10 +153,20 @@ def _assemble(
         logs.setdefault((run_id, entry.pop("span_id")), []).append(entry)
     for run in runs:
         run.logs = logs.get((run.run_id, run.span_id), [])
+    span_scores: dict[tuple[str, str], list[Score]] = {}
+    for score_row in score_rows:
+        score = scores.from_row(score_row)
+        owner = by_id.get(score.run_id)
+        if owner is not None:
+            owner.scores.append(score)
+            if score.span_id is not None:
+                span_scores.setdefault((score.run_id, score.span_id), []).append(score)
     for r in span_rows:
         owner = by_id.get(r[_SPAN_WIDTH] if keyed else only)
         if owner is not None:
-            owner.spans.append(_span_from_row(r, logs.get((owner.run_id, r[_SPAN_ID])) or []))
+            span = _span_from_row(r, logs.get((owner.run_id, r[_SPAN_ID])) or [])
+            span.scores = span_scores.get((owner.run_id, span.span_id), [])
+            owner.spans.append(span)
     return runs
 
 
@@ -298,7 +314,7 @@ class Store:
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
         runs.session = session
-        clause, params = self._where(runs)
+        clause, params = self._where(runs, every=True)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def sessions(
@@ -332,9 +348,10 @@ class Store:
 
         return count_sessions(self._reader, workflow, since=since, until=until)
 
-    def _where(self, runs: RunFilter) -> tuple[str, list[Any]]:
-        """`` WHERE …`` (or nothing) choosing ``runs``, and its parameters."""
-        conds, params = runs.sql(self.dialect)
+    def _where(self, runs: RunFilter, *, every: bool = False) -> tuple[str, list[Any]]:
+        """`` WHERE …`` (or nothing) choosing ``runs`` (``every``: all of them are
+        wanted, not a page), and its parameters."""
+        conds, params = runs.sql(self.dialect, every=every)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
 
     def derived(self, run_id: str) -> list[DerivedRun]:
@@ -372,7 +389,8 @@ class Store:
         return str(rows[0][0])
 
     def run(self, run_id: str) -> RunRecord:
-        """The run with this id (or unambiguous id prefix), with all its spans."""
+        """The run with this id (or unambiguous id prefix), with all its spans and
+        scores."""
 
         def read(run_id: str) -> list[list[tuple[Any, ...]]]:
             self.flush_own_writes()
@@ -382,13 +400,14 @@ class Store:
                     (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", key),
                     (_SPANS_OF_RUN.format(tiebreak=self.engine.tiebreak), key),
                     (_LOGS_OF_RUN, key),
+                    (_SCORES_OF_RUN, key),
                 ]
             )
 
-        rows, span_rows, log_rows = read(run_id)
-        if not rows:  # a prefix
-            rows, span_rows, log_rows = read(self.resolve(run_id))
-        (run,) = _assemble(rows, span_rows, log_rows)
+        batch = read(run_id)
+        if not batch[0]:  # a prefix
+            batch = read(self.resolve(run_id))
+        (run,) = _assemble(*batch)
         return run
 
     def read_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
@@ -406,6 +425,7 @@ class Store:
                     (f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN ({marks})", ids),
                     (_SPANS_OF_RUNS.format(marks=marks, tiebreak=self.engine.tiebreak), ids),
                     (_LOGS_OF_RUNS.format(marks=marks), ids),
+                    (_SCORES_OF_RUNS.format(marks=marks), ids),
                 ]
             )
             for run in _assemble(*batch, keyed=True):
@@ -477,6 +497,13 @@ class Store:
         found = self.scores(run_id, span_id=span_id or "", name=written.name, source=source)
         return found[0]
 
+    def delete_score(self, target: str, name: str, source: str = "human") -> bool:
+        """Remove the score ``name`` given by ``source`` on ``target`` (as
+        ``Store.target`` reads it); False when there was none. ``RunNotFound`` for a
+        target that is not in the store."""
+        run_id, span_id, _ = self.target(target)
+        return scores.delete(self.engine.dsn, run_id, span_id, stored_name(name), source)
+
     def scores(
         self,
         run_id: str | None = None,
@@ -523,10 +550,57 @@ class Store:
         ``input.`` for its input) over the last ``last`` runs that executed ``step``:
         ``{"step", "field", "runs", "occurrences", "missing", "values": [{"value",
         "count", "share"}], "numeric"}``, most common value first. Counts the final
-        attempt of each occurrence. See ``steptrace.query.distribution``."""
-        from steptrace.query.distribution import distribution
+        attempt of each occurrence. See ``steptrace.query.distribution``.
 
+        ``field`` ``score.NAME`` is the score of that name instead
+        (``score_distribution``; ``step`` ``"run"`` for the run's own scores); the
+        output's field ``score`` is then ``output.score.…``."""
+        from steptrace.query.distribution import distribution
+        from steptrace.query.scores import RUN_STEP
+        from steptrace.query.where import score_name
+
+        name = score_name(field)
+        if name is not None:
+            return self.score_distribution(
+                None if step == RUN_STEP else step, name, last=last, workflow=workflow
+            )
         return distribution(self._reader, step, field, last, workflow)
+
+    def score_distribution(
+        self,
+        step: str | None,
+        name: str,
+        last: int = 1000,
+        workflow: str | None = None,
+        *,
+        source: str | None = None,
+    ) -> Distribution:
+        """The distribution of score ``name`` on ``step``'s attempts (None: on the runs
+        themselves) over the last ``last`` runs (of ``workflow``) holding such a score,
+        in ``distribution``'s shape (``field`` ``score.NAME``): the numbers,
+        ``true``/``false`` or categories given, the numeric summary of numbers; of
+        one ``source`` if given. See ``steptrace.query.scores``."""
+        from steptrace.query.scores import score_distribution
+
+        return score_distribution(self._reader, step, name, last, workflow, source)
+
+    def score_stats(
+        self,
+        workflow: str | None = None,
+        last: int | None = 1000,
+        *,
+        step: str | None = None,
+        name: str | None = None,
+        source: str | None = None,
+    ) -> list[ScoreStats]:
+        """Per step and score name over the scores of the last ``last`` runs (of
+        ``workflow``; all runs when ``last`` is None): ``{"step", "name", "kind",
+        "count", "mean", "labels"}`` (a boolean's mean is its share of
+        true; ``step`` None for the run's own scores); only ``step``'s, ``name``'s or
+        ``source``'s if given. See ``steptrace.query.scores``."""
+        from steptrace.query.scores import score_stats
+
+        return score_stats(self._reader, workflow, last, step=step, name=name, source=source)
 
     def step_stats(self, workflow: str | None = None, last: int = 1000) -> list[StepStats]:
         """Per step name over the last ``last`` runs (of ``workflow``, else of all):
@@ -687,10 +761,10 @@ class Store:
         step: str | None = None,
         session: str | None = None,
     ) -> int:
-        """Write ``table`` (runs, steps, spans or llm) for the runs the filters choose
-        (those of ``runs``; all of them unless ``last``) to a file or binary stream as
-        ``format`` (jsonl, csv or parquet — parquet needs pyarrow). Returns the number
-        of rows written. See ``steptrace.query.export``."""
+        """Write ``table`` (runs, steps, spans, llm or scores) for the runs the filters
+        choose (those of ``runs``; all of them unless ``last``) to a file or binary
+        stream as ``format`` (jsonl, csv or parquet — parquet needs pyarrow). Returns
+        the number of rows written. See ``steptrace.query.export``."""
         from steptrace.query import export
 
         if format not in export.FORMATS:

@@ -301,10 +301,17 @@ def _evaluation(dialect: str) -> list[str]:
             created_at {t} NOT NULL,
             updated_at {t} NOT NULL
         )""",
-        "CREATE INDEX scores_run ON scores (run_id, span_id)",
+        # A run's scores, and whether a run has a score of a name that satisfies a
+        # comparison (``--where score.NAME < x``, run by run) from the index alone.
+        "CREATE INDEX scores_run ON scores (run_id, name, value, label)",
         "CREATE INDEX scores_name_value ON scores (name, value, run_id)",
         "CREATE INDEX scores_name_label ON scores (name, label, run_id)",
-        "CREATE INDEX scores_step_name ON scores (step, name, value, label) WHERE step IS NOT NULL",
+        # A step's scores of a name, aggregated by kind and label from the index alone
+        # (in the index's order: no sorting).
+        "CREATE INDEX scores_step_name ON scores (step, name, kind, label, value) "
+        "WHERE step IS NOT NULL",
+        # The scores given last (``steptrace scores``).
+        "CREATE INDEX scores_updated ON scores (updated_at)",
         f"""CREATE TABLE datasets (
             name {t} PRIMARY KEY,
             step {t},

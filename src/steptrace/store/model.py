@@ -8,6 +8,7 @@ from typing import Any, Literal, TypedDict
 import orjson
 
 from steptrace.store.columns import RUN_FIELDS
+from steptrace.store.scores import Score
 
 
 def loads(text: str | bytes | None) -> Any:
@@ -37,6 +38,8 @@ class SpanView:
     llm: dict[str, Any] | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+    scores: list[Score] = field(default_factory=list)
+    """The scores on this span attempt (``Store.score``), by name then source."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class SpanView:
             "llm": self.llm,
             "logs": self.logs,
             "attributes": self.attributes,
+            "scores": [s.to_dict() for s in self.scores],
         }
 
 
@@ -76,7 +80,8 @@ class DerivedRun(TypedDict):
 @dataclass
 class RunRecord:
     """A stored run. ``to_dict()`` is the shape of ``steptrace show RUN_ID --json``; its
-    fields but ``spans`` and ``logs`` are the ``runs`` columns ``columns.RUN_FIELDS``."""
+    fields but ``spans``, ``logs`` and ``scores`` are the ``runs`` columns
+    ``columns.RUN_FIELDS``."""
 
     run_id: str
     workflow: str
@@ -107,6 +112,10 @@ class RunRecord:
     spans: list[SpanView] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     """Log records written in the run outside any step."""
+    scores: list[Score] = field(default_factory=list)
+    """Every score of the run, by name then source: its own (``span_id`` None) and its
+    span attempts' (each also in its ``SpanView.scores``). Filled by ``Store.run`` and
+    ``Store.read_runs``, empty in ``Store.runs``' listings."""
 
     def steps(self, name: str | None = None) -> list[SpanView]:
         """Step-attempt spans, in start order, optionally of one step name."""
@@ -127,4 +136,5 @@ class RunRecord:
         data = self.summary()
         data["logs"] = self.logs
         data["spans"] = [s.to_dict() for s in self.spans]
+        data["scores"] = [s.to_dict() for s in self.scores]
         return data
