@@ -186,8 +186,17 @@ def test_a_target_is_a_run_prefix_run_slash_span_or_a_span_id(store_url: str) ->
             store.target(f"{run_id}/{shared}")
         with pytest.raises(st.RunNotFound, match="no run with id 'nope'"):
             store.score("nope", "helpful", 1)
-        with pytest.raises(st.RunNotFound, match="has no span 'ffffffffffffffff0'"):
+        with pytest.raises(st.RunNotFound, match="has no span or step 'ffffffffffffffff0'"):
             store.score(f"{run_id}/ffffffffffffffff0", "helpful", 1)
+        # A step key, or the name of a step the run ran once: its last attempt.
+        assert store.target(f"{run_id[:8]}/draft") == (run_id, span_id, "draft")
+        assert store.target(f"{run_id[:8]}/draft#0") == (run_id, span_id, "draft")
+        (part3,) = [s.span_id for s in record.spans if s.step_key == "part#3"]
+        assert store.target(f"{run_id}/part#3") == (run_id, part3, "part")
+        with pytest.raises(st.RunNotFound, match=r"more than once: name the occurrence \(part#0, "):
+            store.target(f"{run_id}/part")
+        with pytest.raises(st.RunNotFound, match="has no span or step 'part#17'"):
+            store.target(f"{run_id}/part#17")
         _one_run(store_url)
         with pytest.raises(st.RunNotFound, match="ambiguous"):
             store.score("", "helpful", 1)
@@ -434,7 +443,7 @@ def test_score_command_on_an_unknown_target_exits_with_1(
     code, _, err = _cli(capsys, url, "score", "0000nope", "helpful", "1")
     assert (code, err.strip()) == (1, f"error: no run with id '0000nope' in {url}")
     code, _, err = _cli(capsys, url, "score", f"{run_id}/zz", "helpful", "1")
-    assert code == 1 and "has no span 'zz'" in err
+    assert code == 1 and "has no span or step 'zz'" in err
 
 
 def test_show_prints_the_scores_of_the_run_and_of_each_step(

@@ -50,7 +50,10 @@ class Kind(enum.StrEnum):
     categorical = "categorical"
 
 
-_TARGET_HELP = "A run id (or prefix), RUN/SPAN, or a span id: the run or span attempt scored."
+_TARGET_HELP = (
+    "A run id (or prefix), RUN/SPAN, RUN/STEP (a step key such as draft_reply#0, or a step "
+    "name the run ran once: its last attempt), or a span id: the run or span attempt scored."
+)
 
 
 def parse_value(text: str, kind: Kind | None = None) -> float | bool | str:

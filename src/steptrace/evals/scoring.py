@@ -22,7 +22,8 @@ def score(
     store: str | None = None,
 ) -> Score:
     """Score a run (``target`` = its id or an unambiguous prefix) or one span attempt
-    (``RUN/SPAN`` or a span id): ``value`` is a number, a bool or a category string;
+    (``RUN/SPAN``, ``RUN/STEP`` with a step key or a step name the run ran once, or a
+    span id): ``value`` is a number, a bool or a category string;
     ``source`` is ``human``, ``code`` or ``llm``. Scoring the same target again with the
     same name and source updates the score in place. Written at once to the configured
     store (or ``store``); returns the stored score.

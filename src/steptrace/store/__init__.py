@@ -435,9 +435,10 @@ class Store:
     # -- scores ---------------------------------------------------------------------
     def target(self, target: str) -> tuple[str, str | None, str | None]:
         """``(run_id, span_id, step)`` of a score's target: a run id (or unambiguous
-        prefix), ``RUN/SPAN`` (a span id or unambiguous prefix within the run), or a
-        span id on its own. The run's root span is the run (``span_id`` None); ``step``
-        is the span's name."""
+        prefix), ``RUN/SPAN`` (a span id or unambiguous prefix within the run),
+        ``RUN/STEP`` (a step key such as ``draft#0``, or a step name the run ran once:
+        its last attempt), or a span id on its own. The run's root span is the run
+        (``span_id`` None); ``step`` is the span's name."""
         run_part, slash, span_part = target.partition("/")
         if not slash:
             rows = self._rows("SELECT run_id, span_id, name FROM spans WHERE span_id = ?", [target])
@@ -461,7 +462,34 @@ class Store:
         root = self._rows("SELECT span_id FROM runs WHERE run_id = ?", [run_id])
         if root and str(root[0][0]).startswith(span_part):
             return run_id, None, None
-        raise RunNotFound(f"run {run_id} has no span {span_part!r} in {self.url}")
+        return self._step_target(run_id, span_part)
+
+    def _step_target(self, run_id: str, step: str) -> tuple[str, str, str]:
+        """The last attempt of the step occurrence ``step`` names in the run: a step key
+        (``draft#0``, ``outer#0/inner#1``) or a step name that occurred once."""
+        rows = self._rows(
+            "SELECT span_id, name, step_key, attempt FROM spans "
+            "WHERE run_id = ? AND step_key IS NOT NULL",
+            [run_id],
+        )
+        wanted = stored_form(step)
+        if "#" in wanted:
+            found = [r for r in rows if r[2] == wanted]
+        else:
+            found = [r for r in rows if r[1] == wanted]
+        keys = sorted({str(r[2]) for r in found})
+        if len(keys) > 1:
+            raise RunNotFound(
+                f"run {run_id} ran step {step!r} more than once: name the occurrence "
+                f"({', '.join(keys)})"
+            )
+        if not found:
+            raise RunNotFound(
+                f"run {run_id} has no span or step {step!r} in {self.url} "
+                "(give a span id, or a step name or key as `steptrace show` lists them)"
+            )
+        last = max(found, key=lambda r: int(r[3] or 0))
+        return run_id, str(last[0]), str(last[1])
 
     def score(
         self,
