@@ -249,7 +249,7 @@ def _raw_output(frame: Frame, exc: BaseException) -> Any:
 # --- the attempt loop, shared by sync and async -------------------------------------
 
 _NO_OUTPUT = object()
-"""An attempt that produced no output (it raised): nothing for its checks to score."""
+"""An attempt that failed: nothing for its checks to score."""
 
 
 class _Call:
@@ -363,12 +363,13 @@ class _Call:
     def _record_failure(self, exc: BaseException, *, raw: Any, validation: bool) -> None:
         active = cast(ActiveSpan, self.active)
         fail_span(active, exc, raw=raw, validation=validation)
-        self._finish(active, _NO_OUTPUT if raw is None else raw, exc)
+        # A failed attempt is not checked, not even one whose raw output failed
+        # validation: a check is a function of the step's output, and that is none.
+        self._finish(active, _NO_OUTPUT, exc)
 
     def _finish(self, active: ActiveSpan, output: Any, error: BaseException | None = None) -> None:
         """End the attempt; its record goes to the writer now, or, when the step has
-        checks and the attempt an output (its value, or the raw one that failed
-        validation), once the checks have scored it."""
+        checks and the attempt succeeded, once the checks have scored its output."""
         if self.spec.checks is None or output is _NO_OUTPUT:
             active.finish(error)
             return
