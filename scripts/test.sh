@@ -34,6 +34,6 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== import-linter (the layering contracts in .importlinter)"
 .venv/bin/lint-imports --no-cache
-echo "== mkdocs"; site="$(mktemp -d)"; .venv/bin/mkdocs build --strict -q -d "$site"; rm -rf "$site"
+echo "== mkdocs"; site="$(mktemp -d)"; .venv/bin/mkdocs build --strict -d "$site" 2>&1 | grep -v "^INFO" || [ "${PIPESTATUS[0]}" = 0 ]; rm -rf "$site"
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider --durations=25 "$@"

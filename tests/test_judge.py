@@ -253,13 +253,28 @@ def test_scores_leave_as_evaluation_log_records_with_the_scored_spans_ids(tmp_pa
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-    ids = json.loads(proc.stdout)
+        ids = json.loads(proc.stdout)
+        # the command line too, exporting log records as the standard variables say
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_LOGS_EXPORTER": "otlp"}
+        cli = subprocess.run(
+            [sys.executable, "-m", "steptrace", "score", ids["run"], "by_cli", "true"],
+            env=env | otel,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
     events = {
         r["attributes"]["gen_ai.evaluation.name"]: r
         for r in collector.logs()
         if r["event_name"] == "gen_ai.evaluation.result"
     }
-    assert sorted(events) == ["helpful", "kind", "resolved", "short"]
+    assert sorted(events) == ["by_cli", "helpful", "kind", "resolved", "short"]
+    assert (events["by_cli"]["trace_id"], events["by_cli"]["span_id"]) == (
+        ids["trace"],
+        ids["root"],
+    )
+    assert events["by_cli"]["attributes"]["gen_ai.evaluation.score.label"] == "pass"
     for name in ("short", "kind", "helpful"):
         assert (events[name]["trace_id"], events[name]["span_id"]) == (ids["trace"], ids["step"])
     assert (events["resolved"]["trace_id"], events["resolved"]["span_id"]) == (

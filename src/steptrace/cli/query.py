@@ -509,8 +509,9 @@ def sql_command(
         ),
     ] = SQL_TIMEOUT_S,
 ) -> None:
-    """Read-only SQL over the store: the runs, spans, llm_calls, logs and scores
-    tables and the steps and llm views.
+    """Read-only SQL over the store: the runs, spans, llm_calls, logs, scores,
+    datasets, dataset_items, experiments and experiment_items tables and the steps
+    and llm views.
 
     SQLite: a connection the engine keeps from writing. PostgreSQL: one query
     that reads (SELECT, WITH, VALUES, TABLE or EXPLAIN of one), calling no

@@ -35,6 +35,7 @@ from steptrace.cli.output import (
     score_text,
     score_value,
 )
+from steptrace.evals import scoring
 from steptrace.store.scores import Score
 
 
@@ -139,6 +140,7 @@ def score_command(
             )
         except ValueError as exc:
             raise CLIError(str(exc), exit_code=2) from None
+        scoring.export(store, stored)  # a log record, when OTEL_LOGS_EXPORTER says so
         where = _target_text(store, stored)
     if as_json:
         print_json(stored.to_dict())
