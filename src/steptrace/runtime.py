@@ -248,10 +248,6 @@ def _raw_output(frame: Frame, exc: BaseException) -> Any:
 
 # --- the attempt loop, shared by sync and async -------------------------------------
 
-_NO_OUTPUT = object()
-"""An attempt that failed: nothing for its checks to score."""
-
-
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 
@@ -276,9 +272,9 @@ class _Call:
         arguments = self.arguments = spec.bind(args, kw)
         self.input_json = to_json(arguments)  # redacted (and hashed) later, by the writer
         self.active: ActiveSpan | None = None
-        self.unchecked: tuple[ActiveSpan, Any, BaseException | None] | None = None
-        """An ended attempt whose output the step's checks have yet to score: the loop
-        runs them (``check``/``acheck``), then the record goes to the writer."""
+        self.unchecked: tuple[ActiveSpan, Any] | None = None
+        """A succeeded attempt whose output the step's checks have yet to score: the
+        loop runs them (``check``/``acheck``), then the record goes to the writer."""
         self.flag: dict[str, Any] | None = None
         self.tool_call_id = (
             run.claim_tool_call(spec.name, orjson.loads(self.input_json))
@@ -365,21 +361,21 @@ class _Call:
         fail_span(active, exc, raw=raw, validation=validation)
         # A failed attempt is not checked, not even one whose raw output failed
         # validation: a check is a function of the step's output, and that is none.
-        self._finish(active, _NO_OUTPUT, exc)
+        active.finish(exc)
 
-    def _finish(self, active: ActiveSpan, output: Any, error: BaseException | None = None) -> None:
-        """End the attempt; its record goes to the writer now, or, when the step has
-        checks and the attempt succeeded, once the checks have scored its output."""
-        if self.spec.checks is None or output is _NO_OUTPUT:
-            active.finish(error)
+    def _finish(self, active: ActiveSpan, output: Any) -> None:
+        """End the succeeded attempt; its record goes to the writer now, or, when the
+        step has checks, once they have scored its output."""
+        if self.spec.checks is None:
+            active.finish()
             return
         active.record.end_ns = time.time_ns()  # the checks' time is not the step's
-        self.unchecked = (active, output, error)
+        self.unchecked = (active, output)
 
     def check(self) -> None:
         """Run the step's checks on the ended attempt's output (outside the run: what
         they call is not recorded in it) and hand the record, scores and all, over."""
-        active, output, error = cast(tuple[ActiveSpan, Any, BaseException | None], self.unchecked)
+        active, output = cast(tuple[ActiveSpan, Any], self.unchecked)
         self.unchecked = None
         record = active.record
         checks = cast(StepChecks, self.spec.checks)
@@ -396,11 +392,11 @@ class _Call:
         finally:
             otel_context.detach(otel_token)
             current_frame.reset(token)
-            active.hand_over(error)
+            active.hand_over()
 
     async def acheck(self) -> None:
         """``check`` in an async step: async checks are awaited."""
-        active, output, error = cast(tuple[ActiveSpan, Any, BaseException | None], self.unchecked)
+        active, output = cast(tuple[ActiveSpan, Any], self.unchecked)
         self.unchecked = None
         record = active.record
         checks = cast(StepChecks, self.spec.checks)
@@ -413,7 +409,7 @@ class _Call:
         except Exception:
             log.warning("steptrace: the checks of %s failed", record.name, exc_info=True)
         finally:
-            active.hand_over(error)
+            active.hand_over()
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before the ``attempt``-th try's next, or None when this was the
@@ -452,8 +448,6 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             result = spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
-            if call.unchecked is not None:
-                call.check()
             if run.durable == "step":
                 run.sink.commit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -465,8 +459,6 @@ def run_step_sync(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         try:
             value = call.succeed(result)
         except pydantic.ValidationError as exc:
-            if call.unchecked is not None:
-                call.check()
             if run.durable == "step":
                 run.sink.commit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -506,8 +498,6 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
             result = await spec.fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
-            if call.unchecked is not None:
-                await call.acheck()
             if run.durable == "step":
                 await run.sink.acommit()
             delay = call.retry_delay(exc, attempt - first + 1)
@@ -519,8 +509,6 @@ async def run_step_async(spec: Spec, args: tuple[Any, ...], kwargs: dict[str, An
         try:
             value = call.succeed(result)
         except pydantic.ValidationError as exc:
-            if call.unchecked is not None:
-                await call.acheck()
             if run.durable == "step":
                 await run.sink.acommit()
             delay = call.retry_delay(exc, attempt - first + 1)
