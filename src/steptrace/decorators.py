@@ -118,7 +118,8 @@ def step(
 
     ``checks`` are evaluators (``fn(output) -> bool | float | category | (value,
     rationale)``, ``st.check(...)``, ``st.judge(...)``) run inside a run on the output
-    of each succeeded attempt; each writes a score on that attempt, stored with it. A check that raises is a failed score, never the workflow's error.
+    of each succeeded attempt; each writes a score on that attempt, stored with it. A
+    check that raises is a failed score, never the workflow's error.
     """
     evaluators = step_checks(checks)  # a bad checks= fails at decoration
 

@@ -248,6 +248,7 @@ def _raw_output(frame: Frame, exc: BaseException) -> Any:
 
 # --- the attempt loop, shared by sync and async -------------------------------------
 
+
 class _Call:
     """One call of a step or tool inside a run: its key and input, then its attempts."""
 

@@ -1,5 +1,5 @@
 """A step's online checks (``@st.step(checks=[...])``): each evaluator run on the output
-of every attempt that produced one, its verdict a ``code`` score (``llm`` for a judge)
+of every succeeded attempt, its verdict a ``code`` score (``llm`` for a judge)
 on that attempt.
 
 The runtime calls ``Checks.scores`` (``ascores`` in an async step) after the attempt's
