@@ -146,6 +146,18 @@ class LogLine(NamedTuple):
     exception: str | None
 
 
+def batch_logs(runs: Iterable[Any], spans: Iterable[Any]) -> list[LogLine]:
+    """The log records a batch of run and span records carries, numbered within their
+    run or span: an ended run's and every span's."""
+    owners = [*(r for r in runs if r.end_ns is not None), *spans]
+    return [
+        LogLine(rec.run_id, rec.span_id, seq, *entry)
+        for rec in owners
+        if rec.logs
+        for seq, entry in enumerate(rec.logs)
+    ]
+
+
 RUNS = Table(
     "runs",
     (

@@ -35,8 +35,8 @@ from steptrace.store.columns import (
     SPANS,
     Collapse,
     Column,
-    LogLine,
     Table,
+    batch_logs,
     conflict_clause,
 )
 from steptrace.store.migrations import pending
@@ -246,14 +246,7 @@ def prepare(
     runs: Sequence[RunState], spans: Sequence[SpanRecord]
 ) -> tuple[Rows, Rows, Rows, Rows, Rows]:
     """The batch's rows for runs, spans, LLM calls, logs and scores, in column order."""
-    owners: list[RunState | SpanRecord] = [r for r in runs if r.end_ns is not None]
-    owners.extend(spans)
-    logs = [
-        LogLine(rec.run_id, rec.span_id, seq, *entry)
-        for rec in owners
-        if rec.logs
-        for seq, entry in enumerate(rec.logs)
-    ]
+    logs = batch_logs(runs, spans)
     scores = [line for rec in spans if rec.scores for line in rec.scores]
     return (
         [_RUNS.row(r) for r in _latest_runs(runs)],
