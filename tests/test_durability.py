@@ -505,7 +505,7 @@ def test_status_and_store_health_report_what_happened(
     assert status["runs"] == {"succeeded": 4}
     assert status["journals"] == []
     assert status["reports"][0]["spilled"] == 6
-    assert status["schema"] == "0007_evaluation"
+    assert status["schema"] == "0008_lean_spans"
     with pytest.raises(SystemExit):
         cli_main(["--store", str(store_path), "status"])
     text = capsys.readouterr().out

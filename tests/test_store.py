@@ -100,6 +100,7 @@ def test_migrations_are_named_and_recorded(db: Query) -> None:
         "0005_durability",
         "0006_lineage",
         "0007_evaluation",
+        "0008_lean_spans",
     ]
     assert all(r[1] for r in rows)  # when each was applied
 
@@ -144,7 +145,11 @@ def test_indexes_serve_the_design_queries(db: Query, store_path: Path) -> None:
     migrate_store(str(store_path))
     assert ("workflow", "started_at") in _index_prefixes(db, "runs")
     assert ("run_id",) in _index_prefixes(db, "spans")
-    assert ("name", "run_id") in _index_prefixes(db, "spans")
+    # A step's outputs by name and run: one index leads with both (run, then name: a
+    # run's lookup by step name is two equalities), another with the name (its
+    # attempts newest first, across runs).
+    assert ("run_id", "name") in _index_prefixes(db, "spans")
+    assert ("name", "started_at", "run_id") in _index_prefixes(db, "spans")
     assert ("run_id",) in _index_prefixes(db, "logs")
 
 
