@@ -32,7 +32,14 @@ from steptrace.config import get_config
 from steptrace.frames import Frame, current_frame
 from steptrace.otel import conventions
 from steptrace.otel.foreign import ensure_collector
-from steptrace.otel.tracing import context_from_traceparent, new_run_id, span_ids, tracer
+from steptrace.otel.tracing import (
+    context_from_traceparent,
+    new_run_id,
+    new_span_id,
+    provider_installed,
+    span_ids,
+    tracer,
+)
 from steptrace.record import (
     RunState,
     SpanRecord,
@@ -170,14 +177,20 @@ class ActiveSpan:
     ) -> None:
         run = parent.run
         start_ns = time.time_ns()
-        span = tracer().start_span(
-            otel_name,
-            start_time=start_ns,
-            kind=conventions.span_kind(kind),
-            links=links,
-        )
-        _, span_id = span_ids(span)
-        self.otel: Span = span
+        span: Span | None = None
+        if provider_installed():
+            span = tracer().start_span(
+                otel_name,
+                start_time=start_ns,
+                kind=conventions.span_kind(kind),
+                links=links,
+            )
+            _, span_id = span_ids(span)
+        else:
+            # No provider: an API span would record nothing and be the run's (a step's
+            # OTel context would be the run's anyway), so none is made; the ids are ours.
+            span_id = new_span_id()
+        self.otel = span
         self.record = SpanRecord(
             run.state.run_id, span_id, parent.span_id, kind, name, start_ns, attempt, key
         )
@@ -185,10 +198,13 @@ class ActiveSpan:
         self.record.session_id = run.state.session_id
         self.frame = Frame(run, span_id, self.record.logs, kind, key, attempt)
         self.token = current_frame.set(self.frame)
-        self.otel_token = otel_context.attach(trace.set_span_in_context(span))
+        self.otel_token = (
+            None if span is None else otel_context.attach(trace.set_span_in_context(span))
+        )
 
     def detach(self) -> None:
-        otel_context.detach(self.otel_token)
+        if self.otel_token is not None:
+            otel_context.detach(self.otel_token)
         current_frame.reset(self.token)
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -206,13 +222,15 @@ class ActiveSpan:
 
 def _defer_span(
     record: SpanRecord | RunState,
-    span: Span,
+    span: Span | None,
     error: BaseException | None,
 ) -> None:
     """Leave the OTel span to the writer thread: its attributes (made of the record by
     ``steptrace.otel.conventions``) wait for the redaction the writer does for a whole batch
     at once."""
     end_ns = record.end_ns
+    if span is None:
+        return
     if not span.is_recording():
         span.end(end_time=end_ns)
         return
@@ -288,7 +306,11 @@ class _Call:
         kind = "tool" if spec.kind == "tool" else "step"
         # A retry links to the attempt before it (a span link: "follows from").
         previous = self.active
-        links = None if previous is None else [Link(previous.otel.get_span_context())]
+        links = (
+            None
+            if previous is None or previous.otel is None
+            else [Link(previous.otel.get_span_context())]
+        )
         active = ActiveSpan(self.parent, kind, spec.name, spec.otel_name, attempt, self.key, links)
         record = active.record
         record.input = self.input_json

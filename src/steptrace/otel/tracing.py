@@ -35,6 +35,20 @@ def tracer() -> Tracer:
     return _tracer
 
 
+def provider_installed() -> bool:
+    """Whether an application installed a tracer provider (the SDK's, or another): until
+    one is, spans started through the API record nothing, and steptrace starts none."""
+    return not isinstance(trace.get_tracer_provider(), _NO_PROVIDER)
+
+
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def new_span_id() -> str:
+    """16 random hex digits, never all zero (W3C's invalid id)."""
+    return format(_random.getrandbits(64) or 1, "016x")
+
+
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
