@@ -1,15 +1,30 @@
 """Per-step cost of steptrace against a bare OpenTelemetry span carrying the same payload.
 
-Both sides run under one SDK TracerProvider with a BatchSpanProcessor and an
-exporter that drops everything, in the same process, in interleaved rounds. A
-round runs a workflow of 10 steps, each taking and returning ~1 KB of JSON;
-the per-step figure is the round's time / (workflows x 10). steptrace also
-writes every run to a SQLite store in a temporary directory; each steptrace
-round ends by waiting for its writer thread, so all of its background work
-(redaction, span export, SQLite) is charged to it. Prints medians and the
-ratio; exits 0 whatever the figures (a benchmark, not a test).
+A round runs a workflow of 10 steps, each taking and returning ~1 KB of JSON, 200 times
+(``--workflows``); the per-step figure is the round's time / (workflows x 10). Two
+figures per round:
 
-    python -m bench.overhead [--rounds 30] [--workflows 200] [--no-redact]
+- **in the workflow**: wall time from the first call to the last return;
+- **CPU, writer included**: the process's CPU time (every thread: the workflow's, the
+  writer's, the span processor's) from the first call until everything is written
+  (``st.flush()``; for the bare span, ``force_flush()`` of its provider).
+
+The baseline is a bare OpenTelemetry SDK span (a ``TracerProvider`` with a
+``BatchSpanProcessor`` and an exporter that drops everything) with the payload as two
+attributes, serialised the way an instrumentation would. steptrace writes every run to
+a SQLite file in a temporary directory, at each durability level (``off``: written in
+the background; ``run``, the default: committed before the workflow returns; ``step``:
+each step committed before it returns), in two set-ups measured in one process:
+
+1. **no provider installed** (a library user without OpenTelemetry set up): the bare
+   span uses its provider directly, not installed globally, so steptrace sees none;
+2. **provider installed** (``trace.set_tracer_provider``): steptrace's spans go to it.
+
+Rounds of each set-up are interleaved with the baseline's; medians with the spread
+(min–max) are printed, and each steptrace row's ratio to the baseline's median.
+Exits 0 whatever the figures (a benchmark, not a test).
+
+    python -m bench.overhead [--rounds 15] [--workflows 200] [--no-redact]
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -28,6 +43,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 STEPS = 10
+LEVELS = ("off", "run", "step")
 
 
 class DropExporter(SpanExporter):
@@ -57,31 +73,64 @@ def make_payload() -> dict[str, Any]:
 def set_up() -> TracerProvider:
     """What a benchmark runs under: a SQLite store in a temporary directory and an SDK
     TracerProvider whose BatchSpanProcessor drops every span (its provider, installed)."""
-    tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
-    os.environ["STEPTRACE_STORE"] = os.path.join(tmp, "bench.db")
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    provider = new_provider()
+    use_temporary_store()
     trace.set_tracer_provider(provider)
     return provider
 
 
+def new_provider() -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    return provider
+
+
+def use_temporary_store() -> str:
+    tmp = tempfile.mkdtemp(prefix="steptrace-bench-")
+    os.environ["STEPTRACE_STORE"] = path = os.path.join(tmp, "bench.db")
+    return path
+
+
+class Round:
+    """One measured round: (in-workflow wall us/step, CPU us/step writer included)."""
+
+    def __init__(self, workflows: int, payload: dict[str, Any]) -> None:
+        self.workflows = workflows
+        self.payload = payload
+
+    def __call__(self, fn: Callable[[Any], Any], settle: Callable[[], Any]) -> tuple[float, float]:
+        steps = self.workflows * STEPS
+        cpu = time.process_time()
+        started = time.perf_counter()
+        for _ in range(self.workflows):
+            fn(self.payload)
+        ran = time.perf_counter()
+        settle()
+        return (ran - started) / steps * 1e6, (time.process_time() - cpu) / steps * 1e6
+
+
+def _med(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} ({min(values):.0f}–{max(values):.0f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workflows", type=int, default=200, help="workflows per round")
     parser.add_argument(
         "--no-redact", action="store_true", help="measure with redaction off (it is on by default)"
     )
     args = parser.parse_args()
 
-    provider = set_up()
+    provider = new_provider()
+    use_temporary_store()
 
     import steptrace as st
 
     if args.no_redact:
         st.configure(redact=False)
     payload = make_payload()
-    tracer = trace.get_tracer("bench")
+    tracer = provider.get_tracer("bench")
 
     def bare_step(value: dict[str, Any]) -> dict[str, Any]:
         with tracer.start_as_current_span("step") as span:
@@ -99,59 +148,67 @@ def main() -> None:
     def traced_step(value: dict[str, Any]) -> dict[str, Any]:
         return value
 
-    @st.workflow
-    def traced_workflow(value: dict[str, Any]) -> None:
-        for _ in range(STEPS):
-            traced_step(value)
+    workflows: dict[str, Callable[[Any], Any]] = {}
+    for level in LEVELS:
 
-    steps = args.workflows * STEPS
+        def body(value: dict[str, Any]) -> None:
+            for _ in range(STEPS):
+                traced_step(value)
 
-    def per_step_us(fn: Any) -> tuple[float, float]:
-        """(in-workflow us/step, us/step once steptrace's writer has caught up)."""
-        started = time.perf_counter()
-        for _ in range(args.workflows):
-            fn(payload)
-        ran = time.perf_counter()
+        workflows[level] = st.workflow(name=f"bench_{level}", durable=level)(body)
+
+    measure = Round(args.workflows, payload)
+
+    def settle_bare() -> None:
+        provider.force_flush()
+
+    def settle_traced() -> None:
         st.flush(timeout_s=120)
-        settled = time.perf_counter()
-        return (ran - started) / steps * 1e6, (settled - started) / steps * 1e6
 
-    # Warm up both (imports, store creation, caches).
-    per_step_us(bare_workflow)
-    per_step_us(traced_workflow)
-    st.flush()
-
-    bare: list[float] = []
-    traced: list[float] = []
-    sustained: list[float] = []
-    for _ in range(args.rounds):
-        bare.append(per_step_us(bare_workflow)[0])
-        # Each steptrace round waits for its writer thread, so none of its background
-        # work (redaction, span export, SQLite) spills into the next bare round.
-        in_workflow, caught_up = per_step_us(traced_workflow)
-        traced.append(in_workflow)
-        sustained.append(caught_up)
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for setup in ("no provider", "provider installed"):
+        if setup == "provider installed":
+            trace.set_tracer_provider(provider)
+        # Warm up (imports, the store's creation, caches).
+        measure(bare_workflow, settle_bare)
+        for level in LEVELS:
+            measure(workflows[level], settle_traced)
+        for _ in range(args.rounds):
+            results.setdefault((setup, "bare"), []).append(measure(bare_workflow, settle_bare))
+            for level in LEVELS:
+                results.setdefault((setup, level), []).append(
+                    measure(workflows[level], settle_traced)
+                )
 
     with st.Store.open() as store:
-        stored_runs = len(store.runs(last=10**9))
-    bare_med = statistics.median(bare)
-    traced_med = statistics.median(traced)
-    sustained_med = statistics.median(sustained)
+        stored_runs = store.count_runs()
     size = len(orjson.dumps(payload))
-    print(f"payload: {size} bytes in and out per step, {STEPS} steps/workflow")
-    print(f"rounds: {args.rounds} x {args.workflows} workflows each")
+    print(f"payload: {size} bytes in and out per step, {STEPS} steps a workflow")
+    print(f"rounds: {args.rounds} x {args.workflows} workflows of each, interleaved")
     print(f"redaction: {'off' if args.no_redact else 'on (the default)'}")
-    print(f"bare OpenTelemetry span : median {bare_med:7.1f} us/step")
-    print(f"steptrace step          : median {traced_med:7.1f} us/step (in the workflow)")
-    print(f"ratio                   : {traced_med / bare_med:.2f}x  (target <= 1.25x)")
-    print(
-        f"sustained, writer included: median {sustained_med:7.1f} us/step "
-        f"({sustained_med / bare_med:.2f}x; ~{1e6 / sustained_med:,.0f} steps/s; "
-        "the background thread redacts, exports and commits to SQLite)"
-    )
-    print(f"runs stored: {stored_runs} (all of them: nothing dropped)")
+    print("medians (min–max), us per step:")
+    print()
+    print("| set-up | recording | in the workflow | CPU, writer included | CPU vs bare span |")
+    print("|---|---|---|---|---|")
+    for setup in ("no provider", "provider installed"):
+        bare = results[(setup, "bare")]
+        bare_cpu = statistics.median(r[1] for r in bare)
+        print(
+            f"| {setup} | bare OpenTelemetry span | {_med([r[0] for r in bare])} "
+            f"| {_med([r[1] for r in bare])} | 1.00x |"
+        )
+        for level in LEVELS:
+            rows = results[(setup, level)]
+            cpu = statistics.median(r[1] for r in rows)
+            print(
+                f"| {setup} | steptrace, durable={level!r} | {_med([r[0] for r in rows])} "
+                f"| {_med([r[1] for r in rows])} | {cpu / bare_cpu:.2f}x |"
+            )
+    print()
+    print(f"runs stored: {stored_runs} (every one: nothing dropped)")
     if not args.no_redact:
-        redaction_costs(payload, bare_med)
+        bare_cpu = statistics.median(r[1] for r in results[("provider installed", "bare")])
+        redaction_costs(payload, bare_cpu)
     provider.shutdown()
 
 
