@@ -500,3 +500,48 @@ def test_validation_error_text_does_not_leak_keyed_secrets(store_path: Path) -> 
     (attempt,) = run.steps()
     assert attempt.output == {"user": "ada", "password": REDACTED}  # the value is redacted
     assert short_password.encode() not in _store_bytes(store_path)  # ...not the error text
+
+
+# --- the batch scan -------------------------------------------------------------------
+
+
+def _scan_cases() -> Any:
+    from hypothesis import strategies as hs
+
+    from steptrace.record import pipeline
+
+    redactor = pipeline().redactor
+    assert redactor is not None
+    word = hs.sampled_from(redactor.words)
+    cased = word.flatmap(
+        lambda w: hs.lists(hs.booleans(), min_size=len(w), max_size=len(w)).map(
+            lambda ups: "".join(c.upper() if u else c for c, u in zip(w, ups, strict=True))
+        )
+    )
+    filler = hs.text(alphabet="abcdefgh ijk_-./:", max_size=12)
+    piece = hs.one_of(filler, cased)
+    value = hs.lists(piece, max_size=6).map(lambda parts: "".join(parts).encode())
+    return hs.lists(value, min_size=1, max_size=8)
+
+
+def test_the_batch_scan_flags_exactly_the_values_holding_a_hint_word() -> None:
+    """Whatever the values, each is flagged iff it holds one of the words in any case
+    (words inside words, several in one value, a word at a value's edge)."""
+    from hypothesis import given, settings
+
+    from steptrace.record import pipeline
+
+    redactor = pipeline().redactor
+    assert redactor is not None and not redactor.always
+
+    @settings(max_examples=300, deadline=None)
+    @given(_scan_cases())
+    def check(values: list[bytes]) -> None:
+        expected = [
+            any(w.encode() in v.lower() for w in redactor.words)
+            or any(p.search(v) for p in redactor._raw_prefilters)
+            for v in values
+        ]
+        assert redactor.suspects(values) == expected
+
+    check()
