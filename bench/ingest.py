@@ -167,15 +167,26 @@ def _prepared(n_steps: int, proc: int) -> list[tuple[list[Any], list[Any]]]:
 def worker_ingest_path(url: str, n_steps: int, go: str, proc: int) -> dict[str, float]:
     from steptrace.store import open_writer
 
+    from steptrace.store.sqlite import is_locked
+
     batches = _prepared(n_steps, proc)
     writer = open_writer(url)
     _wait(go)
     start = time.time()
+    retries = 0
     for runs, spans in batches:
-        writer.write(runs, spans)
+        while True:
+            try:
+                writer.write(runs, spans)
+                break
+            except Exception as exc:  # another process held SQLite's write lock too long
+                if not is_locked(exc):
+                    raise
+                retries += 1  # (the sink would spill the batch and write it later)
     end = time.time()
     writer.close()
-    return {"start": start, "end": end, "steps": sum(len(s) for _, s in batches)}
+    steps = sum(len(s) for _, s in batches)
+    return {"start": start, "end": end, "steps": steps, "retries": retries}
 
 
 # --- the driver -------------------------------------------------------------------------
