@@ -12,11 +12,14 @@ fence. Who may ask, the headers every answer carries and the one shape of errors
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Annotated, Any, TypeVar, cast
 
 import orjson
@@ -62,6 +65,37 @@ class _Json(JSONResponse):
 def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
     """The documented responses of a route answering ``model``."""
     return {200: {"model": model, "description": "Successful Response"}, **_ERRORS}
+
+
+class _Assets(StaticFiles):
+    """The pages' scripts and styles. Asked for at the version the shell names (a hash
+    of them all), an answer may be kept by the browser: a page loaded again asks the
+    server only for the shell and the data, and a changed UI has a new version, so new
+    addresses. Asked for otherwise, an answer is ``no-store`` as everything else is."""
+
+    def __init__(self, *, directory: str, version: str) -> None:
+        super().__init__(directory=directory)
+        self._query = f"v={version}".encode()
+
+    async def get_response(self, path: str, scope: MutableMapping[str, Any]) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200 and scope.get("query_string") == self._query:
+            response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
+        return response
+
+
+def _assets_version(static: Traversable) -> str:
+    """A hash of the files under ``static``: a new one whenever any of them changes."""
+    digest = hashlib.sha256()
+    for item in sorted(static.iterdir(), key=lambda item: item.name):
+        if item.is_file():
+            digest.update(item.name.encode() + b"\0" + item.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _versioned_shell(shell: bytes, version: str) -> bytes:
+    """The page shell with its scripts and styles asked for at ``version``."""
+    return re.sub(rb'"(/static/[\w.-]+)"', rb'"\1?v=' + version.encode() + rb'"', shell)
 
 
 class _Runs:
@@ -194,7 +228,8 @@ def create_app(
     install(app, token=token, port=port)
     runs_cache = _Runs(store)
     static = resources.files("steptrace.ui") / "static"
-    shell = (static / "index.html").read_bytes()
+    version = _assets_version(static)
+    shell = _versioned_shell((static / "index.html").read_bytes(), version)
 
     def page() -> HTMLResponse:
         return HTMLResponse(shell)
@@ -203,7 +238,7 @@ def create_app(
     for path in (*pages, "/sessions", "/sessions/{session_id:path}"):
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
 
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.mount("/static", _Assets(directory=str(static), version=version), name="static")
 
     # -- API ---------------------------------------------------------------------------
 
