@@ -215,6 +215,7 @@ def test_only_the_pages_scripts_and_styles_at_their_version_may_be_kept(
             "scores.js",
             "sessions.css",
             "sessions.js",
+            "waterfall.js",
         ]
         assert len({version for _, version in assets}) == 1
         for path, version in assets:
