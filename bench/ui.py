@@ -9,10 +9,14 @@ median (and p90) time of each API request a page makes, measured from a client o
 another thread: the runs page (first page, filtered, a deep page), the run page of
 the large run (its light tree, one span's detail, the whole run with values), and
 the question pages. With ``--browser``, also the time for Chromium
-(``/usr/bin/chromium``, through Playwright) to load and draw the large run's page
-and to show a span's detail.
+(``/usr/bin/chromium``, through Playwright) to load and draw the runs page and the
+large run's page (loaded again in one tab, and in a new browser context with nothing
+cached) and to show a span's detail. ``--browser-only`` takes only the Chromium
+figures, over a store of 1,000 runs unless ``--runs`` says otherwise (the run page
+reads one run by its id: the store's size does not change what it costs).
 
     python -m bench.ui [--runs 100000] [--repeat 30] [--rebuild] [--browser]
+    python -m bench.ui --browser-only [--runs 1000] [--repeat 30]
 """
 
 from __future__ import annotations
@@ -149,55 +153,24 @@ def _measure(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> tuple[float
     return statistics.median(times), times[int(0.9 * (len(times) - 1))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--rebuild", action="store_true")
-    parser.add_argument("--browser", action="store_true", help="also time Chromium drawing pages")
-    args = parser.parse_args()
-    os.makedirs(query_bench.DATA_DIR, exist_ok=True)
-    path = os.path.join(query_bench.DATA_DIR, f"ui-{args.runs}.db")
-    if args.rebuild or not os.path.exists(path):
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.remove(path + suffix)
-        build(path, args.runs)
-    query_bench._checkpoint(path)
-
-    store = Store.open(path)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-
-    def get(path: str, **params: Any) -> bytes:
-        qs = urllib.parse.urlencode(params, doseq=True)
-        with urllib.request.urlopen(f"{base}{path}" + (f"?{qs}" if qs else "")) as resp:
-            body: bytes = resp.read()
-            return body
-
+def _api_measures(
+    get: Callable[..., bytes], store: Store, runs: int, path: str, repeat: int
+) -> None:
+    """The API requests each page makes, over HTTP."""
     recent = [r.run_id for r in store.runs(workflow="support", last=200)]
     a, b = recent[10], recent[11]
     big = json.loads(get(f"/api/v1/runs/{BIG_RUN_ID}"))
     some_llm = next(s["span_id"] for s in big["spans"] if s["kind"] == "llm")
-    rows: list[tuple[str, tuple[float, float], int]] = []
 
     def measure(label: str, path: str, target: str = "", **params: Any) -> None:
         size = len(get(path, **params))
-        rows.append((label, _measure(lambda: get(path, **params), args.repeat), size))
-        med, p90 = rows[-1][1]
+        med, p90 = _measure(lambda: get(path, **params), repeat)
         print(
             f"  {label:58} {med:8.2f} ms  (p90 {p90:7.2f}; {size / 1024:7.1f} KiB) {target}",
             flush=True,
         )
 
-    print(f"{args.runs:,} runs + one of {BIG_SPANS:,} spans in {path}; over HTTP, medians:")
+    print(f"{runs:,} runs + one of {BIG_SPANS:,} spans in {path}; over HTTP, medians:")
     measure("runs page: first 50 runs", "/api/v1/runs", "< 200 ms", limit=50)
     measure("runs page: status=failed", "/api/v1/runs", "< 200 ms", status="failed", limit=50)
     measure(
@@ -251,37 +224,121 @@ def main() -> None:
     )
     store.drop_field_index("classify", "classification")
 
-    if args.browser:
-        from playwright.sync_api import sync_playwright
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
+def _browser_measures(base: str, some_llm: str, repeat: int) -> None:
+    """Chromium loading and drawing the runs page and the large run's page, each
+    loaded again in the same tab (the UI's scripts and styles cached, as when a page is
+    opened again) and, for the run page, in a new browser context (nothing cached);
+    then selecting spans."""
+    from playwright.sync_api import sync_playwright
 
-            def load_run() -> None:
-                page.goto(f"{base}/runs/{BIG_RUN_ID}")
-                page.wait_for_selector("body[data-ready='1'] #waterfall .wf-row")
+    viewport = {"width": 1500, "height": 900}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=viewport)
 
-            def load_runs() -> None:
-                page.goto(f"{base}/")
-                page.wait_for_selector("body[data-ready='1'] #runs tbody tr[data-run]")
+        def load(tab: Any, path: str, drawn: str) -> None:
+            tab.goto(f"{base}{path}")
+            tab.wait_for_selector(f"body[data-ready='1'] {drawn}")
 
-            def select_span() -> None:
-                page.click(f".wf-row[data-span='{some_llm}']")
-                page.wait_for_selector("#detail .msg")
-                page.click(".wf-row[data-kind='run']")
-                page.wait_for_selector("#detail [data-section='Input']")
+        def load_run() -> None:
+            load(page, f"/runs/{BIG_RUN_ID}", "#waterfall .wf-row")
 
-            for label, fn in (
-                ("Chromium: runs page loaded and drawn", load_runs),
-                ("Chromium: 2,000-span run page loaded and drawn", load_run),
-                ("Chromium: select an LLM span, then the run (two details)", select_span),
-            ):
-                med, p90 = _measure(fn, max(5, args.repeat // 3), warmup=1)
-                print(f"  {label:58} {med:8.2f} ms  (p90 {p90:7.2f})", flush=True)
-            rows_drawn = page.eval_on_selector_all("#waterfall .wf-row", "els => els.length")
-            print(f"  (the run page drew {rows_drawn:,} waterfall rows)")
-            browser.close()
+        def load_runs() -> None:
+            load(page, "/", "#runs tbody tr[data-run]")
+
+        def select_span() -> None:
+            page.click(f".wf-row[data-span='{some_llm}']")
+            page.wait_for_selector("#detail .msg")
+            page.click(".wf-row[data-kind='run']")
+            page.wait_for_selector("#detail [data-section='Input']")
+
+        def load_run_cold() -> float:
+            context = browser.new_context(viewport=viewport)
+            tab = context.new_page()
+            start = time.perf_counter()
+            load(tab, f"/runs/{BIG_RUN_ID}", "#waterfall .wf-row")
+            elapsed = (time.perf_counter() - start) * 1000
+            context.close()
+            return elapsed
+
+        times = max(5, repeat // 3)
+        for label, fn in (
+            ("Chromium: runs page loaded and drawn", load_runs),
+            ("Chromium: 2,000-span run page loaded and drawn", load_run),
+            ("Chromium: select an LLM span, then the run (two details)", select_span),
+        ):
+            med, p90 = _measure(fn, times, warmup=1)
+            print(f"  {label:58} {med:8.2f} ms  (p90 {p90:7.2f})", flush=True)
+        in_dom = page.eval_on_selector_all("#waterfall .wf-row", "els => els.length")
+        in_tree = page.evaluate(
+            "() => { const b = document.querySelector('#waterfall .wf-body');"
+            " return b ? Math.round(b.getBoundingClientRect().height / 24) : null; }"
+        )
+        load_run_cold()
+        cold = sorted(load_run_cold() for _ in range(times))
+        label = "Chromium: the same run page, nothing cached (new context)"
+        print(
+            f"  {label:58} {statistics.median(cold):8.2f} ms  "
+            f"(p90 {cold[int(0.9 * (len(cold) - 1))]:7.2f})",
+            flush=True,
+        )
+        print(
+            f"  (the run page had {in_dom:,} waterfall rows in the DOM"
+            + (f", of {in_tree:,} in its tree)" if in_tree else ")")
+        )
+        browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--runs", type=int, default=None, help="default 100,000 (1,000 with --browser-only)"
+    )
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--browser", action="store_true", help="also time Chromium drawing pages")
+    parser.add_argument(
+        "--browser-only",
+        action="store_true",
+        help="time only Chromium drawing pages (the run page does not depend on the store's size)",
+    )
+    args = parser.parse_args()
+    runs = args.runs if args.runs is not None else 1_000 if args.browser_only else 100_000
+    os.makedirs(query_bench.DATA_DIR, exist_ok=True)
+    path = os.path.join(query_bench.DATA_DIR, f"ui-{runs}.db")
+    if args.rebuild or not os.path.exists(path):
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        build(path, runs)
+    query_bench._checkpoint(path)
+
+    store = Store.open(path)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, **params: Any) -> bytes:
+        qs = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{base}{path}" + (f"?{qs}" if qs else "")) as resp:
+            body: bytes = resp.read()
+            return body
+
+    if not args.browser_only:
+        _api_measures(get, store, runs, path, args.repeat)
+    if args.browser or args.browser_only:
+        if args.browser_only:
+            print(f"{runs:,} runs + one of {BIG_SPANS:,} spans in {path}; in Chromium, medians:")
+        big = json.loads(get(f"/api/v1/runs/{BIG_RUN_ID}"))
+        some_llm = next(s["span_id"] for s in big["spans"] if s["kind"] == "llm")
+        _browser_measures(base, some_llm, args.repeat)
     server.should_exit = True
     thread.join(timeout=5)
     store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
@@ -193,6 +194,40 @@ def test_errors_carry_the_headers_of_pages_and_head_works(
         assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "forbidden"
         _assert_hardened(foreign)
         assert client.head("/api/v1/config", headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_only_the_pages_scripts_and_styles_at_their_version_may_be_kept(
+    ui_server: UIServer,
+) -> None:
+    """The shell names each script and style at a version (a hash of them all); asked
+    for so, they may be cached; anything else (the store's content) is ``no-store``."""
+    with httpx.Client(base_url=ui_server.url, timeout=10) as client:
+        shell = client.get("/runs/abc")
+        _assert_hardened(shell)
+        assets = re.findall(r'"(/static/[\w.-]+)\?v=([0-9a-f]{16})"', shell.text)
+        names = sorted(path.rsplit("/", 1)[1] for path, _ in assets)
+        assert names == [
+            "app.css",
+            "app.js",
+            "evaluation.css",
+            "experiments.js",
+            "lineage.js",
+            "scores.js",
+            "sessions.css",
+            "sessions.js",
+            "waterfall.js",
+        ]
+        assert len({version for _, version in assets}) == 1
+        for path, version in assets:
+            kept = client.get(path, params={"v": version})
+            assert kept.status_code == 200 and kept.content
+            assert kept.headers["cache-control"] == "private, max-age=31536000, immutable"
+            for name in ("x-content-type-options", "content-security-policy"):
+                assert kept.headers[name] == shell.headers[name]
+            _assert_hardened(client.get(path))  # not at the version: no-store
+            _assert_hardened(client.get(path, params={"v": "0" * 16}))
+        _assert_hardened(client.get("/api/v1/runs"))
+        assert client.get("/static/nothing.js", params={"v": assets[0][1]}).status_code == 404
 
 
 def test_the_ui_shows_no_store_password(new_postgres_database: Callable[[], str]) -> None:

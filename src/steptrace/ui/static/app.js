@@ -237,51 +237,6 @@ async function runsPage() {
 
 // --- run page -------------------------------------------------------------------------
 
-function buildTree(run) {
-  // Nodes by span id; retries of one step call (same step_key under the same parent)
-  // are grouped under a synthetic "attempts" node so they read as one call.
-  const nodes = new Map();
-  const root = { id: run.span_id, kind: "run", name: run.workflow, status: run.status, start: run.started_at,
-    end: run.ended_at, duration_ms: run.duration_ms, children: [], depth: 0 };
-  nodes.set(run.span_id, root);
-  for (const s of run.spans) nodes.set(s.span_id, { id: s.span_id, span: s, kind: s.kind, name: s.name, status: s.status,
-    start: s.started_at, end: s.ended_at, duration_ms: s.duration_ms, children: [] });
-  for (const s of run.spans) {
-    const parent = nodes.get(s.parent_span_id) || root;
-    parent.children.push(nodes.get(s.span_id));
-  }
-  for (const node of nodes.values()) {
-    const byKey = new Map();
-    for (const c of node.children) if (c.span && c.span.step_key) {
-      if (!byKey.has(c.span.step_key)) byKey.set(c.span.step_key, []);
-      byKey.get(c.span.step_key).push(c);
-    }
-    const grouped = [];
-    const done = new Set();
-    for (const c of node.children) {
-      const key = c.span && c.span.step_key;
-      const sibs = key ? byKey.get(key) : null;
-      if (sibs && sibs.length > 1) {
-        if (done.has(key)) continue;
-        done.add(key);
-        const last = sibs[sibs.length - 1];
-        grouped.push({ id: "group:" + key + ":" + node.id, group: true, kind: last.kind, name: last.name,
-          status: last.status, attempts: sibs.length, start: sibs[0].start, end: last.end,
-          duration_ms: (new Date(last.end || last.start) - new Date(sibs[0].start)), children: sibs });
-      } else grouped.push(c);
-    }
-    node.children = grouped;
-  }
-  return root;
-}
-
-function flatten(node, depth, out, collapsed) {
-  node.depth = depth;
-  out.push(node);
-  if (!collapsed.has(node.id)) for (const c of node.children) flatten(c, depth + 1, out, collapsed);
-  return out;
-}
-
 async function runPage(runId) {
   const root = clear(main());
   let run;
@@ -321,61 +276,16 @@ async function runPage(runId) {
   const scores = runScoresView(run); // scores.js
   if (scores) head.append(scores);
 
-  const tree = buildTree(run);
-  const collapsed = new Set();
-  const t0 = new Date(run.started_at).getTime();
-  const endTimes = run.spans.map((s) => new Date(s.ended_at || s.started_at).getTime());
-  const total = Math.max(1, (run.ended_at ? new Date(run.ended_at).getTime() : Math.max(t0, ...endTimes)) - t0,
-    ...endTimes.map((e) => e - t0));
-  const wf = el("div", { class: "wf", id: "waterfall" });
+  let selected = null;
+  const waterfall = waterfallView(run, (id) => select(id)); // waterfall.js
+  const wf = waterfall.element;
   const detail = el("div", { class: "pane detail", id: "detail" },
     el("div", { class: "pane-h" }, "span"), el("div", { class: "body muted", text: "Select a span in the waterfall." }));
-  let selected = null;
 
-  const ticks = el("div", { class: "ticks" });
-  for (let i = 0; i < 4; i++) ticks.append(el("span", { class: "tick", style: `left:${i * 25}%`, text: fmt.ms(total * i / 4) }));
-  const axis = el("div", { class: "axis" }, el("div", { style: "padding-left:8px", text: "span" }), ticks, el("div", { style: "text-align:right;padding-right:8px", text: "duration" }));
-
-  function row(node) {
-    const startMs = new Date(node.start).getTime() - t0;
-    const dur = node.duration_ms === null || node.duration_ms === undefined
-      ? Math.max(0, (node.end ? new Date(node.end).getTime() : t0 + total) - new Date(node.start).getTime()) : node.duration_ms;
-    const left = Math.max(0, Math.min(100, (startMs / total) * 100));
-    const width = Math.max(0.15, Math.min(100 - left, (dur / total) * 100));
-    const hasKids = node.children.length > 0;
-    const tw = el("span", { class: "tw", text: hasKids ? (collapsed.has(node.id) ? "▸" : "▾") : "" });
-    if (hasKids) tw.addEventListener("click", (e) => { e.stopPropagation(); collapsed.has(node.id) ? collapsed.delete(node.id) : collapsed.add(node.id); draw(); });
-    const s = node.span;
-    const nameBits = [tw, badge(node.group ? "retry" : node.kind, node.group ? "warn" : node.kind),
-      el("span", { class: "nm" + (node.status === "failed" ? " failed" : ""), text: node.name })];
-    if (node.group) nameBits.push(el("span", { class: "pill retry", text: `${node.attempts} attempts` }));
-    if (s && s.attempt && s.step_key) nameBits.push(el("span", { class: "pill", title: "attempt", text: "#" + s.attempt }));
-    if (s && s.error) nameBits.push(el("span", { class: "badge fail", title: s.error.message, text: s.error.validation ? "invalid" : s.error.type || "error" }));
-    if (s && s.llm && !node.name.includes(s.llm.model)) nameBits.push(el("span", { class: "muted mono", text: s.llm.model }));
-    if (!node.group) nameBits.push(scoreBadge(run, node.id));
-    const bar = el("div", { class: `wf-bar ${node.group ? "grp" : node.kind} ${node.status === "failed" && !node.group ? "failed" : ""}`,
-      style: `left:${left}%;width:${width}%`, title: `${node.name} · ${fmt.ms(dur)}` });
-    const r = el("div", { class: "wf-row" + (node.group ? " group" : "") + (selected === node.id ? " sel" : ""),
-      "data-span": node.group ? null : node.id, "data-kind": node.kind, "data-name": node.name, "data-status": node.status,
-      "data-attempt": s && s.attempt ? s.attempt : null },
-      el("div", { class: "wf-name", style: `padding-left:${4 + node.depth * 14}px` }, nameBits),
-      el("div", { class: "wf-track" }, bar),
-      el("div", { class: "wf-dur", text: fmt.ms(dur) }));
-    if (!node.group) r.addEventListener("click", () => select(node.id));
-    return r;
-  }
-  function draw() {
-    const rows = flatten(tree, 0, [], collapsed);
-    const frag = document.createDocumentFragment();
-    frag.append(axis);
-    for (const n of rows) frag.append(row(n));
-    clear(wf).append(frag);
-  }
   async function select(id) {
     selected = id;
-    wf.querySelectorAll(".wf-row.sel").forEach((r) => r.classList.remove("sel"));
-    const r = wf.querySelector(`.wf-row[data-span="${CSS.escape(id)}"]`);
-    if (r) r.classList.add("sel");
+    waterfall.mark(id);
+    waterfall.reveal(id);
     history.replaceState(null, "", location.pathname + location.search + "#span=" + id);
     const body = el("div", { class: "body muted", text: "Loading…" });
     clear(detail).append(el("div", { class: "pane-h" }, "span ", el("span", { class: "mono", text: id })), body);
@@ -388,22 +298,29 @@ async function runPage(runId) {
       body.append(...spanDetail(span, run, siblings, select));
     } catch (e) { body.textContent = "error: " + e.message; }
   }
+  // Find a span by name, step key or id: Enter for the next match, Shift+Enter before.
+  const found = el("span", { class: "muted", id: "wf-found" });
+  const finder = el("input", { type: "search", class: "wf-find", id: "wf-find", placeholder: "find span: name, step key, id",
+    onkeydown: (e) => {
+      if (e.key !== "Enter") return;
+      e.preventDefault();
+      const hit = waterfall.find(finder.value, selected, e.shiftKey ? -1 : 1);
+      found.textContent = !hit ? "" : hit.id ? `${hit.nth} of ${hit.count}` : "no match";
+      if (hit && hit.id) select(hit.id);
+    } });
   const legend = el("span", { class: "legend" }, ["step", "llm", "tool", "other"].map((k) =>
     el("span", { style: `--c:var(--k-${k})`, text: k })), el("span", { style: "--c:var(--fail)", text: "failed" }));
   root.append(head, el("div", { class: "split" },
-    el("div", { class: "pane" }, el("div", { class: "pane-h" }, `${run.spans.length} spans · waterfall and tree`, legend), wf),
+    el("div", { class: "pane" }, el("div", { class: "pane-h" }, `${run.spans.length} spans · waterfall and tree`, finder, found, legend), wf),
     detail));
-  draw();
   // Up/down (or k/j) move the selection through the waterfall's spans.
   const onKey = (e) => {
     if (!document.body.contains(wf)) { document.removeEventListener("keydown", onKey); return; }
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.ctrlKey || e.metaKey || e.altKey) return;
     const step = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 }[e.key];
     if (!step) return;
-    const rows = [...wf.querySelectorAll(".wf-row[data-span]")];
-    const at = rows.findIndex((r) => r.dataset.span === selected);
-    const next = rows[Math.max(0, Math.min(rows.length - 1, at + step))];
-    if (next) { e.preventDefault(); next.scrollIntoView({ block: "nearest" }); select(next.dataset.span); }
+    const next = waterfall.next(selected, step);
+    if (next) { e.preventDefault(); select(next); }
   };
   document.addEventListener("keydown", onKey);
   const m = location.hash.match(/span=([0-9a-f]+)/);
