@@ -21,7 +21,6 @@ Conventions shared by every question:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,9 +29,12 @@ from typing import Any, Protocol, TypedDict, TypeVar
 import orjson
 
 from steptrace.errors import QueryError
+from steptrace.query.indexes import field_index_name as field_index_name  # older imports
+from steptrace.query.indexes import field_index_sql as field_index_sql  # older imports
+from steptrace.query.indexes import indexable
 from steptrace.query.where import format_path, score_name, step_field
 from steptrace.record import stored_name
-from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
+from steptrace.store.dialect import Dialect, Sql
 from steptrace.store.model import RunRecord
 
 Row = tuple[Any, ...]
@@ -275,45 +277,3 @@ def numeric_summary(numbers: list[float]) -> NumericSummary | None:
 def _number(value: float | None) -> float:
     assert value is not None
     return value
-
-
-# --- field indexes --------------------------------------------------------------------
-
-
-def field_index_name(step: str, field: str) -> str:
-    column, path = step_field(field)
-    digest = hashlib.sha1(orjson.dumps([step, column, path])).hexdigest()[:16]
-    return f"field_{digest}"
-
-
-def indexable(step: str, path: Sequence[str | int]) -> bool:
-    """Whether a field index can be made for the step and path: its SQL spells them
-    out (an index cannot take parameters), so only names and keys of a strict character
-    set are accepted (``dialect.index_literal``)."""
-    return index_literal_ok(step) and all(index_literal_ok(p) for p in path if isinstance(p, str))
-
-
-def field_index_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
-    """(name, CREATE INDEX statement) of the expression index that lets
-    ``distribution(step, field)`` read the field from the index instead of parsing
-    every output: a partial index over that step's spans. ``QueryError`` for a step
-    name or field key ``indexable`` refuses."""
-    if score_name(field) is not None:
-        raise QueryError(
-            f"{field} is a score, read from the scores' own indexes; an output field "
-            f"named score is output.{field}"
-        )
-    column, path = step_field(field)
-    step = stored_name(step)
-    if not indexable(step, path):
-        raise QueryError(
-            f"cannot index {step}.{field}: an index's SQL spells out the step name and the "
-            "field's keys, so they may hold only letters, digits, spaces and _ . : / < > @ "
-            "# + - (dist reads any field without an index)"
-        )
-    name = field_index_name(step, field)
-    expr = d.json_at(column, path, literal=True)
-    return name, (
-        f"CREATE INDEX IF NOT EXISTS {name} ON spans (name, started_at, run_id, step_key, "
-        f"attempt, ({expr.text})) WHERE name = {index_literal(step)} AND step_key IS NOT NULL"
-    )

@@ -351,8 +351,14 @@ class Store:
     def _where(self, runs: RunFilter, *, every: bool = False) -> tuple[str, list[Any]]:
         """`` WHERE …`` (or nothing) choosing ``runs`` (``every``: all of them are
         wanted, not a page), and its parameters."""
-        conds, params = runs.sql(self.dialect, every=every)
+        from steptrace.query.indexes import listed_runs
+
+        listed = listed_runs(self._reader, runs.where, every=every, exists=self._index_exists)
+        conds, params = runs.sql(self.dialect, every=every, listed=listed)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
+
+    def _index_exists(self, name: str) -> bool:
+        return self.engine.index_exists(name)
 
     def derived(self, run_id: str) -> list[DerivedRun]:
         """The runs made from this run (id or unambiguous prefix), newest first: its
@@ -709,23 +715,30 @@ class Store:
         return workflows(self._reader)
 
     def index_field(self, step: str, field: str) -> str:
-        """Create (if needed) an expression index that serves ``distribution(step,
-        field)`` from the index rather than by parsing each output; returns its name.
-        Building it reads the whole spans table once."""
-        from steptrace.query.distribution import field_index_sql
+        """Create (if needed) the two expression indexes of ``step``'s ``field``: one by
+        time, which serves ``distribution(step, field)`` from the index rather than by
+        parsing each output, and one by value, which ``runs(where=…)`` and
+        ``count_runs`` use to find the runs with a rare value of the field (see
+        ``steptrace.query.indexes``); returns the first one's name. Building them reads
+        the whole spans table (twice on SQLite)."""
+        from steptrace.query.indexes import field_index_sql, value_index_sql
 
         name, sql = field_index_sql(self.dialect, step, field)
+        _, by_value = value_index_sql(self.dialect, step, field)
         self.flush_own_writes()
         self.engine.ddl(sql)
+        self.engine.ddl(by_value)
         return name
 
     def drop_field_index(self, step: str, field: str) -> bool:
-        """Drop the index ``index_field(step, field)`` made; False if there was none."""
-        from steptrace.query.distribution import field_index_name
+        """Drop the indexes ``index_field(step, field)`` made; False if there were
+        none."""
+        from steptrace.query.indexes import field_index_name, value_index_name
 
-        name = field_index_name(step, field)
-        existed = self.engine.index_exists(name)
-        self.engine.ddl(f"DROP INDEX IF EXISTS {name}")
+        existed = False
+        for name in (field_index_name(step, field), value_index_name(step, field)):
+            existed = self.engine.index_exists(name) or existed
+            self.engine.ddl(f"DROP INDEX IF EXISTS {name}")
         return existed
 
     # -- SQL --------------------------------------------------------------------------
