@@ -116,13 +116,14 @@ def answers(store: st.Store, text: str) -> tuple[list[list[str]], int]:
     return pages, store.count_runs(where=text)
 
 
-@pytest.mark.parametrize("few", [indexes.FEW_RUNS, 4])
+@pytest.mark.parametrize("few_per_run", [indexes.FEW_PER_RUN, 1])
 def test_indexed_where_lists_the_same_runs_in_the_same_order(
-    store: st.Store, picks: Picks, few: int, monkeypatch: pytest.MonkeyPatch
+    store: st.Store, picks: Picks, few_per_run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With few=4 a value held by 4 attempts or more is checked run by run, newest first
-    (the index is not selective enough), a rarer one from the index's list."""
-    monkeypatch.setattr(indexes, "FEW_RUNS", few)
+    """With 1 attempt per run the page needs, a page of N runs is chosen among those
+    the index lists when fewer than N attempts hold the value, else run by run, newest
+    first (the pages below take both ways); counts always use the list."""
+    monkeypatch.setattr(indexes, "FEW_PER_RUN", few_per_run)
     before = {text: answers(store, text) for text in SERVED + NOT_SERVED}
     for text in SERVED:
         expected = expected_runs(picks, text)
@@ -131,10 +132,14 @@ def test_indexed_where_lists_the_same_runs_in_the_same_order(
         assert before[text][1] == len(expected), text
     for field in FIELDS:
         store.index_field("pick", field)
-    listed = listed_runs(store._reader, SERVED, every=False, exists=store.engine.index_exists)
-    rare = {t for t in SERVED if len(expected_runs(picks, t)) * 2 < few}  # attempts ≤ 2 a run
-    assert rare <= set(listed) and (few > 4 or len(listed) < len(SERVED)), listed
-    assert not listed_runs(store._reader, NOT_SERVED, every=True, exists=store.engine.index_exists)
+    exists = store.engine.index_exists
+    assert set(listed_runs(store._reader, SERVED, need=None, exists=exists)) == set(SERVED)
+    listed = listed_runs(store._reader, SERVED, need=30, exists=exists)
+    if few_per_run == 1:
+        assert "pick.output.kind = rare" in listed and len(listed) < len(SERVED), listed
+    else:
+        assert set(listed) == set(SERVED)
+    assert not listed_runs(store._reader, NOT_SERVED, need=None, exists=exists)
     after = {text: answers(store, text) for text in SERVED + NOT_SERVED}
     assert after == before
 
@@ -145,7 +150,7 @@ def test_a_rare_value_is_looked_up_in_the_by_value_index(store: st.Store) -> Non
     name = value_index_name("pick", "kind")
     store.index_field("pick", "kind")
     runs = RunFilter.of(where="pick.kind = rare")
-    listed = listed_runs(store._reader, runs.where, every=False, exists=store.engine.index_exists)
+    listed = listed_runs(store._reader, runs.where, need=5, exists=store.engine.index_exists)
     conds, params = runs.sql(store.dialect, listed=listed)
     sql = f"SELECT run_id FROM runs WHERE {' AND '.join(conds)} ORDER BY started_at DESC LIMIT 5"
     if store.dialect.name == "sqlite":

@@ -7,12 +7,13 @@ indexes: only rows of that step name are in them):
 - by time, ``(name, started_at, run_id, step_key, attempt, value)``: ``distribution``
   reads the field from the index instead of parsing each output;
 - by value, ``(name, value, run_id)`` (the name too, so that SQLite's planner prefers
-  it to the index by time for a range of values): a ``--where`` predicate on the field that compares
-  it with a text or a number (``= < <= > >=``) and is *selective* is answered by first
-  looking up the runs whose attempts hold such a value (at most ``FEW_RUNS`` rows, or
-  every one when all matching runs are wanted, as a count), then checking the exact
-  predicate on those runs only. A predicate that matches many rows keeps the newest-first
-  check run by run, which finds a page within a few runs.
+  it to the index by time for a range of values): a ``--where`` predicate on the field
+  that compares it with a text or a number (``= < <= > >=``) and is *selective* is
+  answered by first looking up the runs whose attempts hold such a value (when fewer
+  than ``FEW_PER_RUN`` attempts per run the page needs do, or always when every
+  matching run is wanted, as a count), then checking the exact predicate on those runs
+  only. A predicate that matches many rows keeps the newest-first check run by run,
+  which finds a page within a few runs.
 
 The look-up is a superset of the predicate's runs (any attempt, not only the final one;
 a value index orders values of every JSON type), so the runs listed and their order are
@@ -35,9 +36,14 @@ from steptrace.store.dialect import Dialect, Sql, compose, index_literal, index_
 if TYPE_CHECKING:
     from steptrace.query.distribution import Reader
 
-FEW_RUNS = 2000
-"""Up to this many attempts holding the value, a page of runs is chosen among theirs;
-past it, run by run, newest first."""
+FEW_PER_RUN = 40
+"""A page that needs N runs (its size plus its offset) is chosen among the runs the
+index lists when fewer than ``FEW_PER_RUN`` x N attempts hold the value (a page of 50:
+2,000); past that, run by run, newest first. Checking one listed run costs about what
+checking one run of the newest-first walk does, and the walk finds N matches after
+about N x runs / matches runs: so the list wins while matches are fewer than about
+sqrt(N x runs); 40 x N is that for N = 50 on a store of 100,000 runs, and errs towards
+the list (a few ms) on smaller stores and towards the walk on larger ones."""
 
 _LOOKUP_OPS = ("=", "<", "<=", ">", ">=")
 
@@ -146,11 +152,12 @@ def value_lookup(pred: Predicate, d: Dialect) -> tuple[str, Sql] | None:
 
 
 def listed_runs(
-    db: Reader, where: Sequence[str], *, every: bool, exists: Callable[[str], bool]
+    db: Reader, where: Sequence[str], *, need: int | None, exists: Callable[[str], bool]
 ) -> dict[str, Sql]:
     """For each ``where`` predicate a by-value index serves (``exists`` says whether an
-    index of that name is in the store) and that is selective, or for every such one
-    when ``every`` matching run is wanted: the query of the runs that may satisfy it
+    index of that name is in the store) and that is selective for a page that needs
+    ``need`` runs (``FEW_PER_RUN``), or for every such one when all matching runs are
+    wanted (``need`` None: a count): the query of the runs that may satisfy it
     (``value_lookup``), by the predicate's text (``RunFilter.sql``'s ``listed``)."""
     out: dict[str, Sql] = {}
     for text in where:
@@ -158,9 +165,10 @@ def listed_runs(
         if found is None or not exists(found[0]):
             continue
         runs = found[1]
-        if not every:
-            few = db.rows(f"SELECT count(*) FROM ({runs.text} LIMIT {FEW_RUNS}) few", runs.params)
-            if few[0][0] >= FEW_RUNS:
+        if need is not None:
+            cap = FEW_PER_RUN * max(need, 1)
+            few = db.rows(f"SELECT count(*) FROM ({runs.text} LIMIT {cap}) few", runs.params)
+            if few[0][0] >= cap:
                 continue
         out[text] = runs
     return out

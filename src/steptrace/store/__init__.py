@@ -286,7 +286,7 @@ class Store:
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
         runs.session = session
-        clause, params = self._where(runs)
+        clause, params = self._where(runs, need=last + offset)
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
@@ -314,7 +314,7 @@ class Store:
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
         runs.session = session
-        clause, params = self._where(runs, every=True)
+        clause, params = self._where(runs, need=None)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def sessions(
@@ -348,13 +348,15 @@ class Store:
 
         return count_sessions(self._reader, workflow, since=since, until=until)
 
-    def _where(self, runs: RunFilter, *, every: bool = False) -> tuple[str, list[Any]]:
-        """`` WHERE …`` (or nothing) choosing ``runs`` (``every``: all of them are
-        wanted, not a page), and its parameters."""
+    def _where(self, runs: RunFilter, *, need: int | None) -> tuple[str, list[Any]]:
+        """`` WHERE …`` (or nothing) choosing ``runs`` for a page that needs ``need`` of
+        them (its size plus its offset; None: all of them are wanted, a count), and its
+        parameters. A predicate on an indexed field is looked up in the field's index
+        first when that is quicker (``steptrace.query.indexes``)."""
         from steptrace.query.indexes import listed_runs
 
-        listed = listed_runs(self._reader, runs.where, every=every, exists=self._index_exists)
-        conds, params = runs.sql(self.dialect, every=every, listed=listed)
+        listed = listed_runs(self._reader, runs.where, need=need, exists=self._index_exists)
+        conds, params = runs.sql(self.dialect, every=need is None, listed=listed)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
 
     def _index_exists(self, name: str) -> bool:
