@@ -35,10 +35,18 @@ from typing import Any
 
 import orjson
 
+from steptrace.query.distribution import distribution_sql
 from steptrace.record import LLMUsage, RunState, SpanRecord, input_hash
 from steptrace.store import Store, open_writer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RARE = "classify.output.classification = legal"
+"""A value 0.05% of the runs hold (issue 16: the runs page's rare-value filter)."""
+RARE_PAGE = "runs --where classification = legal (0.05%), page of 50"
+DIST_ROWS = "  its rows only (the same SQL, fetched: a floor)"
+DIST_INDEXED = "  the same, field indexed (steptrace index)"
+COMMON = "classify.output.classification = refund"
+COMMON_PAGE = "runs --where classification = refund (15%), page of 20"
 DATA_DIR = os.path.join(HERE, ".data")
 WORKFLOW = "support"
 RUN_INTERVAL_NS = 860_000_000
@@ -375,20 +383,38 @@ def _questions(path: str, args: argparse.Namespace) -> None:
             warmup=0,
         )
         measure("a run's full tree (Store.run), warm", lambda i: store.run(picks[i]), n, "1")
+        dist_sql, dist_params = distribution_sql(store.dialect, "classify", "classification")
         measure(
             "distribution over the last 1,000 runs",
             lambda i: store.distribution("classify", "classification", last=1000),
             n,
             "2",
         )
-        store.index_field("classify", "classification")
+        measure(
+            DIST_ROWS,
+            lambda i: store.engine.rows_of_runs(dist_sql, dist_params, 1000),
+            n,
+            "",
+        )
+        measure(
+            RARE_PAGE,
+            lambda i: store.runs(where=RARE, last=50),
+            max(5, n // 10),
+            "200",
+        )
+        measure("  count_runs of the same", lambda i: store.count_runs(where=RARE), 5, "")
+        measure(COMMON_PAGE, lambda i: store.runs(where=COMMON), n, "")
+        store.index_field("classify", "classification")  # steptrace index classify classification
         _checkpoint(path)
         measure(
-            "  the same, field indexed (steptrace index)",
+            DIST_INDEXED,
             lambda i: store.distribution("classify", "classification", last=1000),
             n,
             "2",
         )
+        measure(f"{RARE_PAGE}, indexed", lambda i: store.runs(where=RARE, last=50), n, "200")
+        measure("  count_runs of the same, indexed", lambda i: store.count_runs(where=RARE), n, "")
+        measure(f"{COMMON_PAGE}, indexed", lambda i: store.runs(where=COMMON), n, "")
         measure(
             "stats over the last 10,000 runs",
             lambda i: store.step_stats(WORKFLOW, last=10_000),
@@ -397,11 +423,13 @@ def _questions(path: str, args: argparse.Namespace) -> None:
         )
         measure("diff of two runs", lambda i: store.diff(picks[i], picks[i + 1]), n, "20")
         measure("compare against 100", lambda i: store.compare(picks[i], 100), n, "20")
-        measure(
-            "runs --where (a page of 20)",
-            lambda i: store.runs(where="classify.output.classification = refund"),
-            n,
-            "",
+        median = {label.strip(): med for label, (med, _), _ in rows}
+        plain = median["distribution over the last 1,000 runs"]
+        print(
+            f"\ndistribution ÷ its rows only: {plain / median[DIST_ROWS.strip()]:.2f}; "
+            f"÷ the indexed distribution: {plain / median[DIST_INDEXED.strip()]:.2f}; "
+            f"rare-value page, unindexed ÷ indexed: "
+            f"{median[RARE_PAGE] / median[f'{RARE_PAGE}, indexed']:.0f}"
         )
         print("\n| question | median | p90 | target |\n|---|---|---|---|")
         for label, (median, p90), target in rows:

@@ -37,7 +37,7 @@ import steptrace.config
 from steptrace.store import memory
 from tests.support import pg_server
 from tests.support.anthropic_server import FakeAnthropic
-from tests.support.helpers import BACKENDS, is_postgres, raw_sql, span_hex
+from tests.support.helpers import BACKENDS, is_postgres, raw_sql, record_on_backend, span_hex
 from tests.support.openai_server import FakeOpenAI
 from tests.support.otlp_collector import HTTPCollector
 from tests.support.query_data import Recorded, record
@@ -220,9 +220,7 @@ def own_server(postgres_server: str) -> Iterator[pg_server.PostgresServer]:
 def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """The runs of ``support/query_data.py``, recorded into a store of their own once per
     module and backend (the query tests only read it)."""
-    if request.param == "sqlite":
-        return record(tmp_path_factory.mktemp("known") / "known.db")
-    return record(request.getfixturevalue("new_postgres_database")())
+    return record_on_backend(request, tmp_path_factory, record, "known")
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import textwrap
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -51,6 +51,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPTRACE_"))}
     env.update(extra)
     return env
+
+
+T = TypeVar("T")
+
+
+def record_on_backend(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    record: Callable[[str], T],
+    name: str,
+) -> T:
+    """A module's known runs (``record(url)``) in a fresh store of the fixture's backend
+    (``request.param``): a SQLite file named after ``name``, or a new PostgreSQL
+    database."""
+    if request.param == "sqlite":
+        return record(str(tmp_path_factory.mktemp(name) / f"{name}.db"))
+    url: str = request.getfixturevalue("new_postgres_database")()
+    return record(url)
 
 
 @contextmanager

@@ -21,7 +21,6 @@ Conventions shared by every question:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,9 +29,12 @@ from typing import Any, Protocol, TypedDict, TypeVar
 import orjson
 
 from steptrace.errors import QueryError
+from steptrace.query.indexes import field_index_name as field_index_name  # older imports
+from steptrace.query.indexes import field_index_sql as field_index_sql  # older imports
+from steptrace.query.indexes import indexable
 from steptrace.query.where import format_path, score_name, step_field
 from steptrace.record import stored_name
-from steptrace.store.dialect import Dialect, Sql, index_literal, index_literal_ok
+from steptrace.store.dialect import Dialect, Sql
 from steptrace.store.model import RunRecord
 
 Row = tuple[Any, ...]
@@ -173,21 +175,28 @@ def distribution_sql(
     d: Dialect, step: str, field: str, workflow: str | None = None
 ) -> tuple[str, list[Any]]:
     """The query ``distribution`` walks: the step's attempts newest first (an index on
-    (name, started_at)), with the field's value. The step name is a parameter (both
-    engines use a partial index made for a name with it)."""
+    (name, started_at)), each as its run id, its step key and the field's value (JSON
+    text). The key is NULL for the first attempt of the step's first call
+    (``step#0``), the row that shows a run whole: most rows are such, and a NULL costs
+    Python less to receive than a text. The step name is a parameter (both engines use
+    a partial index made for a name with it)."""
     _, value = _value_sql(d, step, field)
     name = stored_name(step)
+    columns = (
+        "s.run_id, CASE WHEN s.attempt = 1 AND s.step_key = ? THEN NULL ELSE s.step_key END, "
+        f"{value.text}"
+    )
+    params = [f"{name}#0", *value.params, name]
     if workflow is None:
         return (
-            f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
+            f"SELECT {columns} FROM spans s "
             "WHERE s.name = ? AND s.step_key IS NOT NULL ORDER BY s.started_at DESC"
-        ), [*value.params, name]
+        ), params
     return (
-        f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
-        f"{d.ordered_join} runs r ON r.run_id = s.run_id "
+        f"SELECT {columns} FROM spans s {d.ordered_join} runs r ON r.run_id = s.run_id "
         "WHERE s.name = ? AND s.step_key IS NOT NULL AND r.workflow = ? "
         "ORDER BY s.started_at DESC"
-    ), [*value.params, name, stored_name(workflow)]
+    ), [*params, stored_name(workflow)]
 
 
 def distribution(
@@ -201,38 +210,46 @@ def distribution(
     column, value = _value_sql(d, step, field)
     sql, params = distribution_sql(d, step, field, workflow)
     rows = db.rows_of_runs(sql, params, last)
-    # A run's first call of the step starts before its other attempts of it, so a run
-    # whose first attempt of ``step#0`` was walked past is complete; one whose attempts
+    # Newest first: the first row of an occurrence is its final attempt. A run's first
+    # call of the step starts before its other attempts of it, so a run whose first
+    # attempt of ``step#0`` (key NULL) was walked past is complete; one whose attempts
     # interleave with another run's (concurrent runs) may have older attempts left
-    # behind the stopping point: read those runs' attempts whole.
+    # behind the stopping point: read those runs' attempts whole. Most rows are such a
+    # first attempt, final unless a later attempt of its call came first: they are
+    # taken by comprehensions, and values counted by their text (this loop was a third
+    # of a distribution's time).
     first_key = f"{stored_name(step)}#0"
-    complete = {r[0] for r in rows if r[2] == 1 and r[1] == first_key}
-    partial = sorted({r[0] for r in rows} - complete)
+    plain = [row for row in rows if row[1] is None]
+    complete = {row[0] for row in plain}
+    others = {(row[0], row[1]): row[2] for row in reversed(rows) if row[1] is not None}
+    retried = {run_id for run_id, key in others if key == first_key}
+    if len(complete) < len(plain):  # a run with two first attempts: the newest counts
+        plain = list({row[0]: row for row in reversed(plain)}.values())
+    firsts = [row[2] for row in plain if row[0] not in retried]
+    partial = sorted({run_id for run_id, _ in others} - complete)
     if partial:
         marks = ", ".join("?" * len(partial))
-        rows = [r for r in rows if r[0] in complete] + sorted(
+        others = {k: raw for k, raw in others.items() if k[0] in complete}
+        for run_id, key, _attempt, raw in sorted(
             db.rows(
                 f"SELECT s.run_id, s.step_key, s.attempt, {value.text} FROM spans s "
                 f"WHERE s.name = ? AND s.step_key IS NOT NULL AND s.run_id IN ({marks})",
                 [*value.params, stored_name(step), *partial],
             ),
             key=lambda r: -r[2],
-        )
-    # Newest first: the first row of an occurrence is its final attempt.
-    final: dict[tuple[str, str], Any] = {}
-    for run_id, key, _attempt, raw in rows:
-        if (run_id, key) not in final:
-            final[(run_id, key)] = raw
+        ):
+            if (run_id, key) not in others:
+                others[(run_id, key)] = raw
+    texts = Counter(firsts)
+    texts.update(others.values())
+    missing = texts.pop(None, 0)
     counts: Counter[str] = Counter()
-    missing = 0
-    for raw in final.values():
-        if raw is None:
-            missing += 1
-        elif type(raw) is str and raw[:1] not in ("{", "["):
-            counts[raw] += 1
+    for raw, count in texts.items():
+        if type(raw) is str and raw[:1] not in ("{", "["):
+            counts[raw] += count
         else:
-            counts[_decode_key(raw)] += 1
-    occurrences = len(final)
+            counts[_decode_key(raw)] += count
+    occurrences = len(firsts) + len(others)
     values: list[ValueCount] = []
     numbers: list[float] = []
     for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -249,7 +266,7 @@ def distribution(
         "field": f"input.{shown}" if column == "input" else shown,
         "workflow": workflow,
         "last": last,
-        "runs": len({run_id for run_id, _ in final}),
+        "runs": len(complete.union(run_id for run_id, _ in others)),
         "occurrences": occurrences,
         "missing": missing,
         "values": values,
@@ -275,45 +292,3 @@ def numeric_summary(numbers: list[float]) -> NumericSummary | None:
 def _number(value: float | None) -> float:
     assert value is not None
     return value
-
-
-# --- field indexes --------------------------------------------------------------------
-
-
-def field_index_name(step: str, field: str) -> str:
-    column, path = step_field(field)
-    digest = hashlib.sha1(orjson.dumps([step, column, path])).hexdigest()[:16]
-    return f"field_{digest}"
-
-
-def indexable(step: str, path: Sequence[str | int]) -> bool:
-    """Whether a field index can be made for the step and path: its SQL spells them
-    out (an index cannot take parameters), so only names and keys of a strict character
-    set are accepted (``dialect.index_literal``)."""
-    return index_literal_ok(step) and all(index_literal_ok(p) for p in path if isinstance(p, str))
-
-
-def field_index_sql(d: Dialect, step: str, field: str) -> tuple[str, str]:
-    """(name, CREATE INDEX statement) of the expression index that lets
-    ``distribution(step, field)`` read the field from the index instead of parsing
-    every output: a partial index over that step's spans. ``QueryError`` for a step
-    name or field key ``indexable`` refuses."""
-    if score_name(field) is not None:
-        raise QueryError(
-            f"{field} is a score, read from the scores' own indexes; an output field "
-            f"named score is output.{field}"
-        )
-    column, path = step_field(field)
-    step = stored_name(step)
-    if not indexable(step, path):
-        raise QueryError(
-            f"cannot index {step}.{field}: an index's SQL spells out the step name and the "
-            "field's keys, so they may hold only letters, digits, spaces and _ . : / < > @ "
-            "# + - (dist reads any field without an index)"
-        )
-    name = field_index_name(step, field)
-    expr = d.json_at(column, path, literal=True)
-    return name, (
-        f"CREATE INDEX IF NOT EXISTS {name} ON spans (name, started_at, run_id, step_key, "
-        f"attempt, ({expr.text})) WHERE name = {index_literal(step)} AND step_key IS NOT NULL"
-    )

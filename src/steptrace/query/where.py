@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,11 +486,19 @@ class RunFilter:
         )
 
     def sql(
-        self, d: Dialect, runs: str = "runs", *, every: bool = False
+        self,
+        d: Dialect,
+        runs: str = "runs",
+        *,
+        every: bool = False,
+        listed: Mapping[str, Sql] | None = None,
     ) -> tuple[list[str], list[Any]]:
         """Conditions (to AND together) on the runs table aliased ``runs``, and their
         parameters; ``every``: for a question about every matching run (a count), not
-        a page of the newest. Raises ``QueryError`` for a malformed time or predicate."""
+        a page of the newest; ``listed``: by a ``where`` predicate's text, a query of
+        run ids among which the runs it holds for are (``query.indexes.listed_runs``:
+        a look-up in a field's index, so that the predicate is checked on those runs
+        only). Raises ``QueryError`` for a malformed time or predicate."""
         conds: list[str] = []
         params: list[Any] = []
         if self.workflow is not None:
@@ -523,6 +531,10 @@ class RunFilter:
             conds.append(has.text)
             params.extend(has.params)
         for text in self.where:
+            among = (listed or {}).get(text)
+            if among is not None:
+                conds.append(f"{runs}.run_id IN ({among.text})")
+                params.extend(among.params)
             cond = predicate_sql(parse_predicate(text), d, runs, every=every)
             conds.append(cond.text)
             params.extend(cond.params)

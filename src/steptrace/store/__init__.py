@@ -286,7 +286,7 @@ class Store:
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
         runs.session = session
-        clause, params = self._where(runs)
+        clause, params = self._where(runs, need=last + offset)
         rows = self._rows(
             f"SELECT {_RUN_COLUMNS} FROM runs{clause} "
             "ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
@@ -314,7 +314,7 @@ class Store:
             workflow, status, since, until, tag, where, forked_from, replay_of, derived, originals
         )
         runs.session = session
-        clause, params = self._where(runs, every=True)
+        clause, params = self._where(runs, need=None)
         return int(self._rows(f"SELECT count(*) FROM runs{clause}", params)[0][0])
 
     def sessions(
@@ -348,11 +348,19 @@ class Store:
 
         return count_sessions(self._reader, workflow, since=since, until=until)
 
-    def _where(self, runs: RunFilter, *, every: bool = False) -> tuple[str, list[Any]]:
-        """`` WHERE …`` (or nothing) choosing ``runs`` (``every``: all of them are
-        wanted, not a page), and its parameters."""
-        conds, params = runs.sql(self.dialect, every=every)
+    def _where(self, runs: RunFilter, *, need: int | None) -> tuple[str, list[Any]]:
+        """`` WHERE …`` (or nothing) choosing ``runs`` for a page that needs ``need`` of
+        them (its size plus its offset; None: all of them are wanted, a count), and its
+        parameters. A predicate on an indexed field is looked up in the field's index
+        first when that is quicker (``steptrace.query.indexes``)."""
+        from steptrace.query.indexes import listed_runs
+
+        listed = listed_runs(self._reader, runs.where, need=need, exists=self._index_exists)
+        conds, params = runs.sql(self.dialect, every=need is None, listed=listed)
         return (f" WHERE {' AND '.join(conds)}" if conds else ""), params
+
+    def _index_exists(self, name: str) -> bool:
+        return self.engine.index_exists(name)
 
     def derived(self, run_id: str) -> list[DerivedRun]:
         """The runs made from this run (id or unambiguous prefix), newest first: its
@@ -709,23 +717,30 @@ class Store:
         return workflows(self._reader)
 
     def index_field(self, step: str, field: str) -> str:
-        """Create (if needed) an expression index that serves ``distribution(step,
-        field)`` from the index rather than by parsing each output; returns its name.
-        Building it reads the whole spans table once."""
-        from steptrace.query.distribution import field_index_sql
+        """Create (if needed) the two expression indexes of ``step``'s ``field``: one by
+        time, which serves ``distribution(step, field)`` from the index rather than by
+        parsing each output, and one by value, which ``runs(where=…)`` and
+        ``count_runs`` use to find the runs with a rare value of the field (see
+        ``steptrace.query.indexes``); returns the first one's name. Building them reads
+        the whole spans table (twice on SQLite)."""
+        from steptrace.query.indexes import field_index_sql, value_index_sql
 
         name, sql = field_index_sql(self.dialect, step, field)
+        _, by_value = value_index_sql(self.dialect, step, field)
         self.flush_own_writes()
         self.engine.ddl(sql)
+        self.engine.ddl(by_value)
         return name
 
     def drop_field_index(self, step: str, field: str) -> bool:
-        """Drop the index ``index_field(step, field)`` made; False if there was none."""
-        from steptrace.query.distribution import field_index_name
+        """Drop the indexes ``index_field(step, field)`` made; False if there were
+        none."""
+        from steptrace.query.indexes import field_index_name, value_index_name
 
-        name = field_index_name(step, field)
-        existed = self.engine.index_exists(name)
-        self.engine.ddl(f"DROP INDEX IF EXISTS {name}")
+        existed = False
+        for name in (field_index_name(step, field), value_index_name(step, field)):
+            existed = self.engine.index_exists(name) or existed
+            self.engine.ddl(f"DROP INDEX IF EXISTS {name}")
         return existed
 
     # -- SQL --------------------------------------------------------------------------

@@ -132,6 +132,23 @@ class Dialect:
             return Sql(column)
         return compose("{} -> {}", column, self._path(path, literal))
 
+    def json_index_key(self, column: str, path: JsonPath) -> Sql:
+        """The value at ``path`` as a by-value index holds it, the path spelled out
+        (``index_literal_ok`` keys only): an SQL scalar on SQLite (a text, a number;
+        objects and arrays as JSON text), JSONB on PostgreSQL (ordered by JSON type,
+        then by value). Compare it with ``json_index_value``."""
+        if self.name == "postgresql":
+            return compose("({} #> {})", column, self._path(path, True))
+        return compose("({} ->> {})", column, self._path(path, True))
+
+    def json_index_value(self, value: str | float) -> Sql:
+        """A text or a number, bound, to compare with ``json_index_key``: as itself on
+        SQLite, as JSONB on PostgreSQL (``TypeError`` or ``orjson.JSONEncodeError`` for a
+        number JSON cannot hold)."""
+        if self.name == "postgresql":
+            return compose("CAST({} AS jsonb)", bound(orjson.dumps(value).decode()))
+        return bound(value)
+
     def _jsonb_at(self, column: str, path: JsonPath) -> Sql:
         return compose("({} #> {})", column, self.json_path(path)) if path else Sql(column)
 
@@ -149,9 +166,14 @@ class Dialect:
         return compose("{} ->> {}", column, self.json_path(path))
 
     def json_number_at(self, column: str, path: JsonPath) -> Sql:
-        """The number at ``path`` (use where ``json_type_at`` is integer or real)."""
+        """The number at ``path`` (use where ``json_type_at`` is integer or real; NULL
+        for any other value: PostgreSQL does not promise to test that first)."""
         if self.name == "postgresql":
-            return compose("({})::double precision", self.json_scalar_at(column, path))
+            return compose(
+                "CASE WHEN jsonb_typeof({}) = 'number' THEN ({})::double precision END",
+                self._jsonb_at(column, path),
+                self.json_scalar_at(column, path),
+            )
         return self.json_scalar_at(column, path)
 
     def json_type_at(self, column: str, path: JsonPath) -> Sql:

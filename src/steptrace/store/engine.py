@@ -102,19 +102,23 @@ class WriterBackend(Protocol):
 def take_runs(fetchmany: Callable[[int], Sequence[tuple[Any, ...]]], runs: int) -> Rows:
     """Rows (first column: a run id) up to the first row of the ``runs + 1``-th run: at
     least one row a run, so ``runs`` rows are fetched at once, then a few at a time,
-    and the query computes few rows past the stopping point."""
-    seen: set[Any] = set()
-    out: Rows = []
-    size = runs
-    while chunk := fetchmany(size):
-        for row in chunk:
+    and the query computes few rows past the stopping point. The first ``runs`` rows
+    hold at most ``runs`` runs, so they are kept whole, without a look at each row (a
+    distribution's window is mostly those)."""
+    chunk = fetchmany(runs)
+    out: Rows = list(chunk[:runs])
+    seen = {row[0] for row in out}
+    rest = chunk[runs:]
+    while True:
+        for row in rest:
             if row[0] not in seen:
                 if len(seen) == runs:
                     return out
                 seen.add(row[0])
             out.append(row)
-        size = 16
-    return out
+        if not chunk:
+            return out
+        rest = chunk = fetchmany(16)
 
 
 def timeout_message(timeout_s: float) -> str:
