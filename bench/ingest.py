@@ -166,7 +166,6 @@ def _prepared(n_steps: int, proc: int) -> list[tuple[list[Any], list[Any]]]:
 
 def worker_ingest_path(url: str, n_steps: int, go: str, proc: int) -> dict[str, float]:
     from steptrace.store import open_writer
-
     from steptrace.store.sqlite import is_locked
 
     batches = _prepared(n_steps, proc)
