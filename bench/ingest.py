@@ -11,7 +11,10 @@ Two things are measured, and labelled apart:
 - **store ingest path** — the writer backend's ``write(runs, spans)`` alone, in the
   batches the writer thread hands it (5,000 records), of step records prepared
   beforehand (the same ``RunState``/``SpanRecord`` objects the runtime makes, values
-  already encoded): what the engine and our SQL can take.
+  already encoded): what the engine and our SQL can take. On SQLite each round is
+  paired with a **baseline**: the same records' ids, input and output inserted into a
+  bare four-column table with ``executemany`` (what SQLite itself takes for the
+  payload), and the ratio printed.
 
 With several processes, each writes its share at the same time into the one store;
 the figure is all their steps over the wall time from the first start to the last
@@ -188,6 +191,32 @@ def worker_ingest_path(url: str, n_steps: int, go: str, proc: int) -> dict[str, 
     return {"start": start, "end": end, "steps": steps, "retries": retries}
 
 
+def worker_plain(path: str, n_steps: int, go: str, proc: int) -> dict[str, float]:
+    """The baseline for SQLite: the same step records' ids, input and output as rows of a
+    bare four-column table (a key and no other index), inserted with ``executemany`` in
+    the same batches, one transaction each, in WAL mode with ``synchronous=NORMAL`` as
+    the store runs: what SQLite itself takes for the payload, with no steptrace."""
+    import sqlite3
+
+    batches = [
+        [(s.span_id, s.run_id, s.input, s.output) for s in spans]
+        for _, spans in _prepared(n_steps, proc)
+    ]
+    db = sqlite3.connect(path + ".plain", isolation_level=None, timeout=60)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, run TEXT, i BLOB, o BLOB)")
+    _wait(go)
+    start = time.time()
+    for rows in batches:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows)
+        db.execute("COMMIT")
+    end = time.time()
+    db.close()
+    return {"start": start, "end": end, "steps": sum(len(b) for b in batches)}
+
+
 # --- the driver -------------------------------------------------------------------------
 
 
@@ -207,7 +236,7 @@ def _fresh_store(backend: str, pg_admin: str | None, tmp: str, n: int) -> str:
 
 def _drop_store(url: str, pg_admin: str | None) -> None:
     if "://" not in url:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".plain", ".plain-wal", ".plain-shm"):
             if os.path.exists(url + suffix):
                 os.remove(url + suffix)
         return
@@ -249,6 +278,22 @@ def _one(mode: str, url: str, processes: int, amount: int, tmp: str) -> float:
     return steps / wall
 
 
+def _report(
+    rows: list[tuple[str, str, int, float, list[float]]],
+    mode: str,
+    backend: str,
+    processes: int,
+    rates: list[float],
+) -> None:
+    median = statistics.median(rates)
+    rows.append((mode, backend, processes, median, rates))
+    shown = ", ".join(f"{r:,.0f}" for r in rates)
+    print(
+        f"  {mode:6} {backend:10} {processes} process(es): {median:9,.0f} steps/s  (runs: {shown})",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -277,26 +322,38 @@ def main() -> None:
                 for backend in backends:
                     for processes in (int(p) for p in args.processes.split(",")):
                         amount = args.ingest_steps if mode == "ingest" else args.runs
-                        rates = []
+                        # SQLite's ingest path is measured beside its baseline, round by
+                        # round: the machine's speed moves between minutes
+                        paired = mode == "ingest" and backend == "sqlite"
+                        rates, plain = [], []
                         for _ in range(args.repeat):
                             n += 1
                             url = _fresh_store(backend, pg_admin, tmp, n)
                             try:
+                                if paired:
+                                    plain.append(_one("plain", url, processes, amount, tmp))
                                 rates.append(_one(mode, url, processes, amount, tmp))
                             finally:
                                 _drop_store(url, pg_admin)
-                        median = statistics.median(rates)
-                        rows.append((mode, backend, processes, median, rates))
-                        shown = ", ".join(f"{r:,.0f}" for r in rates)
-                        print(
-                            f"  {mode:6} {backend:10} {processes} process(es): "
-                            f"{median:9,.0f} steps/s  (runs: {shown})",
-                            flush=True,
-                        )
+                        if paired:
+                            _report(rows, "plain", backend, processes, plain)
+                        _report(rows, mode, backend, processes, rates)
+                        if paired:
+                            ratios = [r / p for r, p in zip(rates, plain, strict=True)]
+                            print(
+                                f"  {'':6} {'':10} ingest ÷ plain insert: "
+                                f"{statistics.median(ratios):.2f} "
+                                f"({min(ratios):.2f}–{max(ratios):.2f})",
+                                flush=True,
+                            )
     finally:
         if server is not None:
             server.stop()
-    labels = {"ingest": "store ingest path", "e2e": "end to end (public API)"}
+    labels = {
+        "plain": "baseline: plain batched INSERT of the same rows",
+        "ingest": "store ingest path",
+        "e2e": "end to end (public API)",
+    }
     print("\n| measured | store | processes | steps/s (median) |\n|---|---|---|---|")
     for mode, backend, processes, median, _ in rows:
         print(f"| {labels[mode]} | {backend} | {processes} | {median:,.0f} |")
@@ -305,7 +362,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         mode, url, amount, go, proc = sys.argv[2:7]
-        fn = worker_end_to_end if mode == "e2e" else worker_ingest_path
+        fn = {"e2e": worker_end_to_end, "plain": worker_plain}.get(mode, worker_ingest_path)
         print(json.dumps(fn(url, int(amount), go, int(proc))), flush=True)
     else:
         main()

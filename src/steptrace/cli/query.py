@@ -633,10 +633,11 @@ def export_command(
 def index_command(
     step: Annotated[str, typer.Argument(metavar="STEP")],
     field: Annotated[str, typer.Argument(metavar="FIELD", help="As for `dist`.")],
-    drop: Annotated[bool, typer.Option("--drop", help="Drop the index instead.")] = False,
+    drop: Annotated[bool, typer.Option("--drop", help="Drop the indexes instead.")] = False,
 ) -> None:
-    """Index a step's field so that `dist STEP FIELD` reads it from the index (an
-    expression index; building it reads the spans table once)."""
+    """Index a step's field: `dist STEP FIELD` reads it from the index, and
+    `runs --where` finds a rare value of it there (two expression indexes; building
+    them reads the spans table)."""
     with st.Store.open() as store:
         if drop:
             dropped = store.drop_field_index(step, field)
