@@ -61,13 +61,10 @@ _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 def new_span_id() -> str:
-    """16 hex digits, never all zero (W3C's invalid id): the next of this process's
-    consecutive ids from a random start. A store's span-id index then takes a run's
-    spans on one page rather than on one page each (a commit of a 10-step run writes a
-    third fewer pages); two processes collide only if their ranges meet, which is less
-    likely than two random ids colliding. (Span ids need uniqueness, not secrecy; a
-    provider's ids, when one is installed, are its own.)"""
-    return format((next(_span_ids) & _ID_MASK) or 1, "016x")
+    """16 random hex digits, never all zero (W3C's invalid id). Random, not consecutive:
+    consecutive ids (a third fewer pages per run's commit) share their first 12 digits,
+    so the short ids the UI and the commands show and accept would be ambiguous."""
+    return format(_random.getrandbits(64) or 1, "016x")
 
 
 _ID_MASK = (1 << 64) - 1
