@@ -11,7 +11,6 @@ is ``steptrace.otel.otlp``'s job.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
@@ -26,20 +25,9 @@ from steptrace.redaction import Redactor
 log = logging.getLogger("steptrace")
 _tracer: Tracer | None = None
 _random = random.Random()
-_span_ids: itertools.count[int]
-"""Span ids this process mints: consecutive from a random start (see ``new_span_id``)."""
-
-
-def _reseed() -> None:
-    """A new random state and a new start for span ids: at import, and in a forked
-    child, which would otherwise mint the very ids its parent mints."""
-    global _span_ids
-    _random.seed()
-    _span_ids = itertools.count(_random.getrandbits(64))
-
-
-_reseed()
-os.register_at_fork(after_in_child=_reseed)
+# A forked child reseeds: it would otherwise mint the very run, trace and span ids its
+# parent mints.
+os.register_at_fork(after_in_child=_random.seed)
 
 
 def tracer() -> Tracer:
@@ -65,9 +53,6 @@ def new_span_id() -> str:
     consecutive ids (a third fewer pages per run's commit) share their first 12 digits,
     so the short ids the UI and the commands show and accept would be ambiguous."""
     return format(_random.getrandbits(64) or 1, "016x")
-
-
-_ID_MASK = (1 << 64) - 1
 
 
 def package_version() -> str:
