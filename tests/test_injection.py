@@ -285,19 +285,21 @@ def test_the_ui_api(store: st.Store, hostile: Hostile) -> None:
 
 
 def test_a_field_index_spells_out_only_safe_text(tmp_path: Path) -> None:
-    """The one place SQL text is built from a name and a path: the index's own SQL.
-    Only a strict character set is spelled out; the index then serves ``dist``."""
-    from steptrace.query.distribution import field_index_sql
+    """The one place SQL text is built from a name and a path: the field indexes' own
+    SQL (by time and by value). Only a strict character set is spelled out; the index
+    then serves ``dist``."""
+    from steptrace.query.indexes import field_index_sql, value_index_sql
     from steptrace.store.dialect import POSTGRESQL, SQLITE
 
     for dialect in (SQLITE, POSTGRESQL):
-        name, sql = field_index_sql(dialect, "classify", "meta.label")
-        assert "'classify'" in sql and name in sql
-        for step, field in (
-            (HOSTILE["quote"], "label"),
-            ("classify", f'"{HOSTILE["backslash"]}"'),
-            ("classify", f'"{HOSTILE["dollar"]}"'),
-            (HOSTILE["nul"], "label"),
-        ):
-            with pytest.raises(QueryError, match="cannot index"):
-                field_index_sql(dialect, step, field)
+        for make in (field_index_sql, value_index_sql):
+            name, sql = make(dialect, "classify", "meta.label")
+            assert "'classify'" in sql and name in sql
+            for step, field in (
+                (HOSTILE["quote"], "label"),
+                ("classify", f'"{HOSTILE["backslash"]}"'),
+                ("classify", f'"{HOSTILE["dollar"]}"'),
+                (HOSTILE["nul"], "label"),
+            ):
+                with pytest.raises(QueryError, match="cannot index"):
+                    make(dialect, step, field)

@@ -29,8 +29,6 @@ from typing import Any, Protocol, TypedDict, TypeVar
 import orjson
 
 from steptrace.errors import QueryError
-from steptrace.query.indexes import field_index_name as field_index_name  # older imports
-from steptrace.query.indexes import field_index_sql as field_index_sql  # older imports
 from steptrace.query.indexes import indexable
 from steptrace.query.where import format_path, score_name, step_field
 from steptrace.record import stored_name
